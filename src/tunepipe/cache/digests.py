@@ -1,0 +1,96 @@
+"""Content digests of files and folders, remembered by file identity.
+
+A large input that has not changed is not re-read: its digest is kept under its path with the
+file's (device, inode, size, mtime). Entries for files modified within the last
+``RACY_SECONDS`` are not kept, because a write in the same clock tick would go unnoticed
+(git calls this the "racy" case).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import stat
+import threading
+import time
+from pathlib import Path
+
+from tunepipe.cache.atomic import write_json
+
+RACY_SECONDS = 2.0
+
+
+def file_digest(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def tree_entries(root: Path) -> list[tuple[str, Path, os.stat_result]]:
+    """Every file and folder below ``root`` as (relative posix path, path, stat), sorted by path."""
+    out: list[tuple[str, Path, os.stat_result]] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        base = Path(dirpath)
+        for name in dirnames + filenames:
+            p = base / name
+            out.append((p.relative_to(root).as_posix(), p, p.stat()))
+    out.sort(key=lambda e: e[0])
+    return out
+
+
+def tree_digest(root: Path, digest_of=file_digest) -> str:
+    """A digest of a folder: names, kinds, executable bits and file contents, nothing else."""
+    h = hashlib.sha256(b"tunepipe-tree-v1\n")
+    for rel, p, st in tree_entries(root):
+        if stat.S_ISDIR(st.st_mode):
+            h.update(f"d {rel}\n".encode())
+        else:
+            x = "x" if st.st_mode & stat.S_IXUSR else "-"
+            h.update(f"f {x} {digest_of(p)} {rel}\n".encode())
+    return h.hexdigest()
+
+
+class DigestMemo:
+    """Digests of input files remembered by (device, inode, size, mtime_ns); thread-safe."""
+
+    def __init__(self, file: Path | None) -> None:
+        self.store_path = file
+        self._lock = threading.Lock()
+        self._entries: dict[str, list] = {}
+        self._dirty = False
+        if file is not None:
+            try:
+                self._entries = json.loads(file.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                self._entries = {}
+
+    def of_file(self, path: Path) -> str:
+        st = path.stat()
+        ident = [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns]
+        key = str(path.absolute())
+        with self._lock:
+            hit = self._entries.get(key)
+        if hit is not None and hit[:4] == ident:
+            return hit[4]
+        digest = file_digest(path)
+        if time.time() - st.st_mtime_ns / 1e9 > RACY_SECONDS:
+            with self._lock:
+                self._entries[key] = ident + [digest]
+                self._dirty = True
+        return digest
+
+    def path(self, path: Path) -> str:
+        """The digest of a file, or the tree digest of a folder."""
+        return tree_digest(path, self.of_file) if path.is_dir() else self.of_file(path)
+
+    def save(self) -> None:
+        if self.store_path is None or not self._dirty:
+            return
+        with self._lock:
+            entries = {k: v for k, v in self._entries.items() if os.path.exists(k)}
+            self._dirty = False
+        try:
+            write_json(self.store_path, entries)
+        except OSError:
+            pass  # the memo is only a speed-up

@@ -1,0 +1,252 @@
+"""The cache on disk: immutable content-addressed artifacts and one record per stage-run key.
+
+Layout under the cache root::
+
+    objects/ab/<digest>/   published artifacts (folders; files read-only)
+    keys/ab/<key>.json     what a key produced: output digests, key parts, summary
+    locks/                 per-key locks and their owner files
+    tmp/<key>.<pid>.<n>/   a running stage's private output folders (never read by others)
+    scratch/<key>/         a stage's checkpoints; survives a crash of that key, removed on success
+    state/<pipeline>.json  the last key of each stage of a pipeline (for status and --explain)
+    runs/<pipeline>/       run records and stage logs
+    compiled/              validated specs (see tunepipe.spec)
+
+Commit order: outputs are hashed and renamed into ``objects/`` (atomic), then the key record is
+written (atomic). A crash before the record leaves at most an unreferenced object, which the
+next run reuses by content or ``cache gc`` removes; there is never a half-written artifact.
+``Store`` is the interface the runner needs; :class:`LocalStore` is the local-folder one (a
+shared-storage store for a cluster fits the same shape).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import shutil
+import stat
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from tunepipe.cache.atomic import write_json
+from tunepipe.cache.digests import DigestMemo, tree_digest, tree_entries
+from tunepipe.cache.locks import KeyLock
+from tunepipe.errors import CacheError, StageFailed
+
+LAYOUT_VERSION = "1"
+_counter = itertools.count()
+
+
+class Store(Protocol):
+    """What the runner needs from a cache."""
+
+    root: Path
+    digests: DigestMemo
+
+    def record(self, key: str) -> dict[str, Any] | None: ...
+    def put_record(self, key: str, record: dict[str, Any]) -> None: ...
+    def object_path(self, digest: str) -> Path: ...
+    def staging(self, key: str) -> Path: ...
+    def clear_staging(self, key: str) -> None: ...
+    def scratch(self, key: str) -> Path: ...
+    def publish(self, folder: Path) -> str: ...
+    def lock(self, key: str, what: str, say: Callable[[str], None]) -> KeyLock: ...
+
+
+def _shard(base: Path, name: str, suffix: str = "") -> Path:
+    return base / name[:2] / f"{name}{suffix}"
+
+
+def _force_rmtree(path: Path) -> None:
+    """Remove a tree even where a failed stage left read-only folders behind."""
+
+    def onerror(func: Callable[..., Any], p: str, _exc: Any) -> None:
+        os.chmod(os.path.dirname(p), 0o755)
+        if os.path.isdir(p) and not os.path.islink(p):
+            os.chmod(p, 0o755)
+        func(p)
+
+    if path.exists():
+        shutil.rmtree(path, onerror=onerror)
+
+
+@dataclass
+class VerifyReport:
+    objects: int = 0
+    records: int = 0
+    corrupt: list[str] = field(default_factory=list)  # digests whose content no longer matches
+    missing: list[tuple[str, str]] = field(default_factory=list)  # (key, digest) of records without objects
+    unreadable: list[str] = field(default_factory=list)  # record files that do not parse
+
+    @property
+    def clean(self) -> bool:
+        return not (self.corrupt or self.missing or self.unreadable)
+
+
+@dataclass
+class GcReport:
+    records: list[str] = field(default_factory=list)
+    objects: list[str] = field(default_factory=list)
+    leftovers: list[str] = field(default_factory=list)
+    freed_bytes: int = 0
+
+
+class LocalStore:
+    """A cache in a local (or shared, POSIX) folder."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root.absolute()
+        try:
+            for sub in ("objects", "keys", "locks", "tmp", "scratch", "state", "runs", "compiled"):
+                (self.root / sub).mkdir(parents=True, exist_ok=True)
+            marker = self.root / "CACHEDIR.TAG"
+            if not marker.exists():
+                marker.write_text("Signature: 8a477f597d28d172789f06886806bc55\n"
+                                  f"# tunepipe cache, layout {LAYOUT_VERSION}. Safe to delete.\n")
+        except OSError as e:
+            raise CacheError(f"cannot use the cache folder {self.root}: {e.strerror}. "
+                             "Pass a writable folder with --cache-dir or TUNEPIPE_CACHE") from None
+        self.digests = DigestMemo(self.root / "digests.json")
+
+    # records -------------------------------------------------------------------------------
+    def record_path(self, key: str) -> Path:
+        return _shard(self.root / "keys", key, ".json")
+
+    def record(self, key: str) -> dict[str, Any] | None:
+        """The record of a key whose every output is present, else None."""
+        try:
+            rec = json.loads(self.record_path(key).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        if not all(self.object_path(d).is_dir() for d in rec.get("outputs", {}).values()):
+            return None
+        return rec
+
+    def put_record(self, key: str, record: dict[str, Any]) -> None:
+        path = self.record_path(key)
+        path.parent.mkdir(exist_ok=True)
+        write_json(path, record)
+
+    def iter_records(self) -> Iterator[tuple[str, Path]]:
+        for p in sorted((self.root / "keys").glob("*/*.json")):
+            yield p.stem, p
+
+    # objects -------------------------------------------------------------------------------
+    def object_path(self, digest: str) -> Path:
+        return _shard(self.root / "objects", digest)
+
+    def publish(self, folder: Path) -> str:
+        """Move a finished output folder into the store under its digest; returns the digest."""
+        for rel, p, st in tree_entries(folder):
+            if stat.S_ISLNK(os.lstat(p).st_mode):
+                raise StageFailed(folder.name, f"output contains a symbolic link ({rel}); write real files")
+            if stat.S_ISREG(st.st_mode):
+                with open(p, "rb") as f:
+                    os.fsync(f.fileno())
+                os.chmod(p, stat.S_IMODE(st.st_mode) & ~0o222)
+        digest = tree_digest(folder)
+        dest = self.object_path(digest)
+        dest.parent.mkdir(exist_ok=True)
+        if dest.is_dir():
+            _force_rmtree(folder)  # the same bytes are already stored
+            return digest
+        try:
+            os.rename(folder, dest)
+        except OSError:
+            if not dest.is_dir():
+                raise
+            _force_rmtree(folder)  # another process published the same content meanwhile
+        return digest
+
+    # running stages --------------------------------------------------------------------------
+    def staging(self, key: str) -> Path:
+        path = self.root / "tmp" / f"{key}.{os.getpid()}.{next(_counter)}"
+        path.mkdir(parents=True)
+        return path
+
+    def clear_staging(self, key: str) -> None:
+        """Remove what crashed runs of ``key`` left behind. Call only while holding the key's lock."""
+        for p in (self.root / "tmp").glob(f"{key}.*"):
+            _force_rmtree(p)
+
+    def scratch(self, key: str) -> Path:
+        path = self.root / "scratch" / key
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def drop_scratch(self, key: str) -> None:
+        _force_rmtree(self.root / "scratch" / key)
+
+    def lock(self, key: str, what: str, say: Callable[[str], None]) -> KeyLock:
+        return KeyLock(self.root / "locks", key, what, say)
+
+    # maintenance -----------------------------------------------------------------------------
+    def verify(self, repair: bool = False) -> VerifyReport:
+        """Recompute every object's digest and check every record's outputs exist."""
+        report = VerifyReport()
+        for obj in sorted((self.root / "objects").glob("*/*")):
+            if not obj.is_dir():
+                continue
+            report.objects += 1
+            if tree_digest(obj) != obj.name:
+                report.corrupt.append(obj.name)
+        bad = set(report.corrupt)
+        for key, path in self.iter_records():
+            report.records += 1
+            try:
+                rec = json.loads(path.read_text(encoding="utf-8"))
+                outputs = rec["outputs"]
+            except (OSError, ValueError, KeyError, TypeError):
+                report.unreadable.append(key)
+                if repair:
+                    path.unlink(missing_ok=True)
+                continue
+            broken = False
+            for digest in outputs.values():
+                if digest in bad or not self.object_path(digest).is_dir():
+                    broken = True
+                    if digest not in bad:
+                        report.missing.append((key, digest))
+            if repair and broken:
+                path.unlink(missing_ok=True)
+        if repair:
+            for digest in report.corrupt:
+                _force_rmtree(self.object_path(digest))
+        return report
+
+    def gc(self, keep: set[str], dry_run: bool = False) -> GcReport:
+        """Remove records not in ``keep``, objects no kept record uses, and dead runs' leftovers."""
+        report = GcReport()
+        used: set[str] = set()
+        for key, path in self.iter_records():
+            if key in keep:
+                try:
+                    used.update(json.loads(path.read_text(encoding="utf-8"))["outputs"].values())
+                except (OSError, ValueError, KeyError):
+                    pass
+            else:
+                report.records.append(key)
+                if not dry_run:
+                    path.unlink(missing_ok=True)
+        for obj in sorted((self.root / "objects").glob("*/*")):
+            if obj.name not in used:
+                report.objects.append(obj.name)
+                report.freed_bytes += sum(e[2].st_size for e in tree_entries(obj)) if obj.is_dir() else 0
+                if not dry_run:
+                    _force_rmtree(obj)
+        for leftover in sorted((self.root / "tmp").iterdir()):
+            key = leftover.name.split(".")[0]
+            lock = self.lock(key, "gc", lambda _m: None)
+            if lock.try_acquire():  # nobody runs this key: whatever is here is left from a crash
+                try:
+                    report.leftovers.append(leftover.name)
+                    if not dry_run:
+                        _force_rmtree(leftover)
+                finally:
+                    lock.release()
+        if not dry_run:
+            for spec in (self.root / "compiled").glob("*.json"):
+                spec.unlink(missing_ok=True)
+        return report

@@ -1,0 +1,247 @@
+"""The ``pipeline`` command: parse, call the core, print. No logic beyond that lives here.
+
+Exit codes: 0 success, 1 a stage failed, 2 a user error (bad spec, option or input), 130 Ctrl-C.
+Heavy modules are imported inside the verbs so ``pipeline --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from tunepipe import __version__
+from tunepipe.errors import TunepipeError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _errors(fn: F) -> F:
+    """Print a TunepipeError as its message (no traceback) and exit with its code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except TunepipeError as e:
+            click.echo(f"error: {e}" if "\n" not in str(e) else str(e), err=True)
+            sys.exit(e.exit_code)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _spec_options(fn: F) -> F:
+    fn = click.option("-S", "--set", "overrides", multiple=True, metavar="STAGE.PARAM=VALUE",
+                      help="Override a parameter (value read as YAML), or vars.NAME=VALUE. Repeatable.")(fn)
+    fn = click.option("--cache-dir", envvar="TUNEPIPE_CACHE", metavar="DIR",
+                      help="Cache folder [default: .tunepipe next to the pipeline file; env TUNEPIPE_CACHE].")(fn)
+    return fn
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="tunepipe")
+def cli() -> None:
+    """tunepipe: declarative, cached pipelines for fine-tuning chat models.
+
+    \b
+    pipeline run pipelines/sarcasm.yaml        run what changed
+    pipeline status pipelines/sarcasm.yaml     what is fresh, what is stale, and why
+    pipeline dag pipelines/sarcasm.yaml        the stage graph
+    """
+
+
+@cli.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.argument("stages", nargs=-1)
+@_spec_options
+@click.option("-j", "--jobs", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Run up to N independent stages at once.")
+@click.option("--force", "force", multiple=True, is_flag=False, flag_value="*", metavar="[STAGE]",
+              help="Rerun even if cached: all selected stages, or (repeatable --force=STAGE) the named ones.")
+@click.option("-n", "--dry-run", is_flag=True, help="Show the plan (cached or to run, and why); run nothing.")
+@click.option("--explain", is_flag=True, help="Say why each stage runs: which parameter, input or code changed.")
+@click.option("-k", "--keep-going", is_flag=True, help="After a failure, still run stages that do not need it.")
+@click.option("-q", "--quiet", is_flag=True, help="Print only failures and the result line.")
+@click.option("-v", "--verbose", is_flag=True, help="Print reasons, progress notes and the cache folder.")
+@_errors
+def run(file: str, stages: tuple[str, ...], overrides: tuple[str, ...], cache_dir: str | None, jobs: int,
+        force: tuple[str, ...], dry_run: bool, explain: bool, keep_going: bool, quiet: bool, verbose: bool) -> None:
+    """Run the pipeline FILE (or only STAGES and what they need), reusing cached results."""
+    from tunepipe.progress import LineReporter
+    from tunepipe.runner import RunOptions
+    from tunepipe.runner import run as run_pipeline
+    from tunepipe.session import open_session
+
+    session = open_session(file, overrides, cache_dir)
+    opts = RunOptions(targets=stages, force_all="*" in force, force=[f for f in force if f != "*"], jobs=jobs,
+                      keep_going=keep_going, dry_run=dry_run, explain=explain, argv=sys.argv[1:])
+    reporter = LineReporter(verbosity=-1 if quiet else (1 if verbose else 0), explain=explain)
+    outcome = run_pipeline(session.pipeline, session.store, session.registry, opts, reporter)
+    if dry_run:
+        todo = sum(1 for s in outcome.stages.values() if s.status != "cached")
+        click.echo(f"plan: {len(outcome.stages) - todo} cached, {todo} to run (nothing was run)", err=True)
+    if outcome.status == "interrupted":
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(outcome.exit_code)  # do not wait for plugin threads; the cache is consistent
+    sys.exit(outcome.exit_code)
+
+
+@cli.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("-S", "--set", "overrides", multiple=True, metavar="STAGE.PARAM=VALUE", help="Override a parameter.")
+@_errors
+def validate(file: str, overrides: tuple[str, ...]) -> None:
+    """Check FILE (schema, plugins, parameters, inputs, cycles) and report every problem."""
+    from tunepipe.registry import Registry
+    from tunepipe.spec import check_files, load_pipeline
+
+    path = Path(file)
+    pipeline = load_pipeline(path, Registry(search_paths=[path.absolute().parent]), overrides, display=file)
+    check_files(pipeline)
+    n = len(pipeline.stages)
+    click.echo(f"ok: {file} is valid ({n} stage{'s' if n != 1 else ''}: {', '.join(pipeline.stages)})")
+
+
+@cli.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.argument("stages", nargs=-1)
+@_spec_options
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@_errors
+def status(file: str, stages: tuple[str, ...], overrides: tuple[str, ...], cache_dir: str | None,
+           as_json: bool) -> None:
+    """Which stages are fresh (cached) and which are stale, and why."""
+    from tunepipe.plan import Planner
+    from tunepipe.runner import resolve_selection
+    from tunepipe.session import open_session
+
+    session = open_session(file, overrides, cache_dir)
+    selected = resolve_selection(session.pipeline, stages, ())
+    plans = Planner(session.pipeline, session.store, session.registry).plan(selected, set())
+    session.store.digests.save()
+    if as_json:
+        click.echo(json.dumps({"pipeline": session.pipeline.name, "stages": [p.to_json() for p in plans]}, indent=2))
+        return
+    width = max(len(p.name) for p in plans)
+    words = {"cached": "fresh", "run": "stale", "pending": "stale?"}
+    for p in plans:
+        why = "" if p.state == "cached" else "  " + "; ".join(p.reasons)
+        click.echo(f"{p.name:<{width}}  {words[p.state]:<6}{why}")
+
+
+@cli.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("-S", "--set", "overrides", multiple=True, metavar="STAGE.PARAM=VALUE", help="Override a parameter.")
+@click.option("--dot", "fmt", flag_value="dot", help="Graphviz DOT.")
+@click.option("--mermaid", "fmt", flag_value="mermaid", help="Mermaid flowchart.")
+@_errors
+def dag(file: str, overrides: tuple[str, ...], fmt: str | None) -> None:
+    """Print the stage graph of FILE (text, --dot or --mermaid)."""
+    from tunepipe import graph
+    from tunepipe.registry import Registry
+    from tunepipe.spec import load_pipeline
+
+    path = Path(file)
+    p = load_pipeline(path, Registry(search_paths=[path.absolute().parent]), overrides, display=file)
+    if fmt == "dot":
+        click.echo(graph.render_dot(p.stages, p.name))
+    elif fmt == "mermaid":
+        click.echo(graph.render_mermaid(p.stages))
+    else:
+        click.echo(graph.render_text(p.stages))
+
+
+@cli.command("stages")
+@click.argument("names", nargs=-1)
+@click.option("--json", "as_json", is_flag=True, help="Print every plugin with its full parameter schema as JSON.")
+@_errors
+def stages_cmd(names: tuple[str, ...], as_json: bool) -> None:
+    """List installed stage plugins with their inputs, outputs and parameters."""
+    from tunepipe.describe import describe_plugin, plugin_json
+    from tunepipe.registry import Registry
+
+    registry = Registry()
+    loaded = [registry.load(n) for n in (names or registry.names())]
+    if as_json:
+        click.echo(json.dumps([plugin_json(lp) for lp in loaded], indent=2))
+    else:
+        click.echo("\n\n".join(describe_plugin(lp) for lp in loaded))
+
+
+@cli.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.argument("stage")
+@_spec_options
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@_errors
+def show(file: str, stage: str, overrides: tuple[str, ...], cache_dir: str | None, as_json: bool) -> None:
+    """Where STAGE's artifacts are and what they hold."""
+    from tunepipe.describe import describe_artifacts, stage_artifacts
+    from tunepipe.session import open_session
+
+    session = open_session(file, overrides, cache_dir)
+    info = stage_artifacts(session, stage)
+    click.echo(json.dumps(info, indent=2) if as_json else describe_artifacts(info))
+
+
+@cli.group()
+def cache() -> None:
+    """Maintain the cache: verify digests, remove what no pipeline uses."""
+
+
+def _store(file: str | None, cache_dir: str | None) -> Any:
+    from tunepipe.cache.store import LocalStore
+    from tunepipe.session import cache_root
+
+    return LocalStore(cache_root(Path(file) if file else None, cache_dir))
+
+
+@cache.command()
+@click.argument("file", required=False, type=click.Path(dir_okay=False))
+@click.option("--cache-dir", envvar="TUNEPIPE_CACHE", metavar="DIR", help="Cache folder.")
+@click.option("--repair", is_flag=True, help="Remove corrupt artifacts and the records that use them.")
+@_errors
+def verify(file: str | None, cache_dir: str | None, repair: bool) -> None:
+    """Recompute every artifact's digest; report corruption (exit 1 if any)."""
+    store = _store(file, cache_dir)
+    r = store.verify(repair=repair)
+    click.echo(f"checked {r.objects} artifacts and {r.records} records in {store.root}")
+    for d in r.corrupt:
+        click.echo(f"corrupt: artifact {d} no longer matches its digest{' (removed)' if repair else ''}")
+    for key, d in r.missing:
+        click.echo(f"missing: record {key[:16]} needs artifact {d[:16]}, which is gone"
+                   f"{' (record removed)' if repair else ''}")
+    for key in r.unreadable:
+        click.echo(f"unreadable: record {key}{' (removed)' if repair else ''}")
+    if r.clean:
+        click.echo("ok: the cache is consistent")
+    elif not repair:
+        click.echo("run `pipeline cache verify --repair` to drop the damaged entries; the next run recomputes them")
+        sys.exit(1)
+
+
+@cache.command()
+@click.argument("file", required=False, type=click.Path(dir_okay=False))
+@click.option("--cache-dir", envvar="TUNEPIPE_CACHE", metavar="DIR", help="Cache folder.")
+@click.option("-n", "--dry-run", is_flag=True, help="List what would be removed.")
+@_errors
+def gc(file: str | None, cache_dir: str | None, dry_run: bool) -> None:
+    """Remove results no pipeline's latest run uses, and what crashed runs left behind."""
+    from tunepipe.records import all_state_keys
+
+    store = _store(file, cache_dir)
+    r = store.gc(all_state_keys(store.root), dry_run=dry_run)
+    verb = "would remove" if dry_run else "removed"
+    click.echo(f"{verb} {len(r.records)} stage records, {len(r.objects)} artifacts "
+               f"({r.freed_bytes / 1e6:.1f} MB) and {len(r.leftovers)} leftovers of interrupted runs")
+
+
+def main() -> None:
+    cli(prog_name=Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "pipeline")

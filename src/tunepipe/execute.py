@@ -1,0 +1,174 @@
+"""Run one stage: lock its key, run the plugin in private folders, publish, record.
+
+This is the worker side: it takes a :class:`StageJob` of plain data, so an executor can run it
+in this process (threads) or ship it elsewhere (a cluster worker) with the cache on shared storage.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tunepipe.cache.atomic import canonical_json
+from tunepipe.cache.store import LocalStore
+from tunepipe.errors import TunepipeError, UserError
+from tunepipe.plugins import Artifact, Cancelled, StageContext
+from tunepipe.redact import redact
+from tunepipe.registry import Registry
+
+
+@dataclass
+class StageJob:
+    """Everything needed to run one stage, as plain data."""
+
+    stage: str
+    uses: str
+    key: str
+    parts: dict[str, Any]
+    params: dict[str, Any]
+    inputs: dict[str, list[tuple[str, str]]]  # input -> [(path, digest)]
+    multiple: dict[str, bool]
+    outputs: list[str]
+    log_path: str
+    threads: int = 1
+
+
+@dataclass
+class StageResult:
+    stage: str
+    status: str  # done | cached (another process computed it meanwhile) | failed | cancelled
+    outputs: dict[str, str] = field(default_factory=dict)
+    summary: dict[str, Any] = field(default_factory=dict)
+    duration: float = 0.0
+    error: str = ""
+    user_error: bool = False
+    log_path: str = ""
+
+
+def crashpoint(name: str) -> None:
+    """Fault injection for the crash-safety tests: ``TUNEPIPE_CRASHPOINT=name`` kills us with SIGKILL here."""
+    if os.environ.get("TUNEPIPE_CRASHPOINT") == name:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+class _Redacting(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
+
+
+def _stage_logger(job: StageJob) -> tuple[logging.Logger, logging.Handler]:
+    Path(job.log_path).parent.mkdir(parents=True, exist_ok=True)
+    logger = logging.getLogger(f"tunepipe.stage.{job.stage}.{job.key[:12]}.{threading.get_ident()}")
+    logger.setLevel(logging.DEBUG)
+    logger.propagate = False
+    handler = logging.FileHandler(job.log_path, encoding="utf-8")
+    handler.setFormatter(_Redacting("%(asctime)s %(levelname)s %(message)s"))
+    logger.addHandler(handler)
+    return logger, handler
+
+
+def _file_identity(inputs: dict[str, list[tuple[str, str]]], store_root: Path) -> dict[str, tuple[int, int]]:
+    out = {}
+    for refs in inputs.values():
+        for path, _ in refs:
+            p = Path(path)
+            if store_root not in p.parents and p.is_file():
+                st = p.stat()
+                out[path] = (st.st_size, st.st_mtime_ns)
+    return out
+
+
+def execute(job: StageJob, store: LocalStore, registry: Registry, cancel: threading.Event,
+            progress: Callable[[str], None], say: Callable[[str], None]) -> StageResult:
+    """Run ``job`` unless another process already has (then reuse its result)."""
+    lock = store.lock(job.key, f"stage '{job.stage}'", say)
+    lock.acquire()
+    try:
+        rec = store.record(job.key)
+        if rec is not None:
+            return StageResult(job.stage, "cached", rec["outputs"], rec.get("summary", {}), log_path="")
+        store.clear_staging(job.key)
+        return _run_locked(job, store, registry, cancel, progress)
+    finally:
+        lock.release()
+
+
+def _run_locked(job: StageJob, store: LocalStore, registry: Registry, cancel: threading.Event,
+                progress: Callable[[str], None]) -> StageResult:
+    staging = store.staging(job.key)
+    outputs = {name: staging / name for name in job.outputs}
+    for folder in outputs.values():
+        folder.mkdir()
+    logger, handler = _stage_logger(job)
+    ctx = StageContext(stage=job.stage, key=job.key, outputs=outputs, scratch=store.scratch(job.key),
+                       log=logger, threads=job.threads, _cancel=cancel, _progress=progress)
+    inputs: dict[str, Any] = {}
+    for name, refs in job.inputs.items():
+        arts = [Artifact(Path(p), d) for p, d in refs]
+        inputs[name] = arts if job.multiple.get(name) else (arts[0] if arts else None)
+    before = _file_identity(job.inputs, store.root)
+    started = time.time()
+    t0 = time.monotonic()
+    result = StageResult(job.stage, "failed", log_path=job.log_path)
+    logger.info("stage %s (%s) key %s", job.stage, job.uses, job.key)
+    try:
+        plugin = registry.load(job.uses).plugin
+        summary = plugin.run(ctx, inputs, dict(job.params)) or {}
+        if not isinstance(summary, dict):
+            raise TypeError(f"run() must return a dict summary, not {type(summary).__name__}")
+        summary = _json_summary(summary)
+        changed = [p for p, ident in before.items() if _identity_now(p) != ident]
+        if changed:
+            raise UserError(f"the input file {changed[0]} changed while the stage ran; run again")
+        crashpoint("after-plugin")
+        digests = {name: store.publish(folder) for name, folder in outputs.items()}
+        crashpoint("after-publish")
+        duration = time.monotonic() - t0
+        store.put_record(job.key, {
+            "key": job.key, "stage": job.stage, "parts": job.parts, "outputs": digests, "summary": summary,
+            "duration_s": round(duration, 4), "created": started})
+        crashpoint("after-record")
+        store.drop_scratch(job.key)
+        logger.info("done in %.3fs: %s", duration, canonical_json(summary))
+        result = StageResult(job.stage, "done", digests, summary, duration, log_path=job.log_path)
+    except Cancelled as e:
+        result.status, result.error = "cancelled", str(e)
+    except TunepipeError as e:
+        logger.error("%s", e)
+        result.error, result.user_error = redact(str(e)), isinstance(e, UserError)
+    except Exception as e:  # the plugin's bug: keep the traceback in the log, show one line
+        logger.error("%s", traceback.format_exc())
+        result.error = redact(f"{type(e).__name__}: {e}")
+    finally:
+        handler.close()
+        logger.removeHandler(handler)
+        shutil.rmtree(staging, ignore_errors=True)
+    result.duration = time.monotonic() - t0
+    return result
+
+
+def _identity_now(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_size, st.st_mtime_ns
+
+
+def _json_summary(summary: dict[str, Any]) -> dict[str, Any]:
+    import json
+
+    try:
+        text = canonical_json(summary)
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"the summary returned by run() is not JSON: {e}") from None
+    return json.loads(redact(text))

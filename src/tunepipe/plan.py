@@ -1,0 +1,159 @@
+"""Plan: for each stage its key, whether the cache already holds it, and why it must run.
+
+Reasons are data (a list of strings per stage), as in pydoit: ``--dry-run``, ``--explain`` and
+``status`` all print them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+from tunepipe.cache.atomic import canonical_json
+from tunepipe.cache.fingerprint import code_fingerprint
+from tunepipe.cache.keys import diff, key_parts, stage_key
+from tunepipe.cache.store import LocalStore
+from tunepipe.errors import UserError
+from tunepipe.plugins import Artifact
+from tunepipe.records import PipelineState
+from tunepipe.redact import find_secret
+from tunepipe.registry import Registry
+from tunepipe.spec.files import expand
+from tunepipe.spec.model import Pipeline, StageSpec
+
+CACHED, RUN, PENDING = "cached", "run", "pending"
+
+
+@dataclass
+class StagePlan:
+    """What the planner knows about one stage before it runs."""
+
+    name: str
+    state: str  # cached | run | pending (waits for an upstream stage that will run)
+    key: str | None = None
+    parts: dict[str, Any] | None = None
+    reasons: list[str] = field(default_factory=list)
+    inputs: dict[str, list[Artifact]] = field(default_factory=dict)
+    record: dict[str, Any] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"stage": self.name, "state": self.state, "key": self.key, "reasons": self.reasons,
+                "outputs": (self.record or {}).get("outputs")}
+
+
+def _package_versions(names: Iterable[str]) -> dict[str, str]:
+    out = {}
+    for n in names:
+        try:
+            out[n] = version(n)
+        except PackageNotFoundError:
+            out[n] = "absent"
+    return out
+
+
+class Planner:
+    """Computes keys and reasons; shared by the runner, ``status`` and ``--dry-run``."""
+
+    def __init__(self, pipeline: Pipeline, store: LocalStore, registry: Registry) -> None:
+        self.pipeline = pipeline
+        self.store = store
+        self.registry = registry
+        self.state = PipelineState(store.root, pipeline.path, pipeline.name)
+        self._last = self.state.read()
+        self._code: dict[str, str] = {}
+
+    def last_key(self, stage: str) -> str | None:
+        """The key of the stage's last successful run when this planner started."""
+        return self._last.get(stage, {}).get("key")
+
+    def inputs(self, spec: StageSpec, upstream: Mapping[str, Mapping[str, str]]) -> dict[str, list[Artifact]] | None:
+        """The artifacts of each input, or None while an upstream stage has no outputs yet."""
+        out: dict[str, list[Artifact]] = {}
+        for name, refs in spec.inputs.items():
+            arts: list[Artifact] = []
+            for ref in refs:
+                if ref.kind == "stage":
+                    produced = upstream.get(ref.stage)
+                    if produced is None:
+                        return None
+                    digest = produced[ref.output]
+                    arts.append(Artifact(self.store.object_path(digest), digest))
+                else:
+                    for path in expand(ref, self.pipeline.root):
+                        arts.append(Artifact(path, self.store.digests.path(path)))
+            out[name] = arts
+        return out
+
+    def parts(self, spec: StageSpec, inputs: Mapping[str, list[Artifact]]) -> dict[str, Any]:
+        loaded = self.registry.load(spec.uses)
+        if loaded.module not in self._code:
+            self._code[loaded.module] = code_fingerprint(loaded.module)
+        parts = key_parts(
+            plugin=loaded.plugin.name, identity=loaded.identity, version=loaded.plugin.version,
+            code=self._code[loaded.module], params=spec.params,
+            inputs={k: [a.digest for a in v] for k, v in inputs.items()},
+            outputs=list(spec.outputs), env=_package_versions(loaded.plugin.packages))
+        secret = find_secret(canonical_json(spec.params))
+        if secret:
+            raise UserError(
+                f"stage '{spec.name}': a parameter holds the value of ${secret}. Secrets must not be in a "
+                "pipeline file or --set (they would reach cache keys and records); plugins read them "
+                "from the environment")
+        return parts
+
+    def prepare(self, name: str, upstream: Mapping[str, Mapping[str, str]], forced: bool) -> StagePlan:
+        """Plan one stage given the outputs of the stages before it."""
+        spec = self.pipeline.stages[name]
+        inputs = self.inputs(spec, upstream)
+        if inputs is None:
+            waits = [u for u in spec.upstream() if u not in upstream]
+            return StagePlan(name, PENDING, reasons=[f"waits for {', '.join(waits)}"])
+        parts = self.parts(spec, inputs)
+        key = stage_key(parts)
+        record = self.store.record(key)
+        plan = StagePlan(name, RUN, key=key, parts=parts, inputs=inputs, record=record)
+        if forced:
+            plan.reasons = ["forced (--force)"]
+        elif record is not None:
+            plan.state = CACHED
+        else:
+            plan.reasons = self.why(name, key, parts)
+        return plan
+
+    def why(self, name: str, key: str, parts: dict[str, Any]) -> list[str]:
+        last = self.last_key(name)
+        if last is None:
+            return ["never run in this pipeline"]
+        if last == key:
+            return ["its outputs are no longer in the cache"]
+        try:
+            old = json.loads(self.store.record_path(last).read_text(encoding="utf-8"))["parts"]
+        except (OSError, ValueError, KeyError):
+            return ["the record of its last run is gone (cache gc?)"]
+        return diff(old, parts) or ["key changed"]
+
+    def plan(self, selected: list[str], forced: set[str]) -> list[StagePlan]:
+        """Plan every selected stage, in order, without running anything."""
+        upstream: dict[str, dict[str, str]] = {}
+        plans = []
+        for name in selected:
+            p = self.prepare(name, upstream, name in forced)
+            if p.state == CACHED and p.record is not None:
+                upstream[name] = p.record["outputs"]
+            plans.append(p)
+        return plans
+
+
+def stage_record(plan: StagePlan, outputs: Mapping[str, str], summary: Mapping[str, Any], duration: float,
+                 started: float) -> dict[str, Any]:
+    """The key record written when a stage run is published."""
+    return {"key": plan.key, "stage": plan.name, "parts": plan.parts, "outputs": dict(outputs),
+            "summary": dict(summary), "duration_s": round(duration, 4), "created": started}
+
+
+def artifact_paths(store: LocalStore, outputs: Mapping[str, str]) -> dict[str, Path]:
+    return {name: store.object_path(d) for name, d in outputs.items()}

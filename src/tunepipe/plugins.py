@@ -1,0 +1,119 @@
+"""The plugin contract: what a stage plugin is, and what the runner hands it.
+
+A stage plugin is any object with the attributes of :class:`StagePlugin` (a ``typing.Protocol``:
+no base class to inherit). Plugins never import the runner; the runner reaches plugins only
+through :mod:`tunepipe.registry`. See ``docs/plugins.md`` for a complete example.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+
+@dataclass(frozen=True)
+class Port:
+    """One named input or output of a plugin.
+
+    ``multiple``: an input that takes a list of artifacts (e.g. several data files, a glob).
+    ``optional``: an input the pipeline may leave out.
+    """
+
+    description: str
+    optional: bool = False
+    multiple: bool = False
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A read-only input: a file given in the spec, or a published stage output (a folder)."""
+
+    path: Path
+    digest: str
+
+    def files(self) -> list[Path]:
+        """The files of this artifact, sorted (the file itself for a single-file input)."""
+        if self.path.is_file():
+            return [self.path]
+        return sorted(p for p in self.path.rglob("*") if p.is_file())
+
+
+class Cancelled(Exception):
+    """Raised by :meth:`StageContext.check_cancelled` when the run is being stopped (Ctrl-C)."""
+
+
+@dataclass
+class StageContext:
+    """What the runner gives a running plugin.
+
+    Each output is a private, empty folder; the runner publishes it only after ``run`` returns.
+    ``scratch`` survives a crash of this very stage run (same key): keep checkpoints or remote
+    job ids there to resume. ``log`` writes to the stage's log file.
+    """
+
+    stage: str
+    key: str
+    outputs: Mapping[str, Path]
+    scratch: Path
+    log: logging.Logger
+    threads: int = 1
+    _cancel: threading.Event = field(default_factory=threading.Event, repr=False)
+    _progress: Callable[[str], None] | None = field(default=None, repr=False)
+
+    def output(self, name: str) -> Path:
+        """The folder to write output ``name`` into."""
+        try:
+            return self.outputs[name]
+        except KeyError:
+            raise KeyError(f"stage '{self.stage}' has no output named '{name}'; "
+                           f"declared outputs: {', '.join(self.outputs)}") from None
+
+    def progress(self, note: str) -> None:
+        """Show a short progress note on the stage's line (e.g. '12,000 records')."""
+        if self._progress is not None:
+            self._progress(note)
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancel.is_set()
+
+    def check_cancelled(self) -> None:
+        """Call this in long loops: raises :class:`Cancelled` once the run is stopping."""
+        if self._cancel.is_set():
+            raise Cancelled(f"stage '{self.stage}' was cancelled")
+
+
+Inputs = Mapping[str, "Artifact | list[Artifact]"]
+
+
+@runtime_checkable
+class StagePlugin(Protocol):
+    """A stage plugin.
+
+    Attributes:
+        name: the name used in ``uses:`` (for entry-point plugins, the entry-point name).
+        version: bump it when the plugin's behaviour changes in a way its code fingerprint
+            would not show (e.g. a changed default in a data file); it enters the cache key.
+        description: one line for ``pipeline stages``.
+        params_schema: JSON Schema (2020-12) of the ``with:`` mapping; defaults are applied.
+        inputs / outputs: named ports.
+        packages: distributions whose installed versions enter the cache key (e.g. ``("torch",)``).
+
+    ``run`` reads its inputs, writes each output into ``ctx.output(name)``, and returns a small
+    JSON-able summary (counts, metrics) that the runner shows and records.
+    """
+
+    name: str
+    version: str
+    description: str
+    params_schema: Mapping[str, Any]
+    inputs: Mapping[str, Port]
+    outputs: Mapping[str, Port]
+    packages: Sequence[str]
+
+    def run(self, ctx: StageContext, inputs: Inputs, params: Mapping[str, Any]) -> Mapping[str, Any]:
+        ...

@@ -1,0 +1,98 @@
+"""Run records and pipeline state, both written atomically.
+
+* The *state* of a pipeline maps each stage to the key of its last successful run: it is what
+  ``status`` compares against and what ``--explain`` diffs with.
+* A *run record* is one JSON file per ``pipeline run``: per stage the key, its parts, status,
+  duration, output digests, the reasons it ran, and the plugin's summary. It is rewritten after
+  every stage, so a crash keeps everything up to the last finished stage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from tunepipe.cache.atomic import write_json
+
+
+def pipeline_id(spec_path: Path, name: str) -> str:
+    digest = hashlib.sha256(str(spec_path.absolute()).encode()).hexdigest()[:10]
+    return f"{name}-{digest}"
+
+
+class PipelineState:
+    """The last successful key of each stage of one pipeline (one file per pipeline)."""
+
+    def __init__(self, cache_root: Path, spec_path: Path, name: str) -> None:
+        self.file = cache_root / "state" / f"{pipeline_id(spec_path, name)}.json"
+        self.spec_path = spec_path
+        self.name = name
+
+    def read(self) -> dict[str, Any]:
+        try:
+            return json.loads(self.file.read_text(encoding="utf-8")).get("stages", {})
+        except (OSError, ValueError):
+            return {}
+
+    def last_key(self, stage: str) -> str | None:
+        return self.read().get(stage, {}).get("key")
+
+    def update(self, stage: str, key: str) -> None:
+        from filelock import FileLock
+
+        with FileLock(str(self.file) + ".lock"):
+            stages = self.read()
+            stages[stage] = {"key": key, "at": time.time()}
+            write_json(self.file, {"spec": str(self.spec_path), "name": self.name, "stages": stages})
+
+
+def all_state_keys(cache_root: Path) -> set[str]:
+    """Keys any pipeline's state still points at (what ``cache gc`` keeps)."""
+    keys: set[str] = set()
+    for f in (cache_root / "state").glob("*.json"):
+        try:
+            keys.update(s["key"] for s in json.loads(f.read_text(encoding="utf-8"))["stages"].values())
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return keys
+
+
+class RunRecord:
+    """The record of one ``pipeline run``; safe to update from several threads."""
+
+    def __init__(self, cache_root: Path, spec_path: Path, name: str, argv: list[str]) -> None:
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+        self.run_id = f"{stamp}-{os.getpid()}"
+        folder = cache_root / "runs" / pipeline_id(spec_path, name)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.file = folder / f"{self.run_id}.json"
+        self.log_dir = folder / self.run_id
+        self._lock = threading.Lock()
+        self.data: dict[str, Any] = {
+            "run_id": self.run_id, "pipeline": name, "spec": str(spec_path), "argv": argv,
+            "started": time.time(), "finished": None, "status": "running", "stages": {},
+        }
+        self._write()
+
+    def log_path(self, stage: str) -> Path:
+        self.log_dir.mkdir(exist_ok=True)
+        return self.log_dir / f"{stage}.log"
+
+    def stage(self, name: str, **fields: Any) -> None:
+        with self._lock:
+            self.data["stages"].setdefault(name, {}).update(fields)
+            self._write()
+
+    def finish(self, status: str) -> None:
+        with self._lock:
+            self.data["finished"] = time.time()
+            self.data["status"] = status
+            self._write()
+
+    def _write(self) -> None:
+        write_json(self.file, self.data)

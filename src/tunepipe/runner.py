@@ -1,0 +1,229 @@
+"""The scheduler: run the selected stages in dependency order, independent ones concurrently.
+
+For each ready stage: plan it (key, reasons) → cached? reuse : submit to the executor. A key is
+computed only when the stage's upstream outputs exist, from their digests, so a rerun that
+reproduces identical bytes stops the cascade.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, wait
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from tunepipe.cache.store import LocalStore
+from tunepipe.errors import UserError
+from tunepipe.execute import StageJob, StageResult
+from tunepipe.executor import Executor, LocalExecutor
+from tunepipe.graph import select
+from tunepipe.plan import CACHED, Planner, StagePlan
+from tunepipe.records import RunRecord
+from tunepipe.registry import Registry
+from tunepipe.spec.model import Pipeline
+
+INTERRUPTED_EXIT = 130
+
+
+@dataclass
+class RunOptions:
+    targets: Sequence[str] = ()
+    force_all: bool = False
+    force: Sequence[str] = ()
+    jobs: int = 1
+    keep_going: bool = False
+    dry_run: bool = False
+    explain: bool = False
+    argv: Sequence[str] = ()
+
+
+@dataclass
+class StageOutcome:
+    name: str
+    status: str  # cached | done | failed | skipped | cancelled | run | pending (dry run)
+    key: str | None = None
+    duration: float = 0.0
+    summary: dict[str, Any] = field(default_factory=dict)
+    reasons: list[str] = field(default_factory=list)
+    error: str = ""
+    user_error: bool = False
+    log_path: str = ""
+
+
+@dataclass
+class RunOutcome:
+    pipeline: str
+    stages: dict[str, StageOutcome]
+    status: str  # ok | failed | interrupted | planned
+    duration: float
+    record_path: str = ""
+
+    @property
+    def exit_code(self) -> int:
+        if self.status == "interrupted":
+            return INTERRUPTED_EXIT
+        failed = [s for s in self.stages.values() if s.status == "failed"]
+        if not failed:
+            return 0
+        return UserError.exit_code if all(s.user_error for s in failed) else 1
+
+
+class Reporter(Protocol):
+    def start(self, pipeline: Pipeline, selected: list[str], cache: str) -> None: ...
+    def plan(self, plans: list[StagePlan]) -> None: ...
+    def stage(self, outcome: StageOutcome) -> None: ...
+    def progress(self, stage: str, note: str) -> None: ...
+    def message(self, text: str) -> None: ...
+    def finish(self, outcome: RunOutcome) -> None: ...
+
+
+def resolve_selection(pipeline: Pipeline, targets: Sequence[str], force: Sequence[str]) -> list[str]:
+    """The targets and what they need; unknown names are a user error with a suggestion."""
+    import difflib
+
+    for name in list(targets) + list(force):
+        if name not in pipeline.stages:
+            close = difflib.get_close_matches(name, list(pipeline.stages), n=1)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            raise UserError(f"there is no stage '{name}' in {pipeline.path.name}.{hint} "
+                            f"Stages: {', '.join(pipeline.stages)}")
+    return select(pipeline.deps(), pipeline.order, targets or pipeline.order)
+
+
+def run(pipeline: Pipeline, store: LocalStore, registry: Registry, opts: RunOptions, reporter: Reporter,
+        executor_factory: Callable[..., Executor] = LocalExecutor) -> RunOutcome:
+    """Run (or, with ``dry_run``, only plan) the selected stages."""
+    t_start = time.monotonic()
+    selected = resolve_selection(pipeline, opts.targets, opts.force)
+    forced = set(selected) if opts.force_all else set(opts.force)
+    planner = Planner(pipeline, store, registry)
+    reporter.start(pipeline, selected, str(store.root))
+    if opts.dry_run:
+        plans = planner.plan(selected, forced)
+        reporter.plan(plans)
+        stages = {p.name: StageOutcome(p.name, p.state, p.key, reasons=p.reasons) for p in plans}
+        outcome = RunOutcome(pipeline.name, stages, "planned", time.monotonic() - t_start)
+        store.digests.save()
+        return outcome
+    return _Scheduler(pipeline, store, registry, opts, reporter, planner, selected, forced,
+                      executor_factory).run(t_start)
+
+
+class _Scheduler:
+    def __init__(self, pipeline: Pipeline, store: LocalStore, registry: Registry, opts: RunOptions,
+                 reporter: Reporter, planner: Planner, selected: list[str], forced: set[str],
+                 executor_factory: Callable[..., Executor]) -> None:
+        self.pipeline, self.store, self.registry, self.opts = pipeline, store, registry, opts
+        self.reporter, self.planner = reporter, planner
+        self.selected, self.forced = selected, forced
+        self.deps = pipeline.deps()
+        self.outputs: dict[str, dict[str, str]] = {}
+        self.outcomes: dict[str, StageOutcome] = {}
+        self.pending = list(selected)
+        self.running: dict[Future[StageResult], StagePlan] = {}
+        self.cancel = threading.Event()
+        self.stopping = False
+        self.record = RunRecord(store.root, pipeline.path, pipeline.name, list(opts.argv))
+        self.threads = max(1, (os.cpu_count() or 1) // max(1, opts.jobs))
+        self.executor = executor_factory(opts.jobs, store, registry, self.cancel, reporter.progress,
+                                         reporter.message)
+
+    def run(self, t_start: float) -> RunOutcome:
+        status = "ok"
+        try:
+            while self.pending or self.running:
+                self._schedule()
+                if not self.running:
+                    break
+                done, _ = wait(list(self.running), timeout=0.2, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    self._finished(self.running.pop(fut), fut.result())
+        except KeyboardInterrupt:
+            status = "interrupted"
+            self.cancel.set()
+            self.reporter.message("interrupted: stopping; finished stages are kept, the rest reruns next time")
+            for plan in self.running.values():
+                self._set(StageOutcome(plan.name, "cancelled", plan.key, error="interrupted"))
+        finally:
+            self.executor.shutdown()
+        for name in self.pending:
+            if name not in self.outcomes:
+                self._set(StageOutcome(name, "skipped", reasons=["the run stopped before it"]))
+        if status == "ok" and any(o.status == "failed" for o in self.outcomes.values()):
+            status = "failed"
+        self.store.digests.save()
+        self.record.finish(status)
+        outcome = RunOutcome(self.pipeline.name, {n: self.outcomes[n] for n in self.selected if n in self.outcomes},
+                             status, time.monotonic() - t_start, str(self.record.file))
+        self.reporter.finish(outcome)
+        return outcome
+
+    def _schedule(self) -> None:
+        """Start every ready stage (cached ones resolve at once, which may make more ready)."""
+        progressed = True
+        while progressed and not self.stopping:
+            progressed = False
+            for name in list(self.pending):
+                bad = [d for d in self.deps[name] if self.outcomes.get(d) and
+                       self.outcomes[d].status in ("failed", "skipped", "cancelled")]
+                if bad:
+                    self.pending.remove(name)
+                    self._set(StageOutcome(name, "skipped", reasons=[f"'{bad[0]}' did not succeed"]))
+                    progressed = True
+                    continue
+                if not all(d in self.outputs for d in self.deps[name]):
+                    continue
+                if len(self.running) >= max(1, self.opts.jobs):
+                    return
+                self.pending.remove(name)
+                progressed = True
+                plan = self.planner.prepare(name, self.outputs, name in self.forced)
+                if plan.state == CACHED and plan.record is not None:
+                    self._accept(plan, plan.record["outputs"])
+                    self._set(StageOutcome(name, "cached", plan.key, summary=plan.record.get("summary", {})),
+                              write=False, parts=plan.parts)
+                    continue
+                job = StageJob(
+                    stage=name, uses=self.pipeline.stages[name].uses, key=plan.key or "", parts=plan.parts or {},
+                    params=self.pipeline.stages[name].params,
+                    inputs={k: [(str(a.path), a.digest) for a in v] for k, v in plan.inputs.items()},
+                    multiple=self.pipeline.stages[name].multiple, outputs=list(self.pipeline.stages[name].outputs),
+                    log_path=str(self.record.log_path(name)), threads=self.threads)
+                self.reporter.stage(StageOutcome(name, "running", plan.key, reasons=plan.reasons))
+                self.record.stage(name, status="running", key=plan.key, parts=plan.parts, reasons=plan.reasons)
+                self.running[self.executor.submit(job)] = plan
+
+    def _finished(self, plan: StagePlan, result: StageResult) -> None:
+        if result.status in ("done", "cached"):
+            self._accept(plan, result.outputs)
+        outcome = StageOutcome(plan.name, result.status, plan.key, result.duration, result.summary,
+                               plan.reasons, result.error, result.user_error, result.log_path)
+        self._set(outcome)
+        if result.status == "failed" and not self.opts.keep_going:
+            self.stopping = True
+
+    def _accept(self, plan: StagePlan, outputs: dict[str, str]) -> None:
+        self.outputs[plan.name] = outputs
+        if plan.key and self.planner.last_key(plan.name) != plan.key:
+            self.planner.state.update(plan.name, plan.key)
+
+    def _set(self, outcome: StageOutcome, write: bool = True, parts: dict[str, Any] | None = None) -> None:
+        self.outcomes[outcome.name] = outcome
+        self.reporter.stage(outcome)
+        fields: dict[str, Any] = {"status": outcome.status, "key": outcome.key,
+                                  "duration_s": round(outcome.duration, 4), "summary": outcome.summary}
+        if outcome.key and outcome.name in self.outputs:
+            fields["outputs"] = self.outputs[outcome.name]
+        if parts is not None:
+            fields["parts"] = parts
+        if outcome.reasons:
+            fields["reasons"] = outcome.reasons
+        if outcome.error:
+            fields["error"], fields["log"] = outcome.error, outcome.log_path
+        if write:
+            self.record.stage(outcome.name, **fields)
+        else:
+            self.record.data["stages"].setdefault(outcome.name, {}).update(fields)

@@ -1,0 +1,175 @@
+"""``${vars.NAME}`` interpolation and ``-S/--set stage.param=value`` overrides.
+
+A value that is exactly ``${vars.x}`` takes the variable's type (a number stays a number);
+inside a longer string it is formatted as text. ``$${`` writes a literal ``${``. Variables may
+use other variables; a loop is an error.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import re
+from typing import Any
+
+from tunepipe.errors import Position, Problem
+from tunepipe.spec.yamlpos import Document, JsonPath, load_text
+
+_REF = re.compile(r"\$\$\{|\$\{([^}]*)\}")
+
+
+class VarResolver:
+    """Interpolates ``${vars...}`` in values, recording problems with their positions."""
+
+    def __init__(self, doc: Document, variables: dict[str, Any]) -> None:
+        self.doc = doc
+        self.vars = variables
+        self.problems: list[Problem] = []
+        self._resolved: dict[str, Any] = {}
+
+    def resolve(self, value: Any, path: JsonPath) -> Any:
+        if isinstance(value, dict):
+            return {k: self.resolve(v, path + (k,)) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self.resolve(v, path + (i,)) for i, v in enumerate(value)]
+        if isinstance(value, str) and "${" in value:
+            return self._string(value, path, ())
+        return value
+
+    def _string(self, text: str, path: JsonPath, chain: tuple[str, ...]) -> Any:
+        whole = _REF.fullmatch(text)
+        if whole and whole.group(0) != "$${":
+            return self._lookup(whole.group(1).strip(), path, chain)
+
+        def sub(m: re.Match[str]) -> str:
+            if m.group(0) == "$${":
+                return "${"
+            value = self._lookup(m.group(1).strip(), path, chain)
+            if isinstance(value, (dict, list)):
+                self.problems.append(self.doc.problem(
+                    path, f"'${{{m.group(1)}}}' is a {'mapping' if isinstance(value, dict) else 'list'} "
+                          "and cannot be placed inside a string",
+                    "use it as the whole value, e.g. `key: ${vars.name}`"))
+                return ""
+            return value if isinstance(value, str) else json.dumps(value)
+
+        return _REF.sub(sub, text)
+
+    def _lookup(self, expr: str, path: JsonPath, chain: tuple[str, ...]) -> Any:
+        parts = expr.split(".")
+        if parts[0] != "vars" or len(parts) < 2 or not all(parts):
+            self.problems.append(self.doc.problem(
+                path, f"'${{{expr}}}' is not a variable reference",
+                "write ${vars.NAME} (variables are defined under `vars:`); write $${ for a literal ${"))
+            return None
+        name = parts[1]
+        if name not in self.vars:
+            close = difflib.get_close_matches(name, list(self.vars), n=1)
+            hint = f"did you mean '${{vars.{close[0]}}}'? " if close else ""
+            defined = ", ".join(sorted(self.vars)) or "none"
+            self.problems.append(self.doc.problem(
+                path, f"unknown variable '{name}' in '${{{expr}}}'",
+                f"{hint}defined variables: {defined}".strip()))
+            return None
+        if name in chain:
+            loop = " -> ".join(chain + (name,))
+            self.problems.append(self.doc.problem(("vars", name), f"variables refer to each other in a loop: {loop}",
+                                                  "make one of them a plain value"))
+            return None
+        if name not in self._resolved:
+            raw = self.vars[name]
+            self._resolved[name] = self._deep(raw, ("vars", name), chain + (name,))
+        value = self._resolved[name]
+        for i, key in enumerate(parts[2:], start=2):
+            if isinstance(value, dict) and key in value:
+                value = value[key]
+            elif isinstance(value, list) and key.isdigit() and int(key) < len(value):
+                value = value[int(key)]
+            else:
+                self.problems.append(self.doc.problem(
+                    path, f"'${{{expr}}}': variable '{'.'.join(parts[1:i])}' has no item '{key}'", ""))
+                return None
+        return value
+
+    def _deep(self, value: Any, path: JsonPath, chain: tuple[str, ...]) -> Any:
+        if isinstance(value, dict):
+            return {k: self._deep(v, path + (k,), chain) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self._deep(v, path + (i,), chain) for i, v in enumerate(value)]
+        if isinstance(value, str) and "${" in value:
+            return self._string(value, path, chain)
+        return value
+
+
+def parse_override(text: str) -> tuple[list[str], Any] | Problem:
+    """Split ``stage.param.sub=value``; the value is read as YAML (``3`` is a number)."""
+    pos = Position(f"--set {text}")
+    key, sep, raw = text.partition("=")
+    parts = key.strip().split(".")
+    if not sep or len(parts) < 2 or not all(parts):
+        return Problem(pos, "an override must look like STAGE.PARAM=VALUE or vars.NAME=VALUE",
+                       "e.g. -S train.epochs=3 or -S vars.system='Be brief.'")
+    if not raw.strip():
+        return parts, ""
+    try:
+        value = load_text(raw, f"--set {text}").data
+    except Exception:
+        value = raw
+    return parts, value
+
+
+def apply_overrides(doc: Document, overrides: tuple[str, ...]) -> list[Problem]:
+    """Apply ``-S`` overrides to the loaded data in place; their positions name the option."""
+    problems: list[Problem] = []
+    data = doc.data
+    stages = data.get("stages") if isinstance(data, dict) else None
+    if not isinstance(stages, dict):
+        return problems
+    for text in overrides:
+        parsed = parse_override(text)
+        if isinstance(parsed, Problem):
+            problems.append(parsed)
+            continue
+        parts, value = parsed
+        pos = Position(f"--set {text}")
+        if parts[0] == "vars":
+            target_path: JsonPath = ("vars",)
+            container = data.setdefault("vars", {})
+            keys = parts[1:]
+        elif parts[0] in stages and isinstance(stages[parts[0]], dict):
+            target_path = ("stages", parts[0], "with")
+            container = stages[parts[0]].setdefault("with", {})
+            keys = parts[1:]
+        else:
+            close = difflib.get_close_matches(parts[0], list(stages) + ["vars"], n=1)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            problems.append(Problem(pos, f"the override names no stage '{parts[0]}'",
+                                    f"{hint}stages: {', '.join(stages)}".strip()))
+            continue
+        if not isinstance(container, dict):
+            problems.append(Problem(pos, f"cannot set '{'.'.join(parts)}': its parent is not a mapping", ""))
+            continue
+        for i, k in enumerate(keys[:-1]):
+            nxt = container.setdefault(k, {})
+            if not isinstance(nxt, dict):
+                problems.append(Problem(pos, f"cannot set '{'.'.join(parts)}': '{k}' is not a mapping", ""))
+                break
+            container = nxt
+        else:
+            container[keys[-1]] = value
+            full = target_path + tuple(keys)
+            doc.values[full] = pos
+            doc.keys[full] = pos
+            _mark_children(doc, full, value, pos)
+    return problems
+
+
+def _mark_children(doc: Document, path: JsonPath, value: Any, pos: Position) -> None:
+    stale = [p for p in doc.values if p[:len(path)] == path and len(p) > len(path)]
+    for p in stale:
+        doc.values[p] = pos
+        doc.keys.pop(p, None)
+    if isinstance(value, dict):
+        for k, v in value.items():
+            doc.values[path + (k,)] = pos
+            _mark_children(doc, path + (k,), v, pos)
