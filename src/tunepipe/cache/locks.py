@@ -16,8 +16,6 @@ from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
-from filelock import FileLock, Timeout
-
 
 def _alive(pid: int) -> bool:
     try:
@@ -42,6 +40,8 @@ class KeyLock:
         self.owner_path = folder / f"{key}.owner"
         self.what = what
         self.say = say
+        from filelock import FileLock  # imported here: a cached rerun takes no lock
+
         self._lock = FileLock(str(self.path), thread_local=False)
 
     def read_owner(self) -> dict | None:
@@ -51,6 +51,8 @@ class KeyLock:
             return None
 
     def try_acquire(self) -> bool:
+        from filelock import Timeout
+
         try:
             self._lock.acquire(timeout=0)
         except Timeout:
@@ -59,6 +61,8 @@ class KeyLock:
         return True
 
     def acquire(self) -> None:
+        from filelock import Timeout
+
         try:
             self._lock.acquire(timeout=0)
         except Timeout:

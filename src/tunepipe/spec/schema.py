@@ -12,10 +12,12 @@ import functools
 import json
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tunepipe.errors import Problem
-from tunepipe.spec.yamlpos import Document, JsonPath
+
+if TYPE_CHECKING:
+    from tunepipe.spec.yamlpos import Document, JsonPath
 
 _JSON_TYPES = {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean",
                int: "an integer", float: "a number", type(None): "null"}
@@ -99,7 +101,7 @@ def _convert(doc: Document, err: Any, base: JsonPath, where: Callable[[JsonPath]
             out.append(doc.problem(path + (k,), f"unknown {noun} '{k}' in {place}",
                                    f"{hint} {listing}".strip(), key=True))
         return out
-    if v == "propertyNames":
+    if v == "propertyNames" or (v == "pattern" and "propertyNames" in err.absolute_schema_path):
         return [doc.problem(path + (inst,), f"'{inst}' is not a valid name in {place}",
                             _pattern_hint(schema), key=True)]
     if v == "required":
@@ -135,6 +137,8 @@ def _convert(doc: Document, err: Any, base: JsonPath, where: Callable[[JsonPath]
 
 def _pattern_hint(schema: Mapping[str, Any]) -> str:
     pattern = schema.get("pattern") or schema.get("propertyNames", {}).get("pattern")
+    if pattern == "^[A-Za-z_][A-Za-z0-9_]*$":
+        return "use letters, digits and '_', starting with a letter or '_'"
     if pattern == "^[A-Za-z_][A-Za-z0-9_-]*$":
         return "use letters, digits, '_' and '-', starting with a letter or '_' (no dots or spaces)"
     return f"it must match the pattern {pattern}" if pattern else ""

@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import tp_testplugins
+from click.testing import CliRunner, Result
+
+from tunepipe.cli import cli
+
+SUPPORT = Path(__file__).parent / "support"
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("TUNEPIPE_CACHE", "TUNEPIPE_CRASHPOINT", "TP_SPY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("NO_COLOR", "1")
+    tp_testplugins.CALLS.clear()
+
+
+class Project:
+    """A pipeline project in a temporary folder, run through the real CLI."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.cache = root / ".tunepipe"
+
+    def write(self, rel: str, text: str) -> Path:
+        path = self.root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(textwrap.dedent(text), encoding="utf-8")
+        return path
+
+    def spec(self, text: str, name: str = "p.yaml") -> Path:
+        return self.write(name, text)
+
+    def run(self, *args: str) -> Result:
+        """``pipeline ARGS`` in this process (the spy sees which plugins ran)."""
+        return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+    def ok(self, *args: str) -> Result:
+        result = self.run(*args)
+        assert result.exit_code == 0, result.output
+        return result
+
+    def calls(self) -> list[str]:
+        out = list(tp_testplugins.CALLS)
+        tp_testplugins.CALLS.clear()
+        return out
+
+    def artifact(self, stage: str, output: str = "out") -> Path:
+        info = json.loads(self.ok("show", "p.yaml", stage, "--json").stdout)
+        return Path(info["outputs"][output]["path"])
+
+    def subprocess(self, *args: str, env: dict[str, str] | None = None, **kw) -> subprocess.Popen:
+        """``pipeline ARGS`` as a separate process (for kill -9 and concurrency tests)."""
+        full_env = {**os.environ, "PYTHONPATH": str(SUPPORT), "NO_COLOR": "1", **(env or {})}
+        return subprocess.Popen([sys.executable, "-m", "tunepipe", *args], cwd=self.root, env=full_env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Project:
+    monkeypatch.chdir(tmp_path)
+    return Project(tmp_path)
