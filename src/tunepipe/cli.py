@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import click
 
 from tunepipe import __version__
-from tunepipe.errors import TunepipeError
+from tunepipe.errors import SpecError, TunepipeError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -30,7 +30,10 @@ def _errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except TunepipeError as e:
-            click.echo(f"error: {e}" if "\n" not in str(e) else str(e), err=True)
+            from tunepipe.redact import redact
+
+            text = redact(str(e))  # an excerpt of the spec may show a secret the user pasted
+            click.echo(text if isinstance(e, SpecError) else f"error: {text}", err=True)
             sys.exit(e.exit_code)
 
     return wrapper  # type: ignore[return-value]

@@ -40,6 +40,7 @@ class StageJob:
     outputs: list[str]
     log_path: str
     threads: int = 1
+    force: bool = False  # run even if the key is already recorded (--force)
 
 
 @dataclass
@@ -93,8 +94,8 @@ def execute(job: StageJob, store: LocalStore, registry: Registry, cancel: thread
     lock = store.lock(job.key, f"stage '{job.stage}'", say)
     lock.acquire()
     try:
-        rec = store.record(job.key)
-        if rec is not None:
+        rec = None if job.force else store.record(job.key)
+        if rec is not None:  # another process computed it while we waited for the lock
             return StageResult(job.stage, "cached", rec["outputs"], rec.get("summary", {}), log_path="")
         store.clear_staging(job.key)
         return _run_locked(job, store, registry, cancel, progress)

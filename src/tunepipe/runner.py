@@ -191,7 +191,7 @@ class _Scheduler:
                     params=self.pipeline.stages[name].params,
                     inputs={k: [(str(a.path), a.digest) for a in v] for k, v in plan.inputs.items()},
                     multiple=self.pipeline.stages[name].multiple, outputs=list(self.pipeline.stages[name].outputs),
-                    log_path=str(self.record.log_path(name)), threads=self.threads)
+                    log_path=str(self.record.log_path(name)), threads=self.threads, force=name in self.forced)
                 self.reporter.stage(StageOutcome(name, "running", plan.key, reasons=plan.reasons))
                 self.record.stage(name, status="running", key=plan.key, parts=plan.parts, reasons=plan.reasons)
                 self.running[self.executor.submit(job)] = plan

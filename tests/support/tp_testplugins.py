@@ -146,3 +146,45 @@ class WithEnv:
 class NotAPlugin:
     name = "broken"
     version = 3
+
+
+class Rendezvous:
+    """Succeeds only if its peer stage runs at the same time (proves ``-j`` concurrency)."""
+
+    name = "rendezvous"
+    version = "1"
+    description = "meet a concurrently running peer"
+    params_schema: Mapping[str, Any] = {"type": "object", "properties": {"me": {"type": "string"},
+                                                                       "peer": {"type": "string"}}}
+    inputs: Mapping[str, Port] = {}
+    outputs = {"out": Port("x")}
+    packages: tuple[str, ...] = ()
+
+    def run(self, ctx: StageContext, inputs: Mapping[str, Any], params: Mapping[str, Any]) -> dict[str, Any]:
+        spy(ctx)
+        (ctx.scratch.parent / f"rdv-{params['me']}").write_text("here")
+        deadline = time.monotonic() + 20
+        while not (ctx.scratch.parent / f"rdv-{params['peer']}").exists():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{params['peer']} never started while {params['me']} ran")
+            time.sleep(0.01)
+        (ctx.output("out") / "x").write_text(params["me"])
+        return {}
+
+
+class Leaky:
+    """Logs the OpenAI key by mistake: the log must show it redacted."""
+
+    name = "leaky"
+    version = "1"
+    description = "logs a secret"
+    params_schema: Mapping[str, Any] = {"type": "object"}
+    inputs: Mapping[str, Port] = {}
+    outputs = {"out": Port("x")}
+    packages: tuple[str, ...] = ()
+
+    def run(self, ctx: StageContext, inputs: Mapping[str, Any], params: Mapping[str, Any]) -> dict[str, Any]:
+        spy(ctx)
+        ctx.log.info("calling the API with key %s", os.environ["OPENAI_API_KEY"])
+        (ctx.output("out") / "x").write_text("x")
+        return {"used_key": os.environ["OPENAI_API_KEY"][:3]}

@@ -12,6 +12,7 @@ from typing import Any
 
 from tunepipe import graph
 from tunepipe.errors import PluginError, Position, Problem, SpecError, excerpt_at
+from tunepipe.redact import find_secret
 from tunepipe.registry import LoadedPlugin, Registry
 from tunepipe.spec import schema
 from tunepipe.spec.files import file_problem
@@ -62,8 +63,8 @@ def compile_document(doc: Document, path: Path, registry: Registry, overrides: t
             continue
         where = lambda rel, n=name, u=loaded.uses: (  # noqa: E731
             f"stage '{n}' (plugin {u})" + (f" parameter '{'.'.join(map(str, rel))}'" if rel else ""))
-        param_problems = schema.check(doc, params, loaded.plugin.params_schema, base, where, noun="parameter")
-        problems.extend(param_problems)
+        problems.extend(schema.check(doc, params, loaded.plugin.params_schema, base, where, noun="parameter"))
+        problems.extend(_secret_problems(doc, params, base))
         inputs, multiple = _inputs(doc, name, raw, loaded, plugins, stage_names, resolver, path.parent, problems)
         stages[name] = StageSpec(
             name=name, uses=loaded.uses, params=schema.with_defaults(loaded.plugin.params_schema, params),
@@ -78,6 +79,20 @@ def compile_document(doc: Document, path: Path, registry: Registry, overrides: t
     order = graph.topological_order(g, list(raw_stages))
     name = data.get("name") or path.stem
     return Pipeline(name=name, path=path, stages={n: stages[n] for n in order}, overrides=overrides)
+
+
+def _secret_problems(doc: Document, value: Any, path: JsonPath) -> list[Problem]:
+    """Secrets in a spec would reach cache keys and records: refuse them where they are written."""
+    if isinstance(value, dict):
+        return [p for k, v in value.items() for p in _secret_problems(doc, v, path + (k,))]
+    if isinstance(value, list):
+        return [p for i, v in enumerate(value) for p in _secret_problems(doc, v, path + (i,))]
+    name = find_secret(value) if isinstance(value, str) else None
+    if name is None:
+        return []
+    return [doc.problem(path, f"this value holds the secret in ${name}",
+                        "remove it: secrets must not be in a pipeline file or --set (they would reach cache keys "
+                        "and run records); plugins read them from the environment")]
 
 
 def _dedupe(problems: list[Problem]) -> list[Problem]:

@@ -1,0 +1,329 @@
+"""The cache as users see it: what reruns, what does not, and why."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+E = "tp_testplugins:Emit"
+L = "tp_testplugins:Length"
+
+CHAIN = f"""
+stages:
+  a:
+    uses: {E}
+    with: {{text: hello}}
+  b:
+    uses: {E}
+    inputs: {{src: a.out}}
+    with: {{text: "-b"}}
+  c:
+    uses: {E}
+    inputs: {{src: b.out}}
+    with: {{text: "-c"}}
+  d:
+    uses: {E}
+    inputs: {{src: a.out}}
+    with: {{text: "-d"}}
+"""
+
+
+def records(project) -> list[dict]:
+    files = sorted((project.cache / "runs").glob("*/*.json"))
+    return [json.loads(f.read_text()) for f in files]
+
+
+def test_unchanged_rerun_is_a_cache_hit(project) -> None:
+    project.spec(CHAIN)
+    project.ok("run", "p.yaml")
+    assert sorted(project.calls()) == ["a", "b", "c", "d"]
+    result = project.ok("run", "p.yaml")
+    assert project.calls() == []  # the spy proves no plugin ran
+    assert [line.split()[2] for line in result.stderr.splitlines()[1:5]] == ["cached"] * 4
+    assert "ok: 4 cached" in result.stderr
+    assert (project.artifact("c") / "data.txt").read_text() == "hello-b-c"
+
+
+def test_parameter_change_reruns_only_that_stage_and_what_depends_on_it(project) -> None:
+    project.spec(CHAIN)
+    project.ok("run", "p.yaml")
+    project.calls()
+    project.spec(CHAIN.replace('text: "-b"', 'text: "-B"'))
+    result = project.ok("run", "p.yaml", "--explain")
+    assert sorted(project.calls()) == ["b", "c"]
+    assert 'because parameter text: "-b" -> "-B"' in result.stderr
+    assert "because input src changed" in result.stderr  # c, through b's new bytes
+    assert (project.artifact("c") / "data.txt").read_text() == "hello-B-c"
+
+
+def test_set_override_changes_the_key_like_an_edit(project) -> None:
+    project.spec(CHAIN)
+    project.ok("run", "p.yaml")
+    project.calls()
+    project.ok("run", "p.yaml", "-S", "d.repeat=2")
+    assert project.calls() == ["d"]
+    assert json.loads(project.ok("show", "p.yaml", "d", "-S", "d.repeat=2", "--json").stdout)["current"]
+    project.ok("run", "p.yaml")  # back to the spec's value: still cached
+    assert project.calls() == []
+
+
+def test_input_file_change_reruns_and_a_touch_does_not(project) -> None:
+    data = project.write("data/x.txt", "one")
+    project.spec(f"stages:\n  a:\n    uses: {E}\n    inputs: {{src: data/x.txt}}\n")
+    project.ok("run", "p.yaml")
+    assert project.calls() == ["a"]
+    os.utime(data, (time.time() + 5, time.time() + 5))  # same bytes, new mtime
+    project.ok("run", "p.yaml")
+    assert project.calls() == []
+    data.write_text("two")
+    result = project.ok("run", "p.yaml", "--explain")
+    assert project.calls() == ["a"]
+    assert "because input src changed" in result.stderr
+    assert (project.artifact("a") / "data.txt").read_text() == "twohello"
+
+
+def test_identical_upstream_bytes_stop_the_cascade(project) -> None:
+    spec = f"""
+    stages:
+      a:
+        uses: {E}
+        with: {{text: hello}}
+      n:
+        uses: {L}
+        inputs: {{src: a.out}}
+      c:
+        uses: {E}
+        inputs: {{src: n.out}}
+    """
+    project.spec(spec)
+    project.ok("run", "p.yaml")
+    project.calls()
+    project.spec(spec.replace("text: hello", "text: world"))  # same length
+    result = project.ok("run", "p.yaml")
+    assert project.calls() == ["a", "n"]
+    assert "c         cached" in result.stderr
+
+
+def test_added_and_removed_parameters_invalidate(project) -> None:
+    base = f"stages:\n  a:\n    uses: {E}\n    with:\n      text: hi\n"
+    project.spec(base + "      tags: [x]\n")
+    project.ok("run", "p.yaml")
+    project.calls()
+    result = project.ok("run", "p.yaml", "--explain", "-S", "a.extra={k: 1}")
+    assert project.calls() == ["a"]
+    assert "because parameter extra.k added (1)" in result.stderr
+    project.spec(base)  # tags removed
+    result = project.ok("run", "p.yaml", "--explain")
+    assert project.calls() == ["a"]
+    assert 'because parameter tags removed (was ["x"])' in result.stderr
+
+
+def test_defaults_are_part_of_the_key_and_the_record(project) -> None:
+    project.spec(f"stages:\n  a:\n    uses: {E}\n")
+    project.ok("run", "p.yaml")
+    stage = records(project)[-1]["stages"]["a"]
+    assert stage["parts"]["params"] == {"text": "hello", "repeat": 1, "upper": False, "sleep": 0, "mode": "plain"}
+
+
+def test_dry_run_plans_without_running(project) -> None:
+    project.spec(CHAIN)
+    result = project.ok("run", "p.yaml", "--dry-run")
+    assert project.calls() == []
+    assert "a         will run: never run in this pipeline" in result.stderr
+    assert "b         will run if its inputs change (waits for a)" in result.stderr
+    assert "plan: 0 cached, 4 to run (nothing was run)" in result.stderr
+    project.ok("run", "p.yaml")
+    project.calls()
+    result = project.ok("run", "p.yaml", "-n", "-S", "b.repeat=3")
+    assert project.calls() == []
+    assert "b         will run: parameter repeat: 1 -> 3" in result.stderr
+    assert "plan: 2 cached, 2 to run" in result.stderr
+
+
+def test_force_all_and_force_one_stage(project) -> None:
+    project.spec(CHAIN)
+    project.ok("run", "p.yaml")
+    project.calls()
+    project.ok("run", "p.yaml", "--force")
+    assert sorted(project.calls()) == ["a", "b", "c", "d"]
+    project.ok("run", "p.yaml", "--force=b")
+    assert project.calls() == ["b"]  # same bytes again: c stays cached
+    result = project.run("run", "p.yaml", "--force=bb")
+    assert result.exit_code == 2 and "there is no stage 'bb'" in result.stderr and "Did you mean 'b'?" in result.stderr
+
+
+def test_selecting_stages_runs_them_and_what_they_need(project) -> None:
+    project.spec(CHAIN)
+    project.ok("run", "p.yaml", "b")
+    assert project.calls() == ["a", "b"]
+    result = project.run("run", "p.yaml", "x")
+    assert result.exit_code == 2 and "there is no stage 'x'" in result.stderr
+
+
+def test_a_failing_stage_fails_the_run_keeps_nothing_and_skips_its_dependents(project) -> None:
+    project.spec(f"""
+    stages:
+      ok:
+        uses: {E}
+      bad:
+        uses: tp_testplugins:Fail
+        with: {{message: "it broke"}}
+      after:
+        uses: {E}
+        inputs: {{src: bad.out}}
+    """)
+    result = project.run("run", "p.yaml")
+    assert result.exit_code == 1
+    assert "bad       failed" in result.stderr
+    assert "RuntimeError: it broke" in result.stderr
+    log = Path(result.stderr.split("log: ")[1].split()[0])
+    assert "Traceback" in log.read_text() and "it broke" in log.read_text()
+    assert "after     skipped" in result.stderr
+    assert "Traceback" not in result.output
+    assert list((project.cache / "tmp").iterdir()) == []  # the half-written output is gone
+    rec = records(project)[-1]
+    assert rec["status"] == "failed" and rec["stages"]["bad"]["status"] == "failed"
+    assert rec["stages"]["bad"]["log"] == str(log)
+
+
+def test_keep_going_runs_independent_stages_after_a_failure(project) -> None:
+    spec = f"""
+    stages:
+      bad:
+        uses: tp_testplugins:Fail
+      z1:
+        uses: {E}
+      z2:
+        uses: {E}
+        inputs: {{src: z1.out}}
+    """
+    project.spec(spec)
+    result = project.run("run", "p.yaml")
+    assert result.exit_code == 1
+    assert project.calls() == ["bad"]  # stopped at the first failure
+    result = project.run("run", "p.yaml", "--keep-going")
+    assert result.exit_code == 1
+    assert project.calls() == ["bad", "z1", "z2"]
+
+
+def test_independent_stages_run_concurrently_with_jobs(project) -> None:
+    project.spec(f"""
+    stages:
+      left:
+        uses: tp_testplugins:Rendezvous
+        with: {{me: left, peer: right}}
+      right:
+        uses: tp_testplugins:Rendezvous
+        with: {{me: right, peer: left}}
+    """)
+    project.ok("run", "p.yaml", "-j", "2")  # each waits until the other has started
+    assert sorted(project.calls()) == ["left", "right"]
+
+
+def test_run_record_holds_keys_parts_digests_and_summaries(project) -> None:
+    project.spec(CHAIN)
+    project.ok("run", "p.yaml")
+    rec = records(project)[-1]
+    assert rec["status"] == "ok" and rec["pipeline"] == "p"
+    a = rec["stages"]["a"]
+    assert a["status"] == "done" and len(a["key"]) == 64 and a["summary"] == {"chars": 5}
+    assert a["parts"]["plugin"] == {"name": "emit", "identity": "tp_testplugins:Emit", "version": "1"}
+    assert set(a["outputs"]) == {"out"} and a["duration_s"] >= 0
+    project.ok("run", "p.yaml")
+    again = records(project)[-1]["stages"]["a"]
+    assert again["status"] == "cached" and again["key"] == a["key"] and again["outputs"] == a["outputs"]
+
+
+def test_declared_packages_enter_the_key(project) -> None:
+    project.spec("stages:\n  a:\n    uses: tp_testplugins:WithEnv\n")
+    project.ok("run", "p.yaml")
+    env = records(project)[-1]["stages"]["a"]["parts"]["env"]
+    from importlib.metadata import version
+
+    assert env == {"click": version("click"), "no-such-distribution-xyz": "absent"}
+    project.spec(f"stages:\n  a:\n    uses: {E}\n")
+    project.ok("run", "p.yaml")
+    emit_env = records(project)[-1]["stages"]["a"]["parts"]["env"]
+    assert emit_env == {}  # nothing undeclared (no library versions, no environment variables)
+
+
+def test_cache_dir_option_and_environment_variable(project, monkeypatch: pytest.MonkeyPatch) -> None:
+    project.spec(f"stages:\n  a:\n    uses: {E}\n")
+    project.ok("run", "p.yaml", "--cache-dir", "elsewhere")
+    assert (project.root / "elsewhere" / "keys").is_dir() and not project.cache.exists()
+    monkeypatch.setenv("TUNEPIPE_CACHE", str(project.root / "envcache"))
+    project.ok("run", "p.yaml")
+    assert (project.root / "envcache" / "keys").is_dir()
+    assert project.calls() == ["a", "a"]
+
+
+def test_vars_keep_their_type_and_interpolate_in_strings(project) -> None:
+    project.spec(f"""
+    vars:
+      n: 3
+      word: hey
+      greeting: "${{vars.word}} there"
+    stages:
+      a:
+        uses: {E}
+        with: {{text: "${{vars.greeting}}/", repeat: "${{vars.n}}"}}
+    """)
+    project.ok("run", "p.yaml", "-S", "vars.word=yo")
+    assert (project.artifact("a") / "data.txt").read_text() == "yo there/" * 3
+
+
+def test_unchanged_large_inputs_are_not_reread(project, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tunepipe.cache import digests
+
+    data = project.write("data/big.txt", "x" * 100_000)
+    old = time.time() - 60
+    os.utime(data, (old, old))
+    project.spec(f"stages:\n  a:\n    uses: {E}\n    inputs: {{src: data/big.txt}}\n")
+    project.ok("run", "p.yaml")
+    reads: list[Path] = []
+    real = digests.file_digest
+    monkeypatch.setattr(digests, "file_digest", lambda p: reads.append(p) or real(p))
+    project.ok("run", "p.yaml")
+    assert reads == []  # remembered by (device, inode, size, mtime)
+    data.write_text("y" * 100_000)
+    os.utime(data, (old + 1, old + 1))
+    project.ok("run", "p.yaml")
+    assert reads == [data.absolute()]
+
+
+def test_secrets_never_reach_keys_records_or_logs(project, monkeypatch: pytest.MonkeyPatch) -> None:
+    secret = "sk-test-0123456789abcdef"
+    monkeypatch.setenv("OPENAI_API_KEY", secret)
+    project.spec(f"stages:\n  a:\n    uses: {E}\n    with: {{text: 'key {secret}'}}\n")
+    result = project.run("run", "p.yaml")
+    assert result.exit_code == 2
+    assert "p.yaml:4:18: error: this value holds the secret in $OPENAI_API_KEY" in result.stderr
+    assert secret not in result.output
+    project.spec(f"stages:\n  a:\n    uses: tp_testplugins:Leaky\n")
+    project.ok("run", "p.yaml")
+    everything = b"".join(p.read_bytes() for p in project.cache.rglob("*") if p.is_file())
+    assert secret.encode() not in everything
+    assert b"<OPENAI_API_KEY>" in everything  # the plugin's log line, redacted
+
+
+def test_validated_specs_are_reused_without_importing_validation(project) -> None:
+    project.spec(f"stages:\n  a:\n    uses: {E}\n")
+    probe = ("import sys\nfrom tunepipe.cli import cli\ntry:\n    cli(['run', '-q', 'p.yaml'])\n"
+             "except SystemExit as e:\n    assert e.code == 0, e.code\n"
+             "print(sorted(m for m in ('jsonschema', 'networkx', 'yaml') if m in sys.modules))")
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent / "support")}
+    out1 = subprocess.run([sys.executable, "-c", probe], cwd=project.root, env=env, capture_output=True, text=True)
+    out2 = subprocess.run([sys.executable, "-c", probe], cwd=project.root, env=env, capture_output=True, text=True)
+    assert out1.returncode == 0, out1.stderr
+    assert out1.stdout.strip() == "['jsonschema', 'networkx', 'yaml']"
+    assert out2.stdout.strip() == "[]", out2.stderr
+    project.spec(f"stages:\n  a:\n    uses: {E}\n    with: {{text: changed}}\n")
+    out3 = subprocess.run([sys.executable, "-c", probe], cwd=project.root, env=env, capture_output=True, text=True)
+    assert out3.stdout.strip() == "['jsonschema', 'networkx', 'yaml']"
