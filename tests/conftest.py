@@ -61,8 +61,8 @@ class Project:
     def subprocess(self, *args: str, env: dict[str, str] | None = None, **kw) -> subprocess.Popen:
         """``pipeline ARGS`` as a separate process (for kill -9 and concurrency tests)."""
         full_env = {**os.environ, "PYTHONPATH": str(SUPPORT), "NO_COLOR": "1", **(env or {})}
-        return subprocess.Popen([sys.executable, "-m", "tunepipe", *args], cwd=self.root, env=full_env,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+        options = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True, **kw}
+        return subprocess.Popen([sys.executable, "-m", "tunepipe", *args], cwd=self.root, env=full_env, **options)
 
 
 @pytest.fixture

@@ -101,6 +101,8 @@ def run(pipeline: Pipeline, store: LocalStore, registry: Registry, opts: RunOpti
     forced = set(selected) if opts.force_all else set(opts.force)
     planner = Planner(pipeline, store, registry)
     reporter.start(pipeline, selected, str(store.root))
+    if not opts.dry_run:
+        store.sweep_leftovers(say=reporter.message)
     if opts.dry_run:
         plans = planner.plan(selected, forced)
         reporter.plan(plans)

@@ -24,7 +24,7 @@ def spy(ctx: StageContext) -> None:
 
 def read_all(value: Any) -> str:
     arts = value if isinstance(value, list) else [value]
-    return "".join(p.read_text(encoding="utf-8") for a in arts for p in a.files())
+    return "".join(p.read_bytes().decode("latin-1") for a in arts for p in a.files())
 
 
 class Emit:
@@ -56,7 +56,7 @@ class Emit:
             text = text.upper()
         if "src" in inputs:
             text = read_all(inputs["src"]) + text
-        (ctx.output("out") / "data.txt").write_text(text, encoding="utf-8")
+        (ctx.output("out") / "data.txt").write_bytes(text.encode("latin-1", "replace"))
         ctx.log.info("wrote %d chars", len(text))
         return {"chars": len(text)}
 

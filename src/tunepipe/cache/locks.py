@@ -29,7 +29,7 @@ def _alive(pid: int) -> bool:
 
 def describe_owner(owner: dict) -> str:
     started = time.strftime("%H:%M:%S", time.localtime(owner.get("since", 0)))
-    return f"pid {owner.get('pid')} on {owner.get('host')} since {started} ({owner.get('what', '?')})"
+    return f"pid {owner.get('pid')} on {owner.get('host')} (since {started})"
 
 
 class KeyLock:
@@ -78,7 +78,7 @@ class KeyLock:
         if old and (old.get("pid"), old.get("host")) != (os.getpid(), here):
             # We hold the OS lock, so the recorded owner does not: it died without cleaning up.
             state = "died" if old.get("host") != here or not _alive(old.get("pid", 0)) else "no longer holds it"
-            self.say(f"took over the lock of {self.what} from {describe_owner(old)}, which {state}")
+            self.say(f"took over the lock of {old.get('what', self.what)} from {describe_owner(old)}, which {state}")
         me = {"pid": os.getpid(), "host": here, "since": time.time(), "what": self.what}
         tmp = self.owner_path.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(json.dumps(me), encoding="utf-8")

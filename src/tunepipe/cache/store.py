@@ -182,6 +182,20 @@ class LocalStore:
     def lock(self, key: str, what: str, say: Callable[[str], None]) -> KeyLock:
         return KeyLock(self.root / "locks", key, what, say)
 
+    def sweep_leftovers(self, dry_run: bool = False, say: Callable[[str], None] = lambda _m: None) -> list[str]:
+        """Remove staging folders of runs that died (their key's lock is free); returns their names."""
+        removed = []
+        for leftover in sorted((self.root / "tmp").iterdir()):
+            lock = self.lock(leftover.name.split(".")[0], "a stage", say)
+            if lock.try_acquire():  # nobody runs this key: whatever is here is left from a crash
+                try:
+                    removed.append(leftover.name)
+                    if not dry_run:
+                        _force_rmtree(leftover)
+                finally:
+                    lock.release()
+        return removed
+
     # maintenance -----------------------------------------------------------------------------
     def verify(self, repair: bool = False) -> VerifyReport:
         """Recompute every object's digest and check every record's outputs exist."""
@@ -236,16 +250,7 @@ class LocalStore:
                 report.freed_bytes += sum(e[2].st_size for e in tree_entries(obj)) if obj.is_dir() else 0
                 if not dry_run:
                     _force_rmtree(obj)
-        for leftover in sorted((self.root / "tmp").iterdir()):
-            key = leftover.name.split(".")[0]
-            lock = self.lock(key, "gc", lambda _m: None)
-            if lock.try_acquire():  # nobody runs this key: whatever is here is left from a crash
-                try:
-                    report.leftovers.append(leftover.name)
-                    if not dry_run:
-                        _force_rmtree(leftover)
-                finally:
-                    lock.release()
+        report.leftovers = self.sweep_leftovers(dry_run=dry_run)
         if not dry_run:
             for spec in (self.root / "compiled").glob("*.json"):
                 spec.unlink(missing_ok=True)
