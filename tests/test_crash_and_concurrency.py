@@ -84,25 +84,32 @@ def _wait_for(path: Path, timeout: float = 60) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("point", ["inside-plugin", "after-plugin", "after-publish", "after-record"])
+@pytest.mark.parametrize("point", ["inside-plugin", "sigint", "sigterm", "after-plugin", "after-publish",
+                                   "after-record"])
 def test_kill_9_at_any_point_then_a_rerun_completes_identically(project, point: str) -> None:
     hold = project.root / "hold"
-    project.spec(CRASH_SPEC.replace("HOLD", str(hold) if point == "inside-plugin" else "''"))
+    held = point in ("inside-plugin", "sigint", "sigterm")
+    project.spec(CRASH_SPEC.replace("HOLD", str(hold) if held else "''"))
     assert _run(project, "run", "p.yaml", "--cache-dir", "ref")[0] == 0
     reference = _outputs(project, "ref")
     Path(str(hold) + ".started").unlink(missing_ok=True)
 
-    if point == "inside-plugin":
+    if held:
         hold.write_text("wait")
         proc = project.subprocess("run", "p.yaml")
         _wait_for(Path(str(hold) + ".started"))
-        proc.send_signal(signal.SIGKILL)
-        proc.communicate(timeout=60)
+        sig = {"sigint": signal.SIGINT, "sigterm": signal.SIGTERM}.get(point, signal.SIGKILL)
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=60)
         hold.unlink()
+        if sig == signal.SIGKILL:
+            assert proc.returncode == -signal.SIGKILL
+        else:
+            assert proc.returncode == 130 and "interrupted: stopping" in err, err
     else:
         proc = project.subprocess("run", "p.yaml", env={"TUNEPIPE_CRASHPOINT": point})
         proc.communicate(timeout=120)
-    assert proc.returncode == -signal.SIGKILL
+        assert proc.returncode == -signal.SIGKILL
 
     # Whatever was published is whole: every artifact matches its digest.
     verify = project.run("cache", "verify", "p.yaml")

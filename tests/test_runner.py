@@ -56,7 +56,7 @@ def test_parameter_change_reruns_only_that_stage_and_what_depends_on_it(project)
     result = project.ok("run", "p.yaml", "--explain")
     assert sorted(project.calls()) == ["b", "c"]
     assert 'because parameter text: "-b" -> "-B"' in result.stderr
-    assert "because input src changed" in result.stderr  # c, through b's new bytes
+    assert "because input src (b.out) changed" in result.stderr  # c, through b's new bytes
     assert (project.artifact("c") / "data.txt").read_text() == "hello-B-c"
 
 
@@ -82,7 +82,7 @@ def test_input_file_change_reruns_and_a_touch_does_not(project) -> None:
     data.write_text("two")
     result = project.ok("run", "p.yaml", "--explain")
     assert project.calls() == ["a"]
-    assert "because input src changed" in result.stderr
+    assert "because input src (data/x.txt) changed" in result.stderr
     assert (project.artifact("a") / "data.txt").read_text() == "twohello"
 
 
@@ -327,3 +327,15 @@ def test_validated_specs_are_reused_without_importing_validation(project) -> Non
     project.spec(f"stages:\n  a:\n    uses: {E}\n    with: {{text: changed}}\n")
     out3 = subprocess.run([sys.executable, "-c", probe], cwd=project.root, env=env, capture_output=True, text=True)
     assert out3.stdout.strip() == "['jsonschema', 'networkx', 'yaml']"
+
+
+def test_results_are_reused_across_projects_sharing_a_cache(project, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TUNEPIPE_CACHE", str(project.root / "shared-cache"))
+    for name in ("one", "two"):
+        project.write(f"{name}/data.txt", "same bytes")
+        project.spec(f"name: {name}\nstages:\n  a:\n    uses: {E}\n    inputs: {{src: data.txt}}\n",
+                     name=f"{name}/p.yaml")
+    project.ok("run", "one/p.yaml")
+    result = project.ok("run", "two/p.yaml")
+    assert project.calls() == ["a"]  # the second project reused the first one's result
+    assert "a         cached" in result.stderr

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -59,6 +60,10 @@ def cli() -> None:
     """
 
 
+def _interrupt(_signum: int, _frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 @cli.command()
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.argument("stages", nargs=-1)
@@ -81,6 +86,7 @@ def run(file: str, stages: tuple[str, ...], overrides: tuple[str, ...], cache_di
     from tunepipe.runner import run as run_pipeline
     from tunepipe.session import open_session
 
+    signal.signal(signal.SIGTERM, _interrupt)  # stop like Ctrl-C: finished stages are kept
     session = open_session(file, overrides, cache_dir)
     opts = RunOptions(targets=stages, force_all="*" in force, force=[f for f in force if f != "*"], jobs=jobs,
                       keep_going=keep_going, dry_run=dry_run, explain=explain, argv=sys.argv[1:])
@@ -136,7 +142,7 @@ def status(file: str, stages: tuple[str, ...], overrides: tuple[str, ...], cache
     words = {"cached": "fresh", "run": "stale", "pending": "stale?"}
     for p in plans:
         why = "" if p.state == "cached" else "  " + "; ".join(p.reasons)
-        click.echo(f"{p.name:<{width}}  {words[p.state]:<6}{why}")
+        click.echo(f"{p.name:<{width}}  {words[p.state]:<6}{why}".rstrip())
 
 
 @cli.command()
@@ -170,7 +176,7 @@ def stages_cmd(names: tuple[str, ...], as_json: bool) -> None:
     from tunepipe.describe import describe_plugin, plugin_json
     from tunepipe.registry import Registry
 
-    registry = Registry()
+    registry = Registry(search_paths=[Path.cwd()])  # so a project's own `module:Name` plugins are found
     loaded = [registry.load(n) for n in (names or registry.names())]
     if as_json:
         click.echo(json.dumps([plugin_json(lp) for lp in loaded], indent=2))

@@ -134,7 +134,14 @@ class Planner:
             old = json.loads(self.store.record_path(last).read_text(encoding="utf-8"))["parts"]
         except (OSError, ValueError, KeyError):
             return ["the record of its last run is gone (cache gc?)"]
-        return diff(old, parts) or ["key changed"]
+        reasons = diff(old, parts) or ["key changed"]
+        spec = self.pipeline.stages[name]
+        for i, r in enumerate(reasons):  # name what the input reads: "input src (b.out) changed"
+            for input_name, refs in spec.inputs.items():
+                prefix = f"input {input_name} changed"
+                if r.startswith(prefix):
+                    reasons[i] = f"input {input_name} ({', '.join(x.text for x in refs)}) changed" + r[len(prefix):]
+        return reasons
 
     def plan(self, selected: list[str], forced: set[str]) -> list[StagePlan]:
         """Plan every selected stage, in order, without running anything."""

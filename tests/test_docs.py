@@ -1,0 +1,34 @@
+"""The plugin example in docs/plugins.md works as documented."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+DOCS = Path(__file__).parents[1] / "docs" / "plugins.md"
+PIPELINES = Path(__file__).parents[1] / "pipelines"
+
+
+def _blocks(lang: str) -> list[str]:
+    return re.findall(rf"```{lang}\n(.*?)```", DOCS.read_text(encoding="utf-8"), flags=re.S)
+
+
+def test_the_documented_plugin_runs_in_the_documented_pipeline(project) -> None:
+    code = _blocks("python")[0]
+    spec = _blocks("yaml")[0]
+    project.write("tp_shortreplies/__init__.py", code)
+    shutil.copytree(PIPELINES / "data", project.root / "data")
+    project.spec(spec)
+    result = project.ok("run", "p.yaml")
+    assert "short     done" in result.stderr
+    info = json.loads(project.ok("show", "p.yaml", "short", "--json").stdout)
+    kept = info["summary"]["kept"]
+    assert 0 < kept < 16 and kept + info["summary"]["dropped"] == 16
+    out = Path(info["outputs"]["records"]["path"]) / "records.jsonl"
+    for line in out.read_text().splitlines():
+        reply = [m["content"] for m in json.loads(line)["messages"] if m["role"] == "assistant"][0]
+        assert len(reply.split()) <= 12
+    listing = project.ok("stages", "tp_shortreplies:ShortReplies").stdout
+    assert "max_words: integer = 20" in listing
