@@ -81,7 +81,7 @@ def _interrupt(_signum: int, _frame: Any) -> None:
 def run(file: str, stages: tuple[str, ...], overrides: tuple[str, ...], cache_dir: str | None, jobs: int,
         force: tuple[str, ...], dry_run: bool, explain: bool, keep_going: bool, quiet: bool, verbose: bool) -> None:
     """Run the pipeline FILE (or only STAGES and what they need), reusing cached results."""
-    from tunepipe.progress import LineReporter
+    from tunepipe.progress import make_reporter
     from tunepipe.runner import RunOptions
     from tunepipe.runner import run as run_pipeline
     from tunepipe.session import open_session
@@ -90,7 +90,7 @@ def run(file: str, stages: tuple[str, ...], overrides: tuple[str, ...], cache_di
     session = open_session(file, overrides, cache_dir)
     opts = RunOptions(targets=stages, force_all="*" in force, force=[f for f in force if f != "*"], jobs=jobs,
                       keep_going=keep_going, dry_run=dry_run, explain=explain, argv=sys.argv[1:])
-    reporter = LineReporter(verbosity=-1 if quiet else (1 if verbose else 0), explain=explain)
+    reporter = make_reporter(verbosity=-1 if quiet else (1 if verbose else 0), explain=explain)
     outcome = run_pipeline(session.pipeline, session.store, session.registry, opts, reporter)
     if dry_run:
         todo = sum(1 for s in outcome.stages.values() if s.status != "cached")

@@ -1,7 +1,9 @@
-"""The terminal view of a run: one line per stage state change, with duration and summary.
+"""The terminal view of a run: one line per stage, with state, duration and a short summary.
 
-Lines (not a redrawn table) so that logs in CI read the same as a terminal. Colour only on a
-terminal and never when ``NO_COLOR`` is set (https://no-color.org).
+On a terminal, :class:`LiveReporter` (rich) keeps one line per stage and updates it in place,
+with the elapsed time of running stages. Elsewhere (CI logs, pipes) :class:`LineReporter` prints a
+line per state change, which reads well in a log file. Colour only on a terminal and never when
+``NO_COLOR`` is set (https://no-color.org).
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from tunepipe.runner import RunOutcome, StageOutcome
 from tunepipe.spec.model import Pipeline
 
 _STYLE = {"cached": ("✓", "cyan"), "done": ("✓", "green"), "running": ("▶", "yellow"),
-          "failed": ("✗", "red"), "skipped": ("-", "bright_black"), "cancelled": ("✗", "yellow")}
+          "failed": ("✗", "red"), "skipped": ("-", "bright_black"), "cancelled": ("✗", "yellow"),
+          "waiting": ("·", "bright_black")}
 _ANSI = {"cyan": "36", "green": "32", "yellow": "33", "red": "31", "bright_black": "90", "bold": "1"}
 
 
@@ -101,19 +104,133 @@ class LineReporter:
         self._print(f"  {self._c('!', 'yellow')} {text}")
 
     def plan(self, plans: list[StagePlan]) -> None:
-        for p in plans:
-            if p.state == "cached":
-                self._print(f"  {self._c('✓', 'cyan')} {p.name:<{self.width}}  cached")
-            elif p.state == "run":
-                self._print(f"  {self._c('▶', 'yellow')} {p.name:<{self.width}}  will run: {'; '.join(p.reasons)}")
-            else:
-                self._print(f"  {self._c('…', 'yellow')} {p.name:<{self.width}}  will run if its inputs change "
-                            f"({'; '.join(p.reasons)})")
+        for text, color in plan_lines(plans, self.width):
+            self._print(f"  {self._c(text[0], color)}{text[1:]}")
 
     def finish(self, outcome: RunOutcome) -> None:
-        counts: dict[str, int] = {}
-        for s in outcome.stages.values():
-            counts[s.status] = counts.get(s.status, 0) + 1
-        detail = ", ".join(f"{n} {k}" for k, n in counts.items())
-        color = {"ok": "green", "failed": "red"}.get(outcome.status, "yellow")
-        self._print(self._c(f"{outcome.status}: {detail} in {outcome.duration:.2f}s", color))
+        text, color = result_line(outcome)
+        self._print(self._c(text, color))
+
+
+def plan_lines(plans: list[StagePlan], width: int) -> list[tuple[str, str]]:
+    """(line, colour of its mark) for each planned stage of a dry run."""
+    out = []
+    for p in plans:
+        if p.state == "cached":
+            out.append((f"✓ {p.name:<{width}}  cached", "cyan"))
+        elif p.state == "run":
+            out.append((f"▶ {p.name:<{width}}  will run: {'; '.join(p.reasons)}", "yellow"))
+        else:
+            out.append((f"… {p.name:<{width}}  will run if its inputs change ({'; '.join(p.reasons)})", "yellow"))
+    return out
+
+
+def result_line(outcome: RunOutcome) -> tuple[str, str]:
+    counts: dict[str, int] = {}
+    for s in outcome.stages.values():
+        counts[s.status] = counts.get(s.status, 0) + 1
+    detail = ", ".join(f"{n} {k}" for k, n in counts.items())
+    color = {"ok": "green", "failed": "red"}.get(outcome.status, "yellow")
+    return f"{outcome.status}: {detail} in {outcome.duration:.2f}s", color
+
+
+class LiveReporter:
+    """One line per stage, redrawn in place on a terminal (rich); messages scroll above it."""
+
+    def __init__(self, stream: TextIO | None = None, verbosity: int = 0, explain: bool = False,
+                 force_terminal: bool | None = None) -> None:
+        from rich.console import Console
+
+        self.console = Console(file=stream or sys.stderr, force_terminal=force_terminal, highlight=False)
+        self.verbosity = verbosity
+        self.explain = explain or verbosity > 0
+        self.width = 8
+        self._lock = threading.Lock()
+        self._rows: dict[str, StageOutcome] = {}
+        self._started: dict[str, float] = {}
+        self._notes: dict[str, str] = {}
+        self._live: Any = None
+
+    def _render(self) -> Any:
+        from rich.text import Text
+
+        lines = Text()
+        with self._lock:
+            rows = list(self._rows.values())
+            for o in rows:
+                mark, color = _STYLE.get(o.status, ("?", "bold"))
+                if o.status == "running":
+                    dur = f"{time.monotonic() - self._started.get(o.name, time.monotonic()):6.1f}s"
+                    tail = self._notes.get(o.name, "")
+                elif o.status in ("done", "failed"):
+                    dur, tail = f"{o.duration:6.2f}s", format_summary(o.summary)
+                else:
+                    dur, tail = " " * 7, format_summary(o.summary) if o.status == "cached" else (
+                        o.reasons[0] if o.reasons else "")
+                lines.append("  ")
+                lines.append(mark, style=color)
+                lines.append(f" {o.name:<{self.width}}  {o.status:<9}{dur}  {tail}".rstrip() + "\n")
+        lines.rstrip()
+        return lines
+
+    def start(self, pipeline: Pipeline, selected: list[str], cache: str) -> None:
+        from rich.live import Live
+
+        self.width = max([8] + [len(n) for n in selected])
+        n = len(selected)
+        self.console.print(f"[bold]pipeline {pipeline.name}: {n} stage{'s' if n != 1 else ''}[/bold]"
+                           + (f"  (cache {cache})" if self.verbosity > 0 else ""))
+        for name in selected:
+            self._rows[name] = StageOutcome(name, "waiting")
+        self._live = Live(get_renderable=self._render, console=self.console, refresh_per_second=4,
+                          transient=False)
+        self._live.start()
+
+    def stage(self, o: StageOutcome) -> None:
+        with self._lock:
+            if o.status == "running":
+                self._started[o.name] = time.monotonic()
+            self._rows[o.name] = o
+        if o.status == "running" and self.explain:
+            for r in o.reasons:
+                self.message(f"{o.name} runs because {r}", mark="")
+        if o.status == "failed":
+            self.message(f"{o.name}: {o.error}" + (f"\n      log: {o.log_path}" if o.log_path else ""),
+                         mark="✗", style="red")
+
+    def progress(self, stage: str, note: str) -> None:
+        with self._lock:
+            self._notes[stage] = note
+
+    def message(self, text: str, mark: str = "!", style: str = "yellow") -> None:
+        from rich.text import Text
+
+        line = Text("  ")
+        line.append(mark or " ", style=style)
+        line.append(f" {text}")
+        (self._live.console if self._live else self.console).print(line)
+
+    def plan(self, plans: list[StagePlan]) -> None:
+        self._stop()
+        for text, color in plan_lines(plans, self.width):
+            self.console.print(f"  [{color}]{text[0]}[/{color}]{text[1:]}", markup=True, highlight=False)
+
+    def finish(self, outcome: RunOutcome) -> None:
+        self._stop()
+        text, color = result_line(outcome)
+        self.console.print(text, style=color)
+
+    def _stop(self) -> None:
+        if self._live is not None:
+            self._live.stop()
+            self._live = None
+
+
+def make_reporter(verbosity: int, explain: bool, stream: TextIO | None = None) -> LineReporter | LiveReporter:
+    """A live view on an interactive terminal; plain lines in logs, pipes, CI and with -q."""
+    out = stream or sys.stderr
+    interactive = hasattr(out, "isatty") and out.isatty() and os.environ.get("TERM") != "dumb" \
+        and not os.environ.get("CI")
+    if interactive and verbosity >= 0:
+        return LiveReporter(out, verbosity, explain)
+    return LineReporter(out, verbosity, explain)
