@@ -166,3 +166,38 @@ def test_concurrent_runs_started_together_agree(project) -> None:
         assert p.returncode == 0, err
     ran = sorted(line.split()[0] for line in spy.read_text().splitlines())
     assert ran == ["s0", "s1", "s2", "s3"]
+
+
+LOCAL_PLUGIN = '''
+from tunepipe.plugins import Port
+
+
+class Echo:
+    name = "echo"
+    version = "1"
+    description = "writes what the helper next to the pipeline says"
+    params_schema = {"type": "object"}
+    inputs = {}
+    outputs = {"out": Port("text")}
+    packages = ()
+
+    def run(self, ctx, inputs, params):
+        import localhelper  # a lazy import of a sibling module, found next to the pipeline file
+
+        (ctx.output("out") / "t.txt").write_text(localhelper.TEXT)
+        return {}
+'''
+
+
+def test_a_project_plugin_and_the_sibling_modules_it_imports_are_fingerprinted(project) -> None:
+    project.write("localplug.py", LOCAL_PLUGIN)
+    project.write("localhelper.py", "TEXT = 'one'\n")
+    project.spec("stages:\n  s:\n    uses: localplug:Echo\n")
+    rc, err = _run(project, "run", "p.yaml")
+    assert rc == 0 and "s         done" in err, err
+    assert "s         cached" in _run(project, "run", "p.yaml")[1]
+    project.write("localhelper.py", "TEXT = 'two'\n")
+    rc, err = _run(project, "run", "p.yaml", "--explain")
+    assert "because plugin code changed" in err, err
+    info = json.loads(project.ok("show", "p.yaml", "s", "--json").stdout)
+    assert (Path(info["outputs"]["out"]["path"]) / "t.txt").read_text() == "two"

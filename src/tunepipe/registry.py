@@ -79,8 +79,11 @@ class Registry:
         return loaded
 
     def _import(self, uses: str, module: str, attr: str) -> Any:
-        added = [str(p) for p in self.search_paths if str(p) not in sys.path]
-        sys.path[:0] = added
+        # The pipeline's folder stays importable (as a script's folder is for Python), so a project
+        # plugin's own lazy imports and its code fingerprint resolve the same way its import did.
+        for p in reversed(self.search_paths):
+            if str(p) not in sys.path:
+                sys.path.insert(0, str(p))
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as e:
@@ -91,10 +94,6 @@ class Registry:
             raise PluginError(f"plugin '{uses}': importing '{module}' failed: {e}") from None
         except Exception as e:  # a plugin's own import-time bug must not look like ours
             raise PluginError(f"plugin '{uses}': importing '{module}' failed: {type(e).__name__}: {e}") from None
-        finally:
-            for p in added:
-                if p in sys.path:
-                    sys.path.remove(p)
         obj: Any = mod
         for part in attr.split("."):
             if not hasattr(obj, part):

@@ -188,3 +188,18 @@ class Leaky:
         ctx.log.info("calling the API with key %s", os.environ["OPENAI_API_KEY"])
         (ctx.output("out") / "x").write_text("x")
         return {"used_key": os.environ["OPENAI_API_KEY"][:3]}
+
+
+class BadSchema:
+    """Publishes a parameter schema that is not valid JSON Schema."""
+
+    name = "badschema"
+    version = "1"
+    description = "invalid params schema"
+    params_schema: Mapping[str, Any] = {"type": "object", "properties": {"x": {"type": "integr"}}}
+    inputs: Mapping[str, Port] = {}
+    outputs = {"out": Port("x")}
+    packages: tuple[str, ...] = ()
+
+    def run(self, ctx: StageContext, inputs: Mapping[str, Any], params: Mapping[str, Any]) -> dict[str, Any]:
+        return {}

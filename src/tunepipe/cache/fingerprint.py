@@ -2,9 +2,10 @@
 
 ZenML hashes only a step's own function, so an edited helper goes unnoticed (zenml#1011); DVC
 tracks no code unless listed. We follow imports statically (also those inside functions) within
-the plugin's top-level package, and hash each module's syntax tree, so comments and formatting
-do not invalidate a training run but any change in behaviour does. The plugin contract modules
-of tunepipe itself are left out: they are the interface, not the plugin's behaviour.
+the plugin's top-level package (and, for a plugin that lives in a project folder rather than in
+site-packages, every module of that folder), and hash each module's syntax tree, so comments and
+formatting do not invalidate a training run but any change in behaviour does. The plugin contract
+modules of tunepipe itself are left out: they are the interface, not the plugin's behaviour.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import importlib.util
+import sys
 import threading
 from pathlib import Path
 
@@ -66,21 +68,40 @@ def _analyse(module: str, path: Path) -> tuple[str, list[str]]:
     return result
 
 
+def _import_root(module: str, path: Path) -> Path:
+    """The sys.path folder a module was found in (``/x`` for ``/x/a/b/c.py`` as ``a.b.c``)."""
+    depth = module.count(".") + (1 if path.name == "__init__.py" else 0)
+    return path.parents[depth]
+
+
 def code_fingerprint(module: str) -> str:
-    """The fingerprint of ``module`` and of every module of its own package it reaches by import."""
+    """The fingerprint of ``module`` and of the modules of its own code it reaches by import."""
     top = module.split(".")[0]
+    origin = _origin(module)
+    root = _import_root(module, origin) if origin else None
+    local = root is not None and not {"site-packages", "dist-packages"} & set(root.parts)
+    own_tops: dict[str, bool] = {top: True}
+
+    def own(name: str) -> bool:
+        """Is this module part of the plugin's own code (not the stdlib or a third-party library)?"""
+        t = name.split(".")[0]
+        if t not in own_tops:
+            top_origin = None if (not local or t in sys.stdlib_module_names) else _origin(t)
+            own_tops[t] = top_origin is not None and root in top_origin.parents
+        return own_tops[t]
+
     seen: dict[str, str] = {}
     todo = [module]
     while todo:
         name = todo.pop()
-        if name in seen or name in CONTRACT_MODULES:
-            continue
+        if name in seen or name in CONTRACT_MODULES or not own(name):
+            continue  # a library's version enters the key only through the plugin's `packages`
         path = _origin(name)
         if path is None:
             continue
         digest, imports = _analyse(name, path)
         seen[name] = digest
-        todo.extend(i for i in imports if i.split(".")[0] == top and i not in seen)
+        todo.extend(i for i in imports if i not in seen)
     h = hashlib.sha256()
     for name in sorted(seen):
         h.update(f"{name} {seen[name]}\n".encode())

@@ -49,8 +49,14 @@ def compile_document(doc: Document, path: Path, registry: Registry, overrides: t
             continue
         try:
             plugins[name] = registry.load(raw["uses"])
+            schema.validator(plugins[name].plugin.params_schema)
         except PluginError as e:
             problems.append(doc.problem(("stages", name, "uses"), str(e), "run `pipeline stages` to list plugins"))
+        except schema.SchemaError as e:
+            plugins.pop(name, None)
+            problems.append(doc.problem(("stages", name, "uses"),
+                                        f"plugin '{raw['uses']}' publishes an invalid params_schema: {e.message}",
+                                        "this is a bug in the plugin: report it to its authors"))
 
     stages: dict[str, StageSpec] = {}
     for name, raw in raw_stages.items():

@@ -41,12 +41,24 @@ def pipeline_schema() -> dict[str, Any]:
     return json.loads(pipeline_schema_path().read_text(encoding="utf-8"))
 
 
+class SchemaError(Exception):
+    """A plugin's parameter schema is not valid JSON Schema (the plugin's bug, not the user's)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
 @functools.cache
 def _validator_for(schema_json: str) -> Any:
     from jsonschema import Draft202012Validator
+    from jsonschema.exceptions import SchemaError as _JsonSchemaError
 
     schema = json.loads(schema_json)
-    Draft202012Validator.check_schema(schema)
+    try:
+        Draft202012Validator.check_schema(schema)
+    except _JsonSchemaError as e:
+        raise SchemaError(f"{e.message} (at {'/'.join(map(str, e.absolute_path)) or 'the top'})") from None
     return Draft202012Validator(schema)
 
 
