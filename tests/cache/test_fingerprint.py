@@ -274,9 +274,6 @@ def test_project_plugin_tracks_sibling_top_level_modules_of_its_folder(make_pkg)
     assert mine.fp() != before
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: code_fingerprint decides 'own code' by `root in top_origin.parents`; "
-                   "a library installed in a virtual env inside the project folder (./.venv) lies below the "
-                   "plugin's import root, so third-party libraries are hashed (and followed) as plugin code")
 def test_library_in_project_local_venv_is_not_plugin_code(tmp_path: Path, make_pkg) -> None:
     venv_site = tmp_path / ".venv" / "lib" / "python3.11" / "site-packages"
     mine, library = make_pkg(), make_pkg(venv_site)
@@ -288,10 +285,6 @@ def test_library_in_project_local_venv_is_not_plugin_code(tmp_path: Path, make_p
     assert mine.fp() == before
 
 
-@pytest.mark.xfail(strict=True, raises=OSError,
-                   reason="BUG: with a project-local .venv, code_fingerprint follows a library's own imports "
-                          "and find_spec() imports their parent modules; a platform-only module (like "
-                          "click._winconsole, which asserts win32) raises out of code_fingerprint")
 def test_platform_only_module_of_library_in_project_local_venv_does_not_break_fingerprint(
         tmp_path: Path, make_pkg) -> None:
     venv_site = tmp_path / ".venv" / "lib" / "python3.11" / "site-packages"

@@ -223,20 +223,14 @@ def test_diff_is_nonempty_whenever_keys_differ_for_ordinary_changes() -> None:
         assert diff(base, new) != []
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: keys._flatten turns empty params into a pseudo-parameter ''; "
-                   "adding the first parameter reports 'parameter  removed (was {})'")
 def test_diff_first_parameter_added_to_stage_without_params() -> None:
     assert diff(parts(params={}), parts(params={"lr": 0.1})) == ["parameter lr added (0.1)"]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: keys._flatten turns empty params into a pseudo-parameter ''; "
-                   "removing the last parameter reports 'parameter  added ({})'")
 def test_diff_last_parameter_removed() -> None:
     assert diff(parts(params={"lr": 0.1}), parts(params={})) == ["parameter lr removed (was 0.1)"]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: keys._flatten joins with '.', so params {'a.b': 1} and "
-                   "{'a': {'b': 1}} flatten alike: keys differ but diff() returns no reason")
 def test_diff_tells_dotted_name_from_nested_parameter() -> None:
     old, new = parts(params={"a.b": 1}), parts(params={"a": {"b": 1}})
     assert stage_key(old) != stage_key(new)

@@ -137,10 +137,6 @@ def test_publish_rejects_symbolic_link_to_folder(store: LocalStore) -> None:
     assert objects(store) == []
 
 
-@pytest.mark.xfail(strict=True, raises=FileNotFoundError,
-                   reason="BUG: publish() stats entries through tree_entries() (Path.stat follows links) "
-                          "before its lstat check, so a dangling symlink in an output raises a raw "
-                          "FileNotFoundError instead of StageFailed")
 def test_publish_rejects_dangling_symbolic_link(store: LocalStore) -> None:
     folder = make_output(store, K1, {"real.txt": b"data"})
     os.symlink("does-not-exist", folder / "broken")

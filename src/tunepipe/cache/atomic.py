@@ -8,11 +8,15 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
 
 def write_bytes(path: Path, data: bytes) -> None:
     """Write to a temporary file in the same folder, fsync it, then ``os.replace`` it into place."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600: others sharing the cache must read it
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

@@ -27,14 +27,17 @@ def file_digest(path: Path) -> str:
 
 
 def tree_entries(root: Path) -> list[tuple[str, Path, os.stat_result]]:
-    """Every file and folder below ``root`` as (relative posix path, path, stat), sorted by path."""
+    """Every entry below ``root`` as (relative posix path, path, lstat), sorted by path.
+
+    Symbolic links are listed as links (not followed), so a broken one can be reported.
+    """
     out: list[tuple[str, Path, os.stat_result]] = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
         base = Path(dirpath)
         for name in dirnames + filenames:
             p = base / name
-            out.append((p.relative_to(root).as_posix(), p, p.stat()))
+            out.append((p.relative_to(root).as_posix(), p, p.lstat()))
     out.sort(key=lambda e: e[0])
     return out
 
@@ -43,6 +46,8 @@ def tree_digest(root: Path, digest_of=file_digest) -> str:
     """A digest of a folder: names, kinds, executable bits and file contents, nothing else."""
     h = hashlib.sha256(b"tunepipe-tree-v1\n")
     for rel, p, st in tree_entries(root):
+        if stat.S_ISLNK(st.st_mode):
+            st = p.stat()  # an input folder may link to files: their content counts
         if stat.S_ISDIR(st.st_mode):
             h.update(f"d {rel}\n".encode())
         else:

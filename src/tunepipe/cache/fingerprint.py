@@ -26,7 +26,7 @@ _by_file: dict[tuple[str, int, int], tuple[str, list[str]]] = {}
 def _origin(module: str) -> Path | None:
     try:
         spec = importlib.util.find_spec(module)
-    except (ImportError, ValueError, AttributeError):
+    except Exception:  # finding a submodule runs its parent package, which may fail in any way
         return None
     if spec is None or not spec.origin or not spec.origin.endswith(".py"):
         return None
@@ -68,6 +68,11 @@ def _analyse(module: str, path: Path) -> tuple[str, list[str]]:
     return result
 
 
+def _installed(path: Path) -> bool:
+    """Does this path lie in an installation folder (a virtual env inside the project included)?"""
+    return bool({"site-packages", "dist-packages"} & set(path.parts))
+
+
 def _import_root(module: str, path: Path) -> Path:
     """The sys.path folder a module was found in (``/x`` for ``/x/a/b/c.py`` as ``a.b.c``)."""
     depth = module.count(".") + (1 if path.name == "__init__.py" else 0)
@@ -79,7 +84,7 @@ def code_fingerprint(module: str) -> str:
     top = module.split(".")[0]
     origin = _origin(module)
     root = _import_root(module, origin) if origin else None
-    local = root is not None and not {"site-packages", "dist-packages"} & set(root.parts)
+    local = root is not None and not _installed(root)
     own_tops: dict[str, bool] = {top: True}
 
     def own(name: str) -> bool:
@@ -87,7 +92,7 @@ def code_fingerprint(module: str) -> str:
         t = name.split(".")[0]
         if t not in own_tops:
             top_origin = None if (not local or t in sys.stdlib_module_names) else _origin(t)
-            own_tops[t] = top_origin is not None and root in top_origin.parents
+            own_tops[t] = top_origin is not None and root in top_origin.parents and not _installed(top_origin)
         return own_tops[t]
 
     seen: dict[str, str] = {}

@@ -39,13 +39,18 @@ def _short(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(value, dict) and value:
-        out: dict[str, Any] = {}
+def _flatten(value: Any, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
+    """Leaf values by their path; an empty mapping below the top is a leaf of its own."""
+    if isinstance(value, dict) and (value or not prefix):
+        out: dict[tuple[str, ...], Any] = {}
         for k, v in value.items():
-            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+            out.update(_flatten(v, prefix + (str(k),)))
         return out
     return {prefix: value}
+
+
+def _name(path: tuple[str, ...]) -> str:
+    return ".".join(path)
 
 
 def diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
@@ -63,11 +68,11 @@ def diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
     oldp, newp = _flatten(old.get("params", {})), _flatten(new.get("params", {}))
     for k in sorted(set(oldp) | set(newp)):
         if k not in oldp:
-            reasons.append(f"parameter {k} added ({_short(newp[k])})")
+            reasons.append(f"parameter {_name(k)} added ({_short(newp[k])})")
         elif k not in newp:
-            reasons.append(f"parameter {k} removed (was {_short(oldp[k])})")
+            reasons.append(f"parameter {_name(k)} removed (was {_short(oldp[k])})")
         elif canonical_json(oldp[k]) != canonical_json(newp[k]):
-            reasons.append(f"parameter {k}: {_short(oldp[k])} -> {_short(newp[k])}")
+            reasons.append(f"parameter {_name(k)}: {_short(oldp[k])} -> {_short(newp[k])}")
     oi, ni = old.get("inputs", {}), new.get("inputs", {})
     for k in sorted(set(oi) | set(ni)):
         if k not in oi:

@@ -140,7 +140,7 @@ class LocalStore:
     def publish(self, folder: Path) -> str:
         """Move a finished output folder into the store under its digest; returns the digest."""
         for rel, p, st in tree_entries(folder):
-            if stat.S_ISLNK(os.lstat(p).st_mode):
+            if stat.S_ISLNK(st.st_mode):
                 raise StageFailed(folder.name, f"output contains a symbolic link ({rel}); write real files")
             if stat.S_ISREG(st.st_mode):
                 with open(p, "rb") as f:
