@@ -206,10 +206,16 @@ def cache() -> None:
 
 
 def _store(file: str | None, cache_dir: str | None) -> Any:
+    """The existing cache of FILE or --cache-dir; maintenance never creates one."""
     from tunepipe.cache.store import LocalStore
+    from tunepipe.errors import UserError
     from tunepipe.session import cache_root
 
-    return LocalStore(cache_root(Path(file) if file else None, cache_dir))
+    root = cache_root(Path(file) if file else None, cache_dir)
+    if not (root / "objects").is_dir():
+        raise UserError(f"there is no tunepipe cache at {root}: name the pipeline file "
+                        "(its cache is .tunepipe next to it), or pass --cache-dir / set TUNEPIPE_CACHE")
+    return LocalStore(root)
 
 
 @cache.command()
@@ -253,4 +259,5 @@ def gc(file: str | None, cache_dir: str | None, dry_run: bool) -> None:
 
 
 def main() -> None:
-    cli(prog_name=Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "pipeline")
+    name = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "pipeline"
+    cli(prog_name="python -m tunepipe" if name == "__main__.py" else name)

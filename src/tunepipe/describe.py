@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -65,8 +66,9 @@ def stage_artifacts(session: Session, stage: str) -> dict[str, Any]:
         last = planner.last_key(stage)
         record = session.store.record(last) if last else None
     if record is None:
+        spec = os.path.relpath(session.pipeline.path)
         raise UserError(f"stage '{stage}' has no results in {session.store.root} yet: "
-                        f"run `pipeline run {session.pipeline.path.name} {stage}` first")
+                        f"run `pipeline run {spec} {stage}` first")
     outputs = {}
     for name, digest in record["outputs"].items():
         folder = session.store.object_path(digest)

@@ -35,7 +35,7 @@ class StageJob:
     key: str
     parts: dict[str, Any]
     params: dict[str, Any]
-    inputs: dict[str, list[tuple[str, str]]]  # input -> [(path, digest)]
+    inputs: dict[str, list[tuple[str, str, str]]]  # input -> [(path, digest, name)]
     multiple: dict[str, bool]
     outputs: list[str]
     log_path: str
@@ -77,10 +77,10 @@ def _stage_logger(job: StageJob) -> tuple[logging.Logger, logging.Handler]:
     return logger, handler
 
 
-def _file_identity(inputs: dict[str, list[tuple[str, str]]], store_root: Path) -> dict[str, tuple[int, int]]:
+def _file_identity(inputs: dict[str, list[tuple[str, str, str]]], store_root: Path) -> dict[str, tuple[int, int]]:
     out = {}
     for refs in inputs.values():
-        for path, _ in refs:
+        for path, _, _ in refs:
             p = Path(path)
             if store_root not in p.parents and p.is_file():
                 st = p.stat()
@@ -114,7 +114,7 @@ def _run_locked(job: StageJob, store: LocalStore, registry: Registry, cancel: th
                        log=logger, threads=job.threads, _cancel=cancel, _progress=progress)
     inputs: dict[str, Any] = {}
     for name, refs in job.inputs.items():
-        arts = [Artifact(Path(p), d) for p, d in refs]
+        arts = [Artifact(Path(p), d, n) for p, d, n in refs]
         inputs[name] = arts if job.multiple.get(name) else (arts[0] if arts else None)
     before = _file_identity(job.inputs, store.root)
     started = time.time()

@@ -45,6 +45,13 @@ class StagePlan:
                 "outputs": (self.record or {}).get("outputs")}
 
 
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return str(path)
+
+
 def _package_versions(names: Iterable[str]) -> dict[str, str]:
     out = {}
     for n in names:
@@ -81,10 +88,15 @@ class Planner:
                     if produced is None:
                         return None
                     digest = produced[ref.output]
-                    arts.append(Artifact(self.store.object_path(digest), digest))
+                    arts.append(Artifact(self.store.object_path(digest), digest, ref.text))
                 else:
                     for path in expand(ref, self.pipeline.root):
-                        arts.append(Artifact(path, self.store.digests.path(path)))
+                        try:
+                            digest = self.store.digests.path(path)
+                        except OSError as e:
+                            raise UserError(f"stage '{spec.name}': cannot read its input {path}: {e.strerror}. "
+                                            "Fix the file's permissions or the link, or change the input") from None
+                        arts.append(Artifact(path, digest, _relative(path, self.pipeline.root)))
             out[name] = arts
         return out
 

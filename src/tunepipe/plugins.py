@@ -30,10 +30,21 @@ class Port:
 
 @dataclass(frozen=True)
 class Artifact:
-    """A read-only input: a file given in the spec, or a published stage output (a folder)."""
+    """A read-only input: a file given in the spec, or a published stage output (a folder).
+
+    ``name`` is how the pipeline refers to it: a path relative to the pipeline file, or
+    ``stage.output``; use it in provenance and messages (``path`` may be deep in the cache).
+    """
 
     path: Path
     digest: str
+    name: str = ""
+
+    def label(self, file: Path) -> str:
+        """A readable name for one of this artifact's files (for provenance)."""
+        if file == self.path:
+            return self.name or file.name
+        return f"{self.name or self.path.name}/{file.relative_to(self.path).as_posix()}"
 
     def files(self) -> list[Path]:
         """The files of this artifact, sorted (the file itself for a single-file input)."""

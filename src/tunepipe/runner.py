@@ -191,7 +191,7 @@ class _Scheduler:
                 job = StageJob(
                     stage=name, uses=self.pipeline.stages[name].uses, key=plan.key or "", parts=plan.parts or {},
                     params=self.pipeline.stages[name].params,
-                    inputs={k: [(str(a.path), a.digest) for a in v] for k, v in plan.inputs.items()},
+                    inputs={k: [(str(a.path), a.digest, a.name) for a in v] for k, v in plan.inputs.items()},
                     multiple=self.pipeline.stages[name].multiple, outputs=list(self.pipeline.stages[name].outputs),
                     log_path=str(self.record.log_path(name)), threads=self.threads, force=name in self.forced)
                 self.reporter.stage(StageOutcome(name, "running", plan.key, reasons=plan.reasons))

@@ -21,6 +21,8 @@ def _problem(record: Any) -> str | None:
     """Why a parsed line is not a chat example, or None."""
     if not isinstance(record, dict):
         return f"expected a JSON object, got {type(record).__name__}"
+    if not isinstance(record.get("meta", {}), dict):
+        return "'meta' must be an object when present"
     messages = record.get("messages")
     if not isinstance(messages, list) or not messages:
         return "missing a non-empty 'messages' list"
@@ -60,6 +62,8 @@ class Ingest:
                 for path in art.files():
                     with open(path, "rb") as f:
                         for lineno, raw in enumerate(f, start=1):
+                            if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                                raw = raw[3:]  # a UTF-8 byte-order mark, as some Windows tools write
                             if not raw.strip():
                                 continue
                             reason = None
@@ -71,15 +75,15 @@ class Ingest:
                             except json.JSONDecodeError as e:
                                 reason = f"not valid JSON ({e.msg} at column {e.colno})"
                             if reason is None:
-                                record["meta"] = {**record.get("meta", {}), "source": path.name, "line": lineno}
+                                record["meta"] = {**record.get("meta", {}), "source": art.label(path), "line": lineno}
                                 out.write(json.dumps(record, ensure_ascii=False) + "\n")
                                 kept += 1
                                 continue
                             if params["on_error"] == "fail":
                                 raise StageInputError(
-                                    f"{path}:{lineno}: {reason}. Fix the line, or set `on_error: skip` "
+                                    f"{art.label(path)}:{lineno}: {reason}. Fix the line, or set `on_error: skip` "
                                     "to set such lines aside in the rejects artifact")
-                            rej.write(json.dumps({"source": path.name, "line": lineno, "reason": reason}) + "\n")
+                            rej.write(json.dumps({"source": art.label(path), "line": lineno, "reason": reason}) + "\n")
                             rejected += 1
                     ctx.check_cancelled()
                     ctx.progress(f"{kept:,} records")
