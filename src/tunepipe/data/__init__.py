@@ -1,0 +1,1 @@
+"""Shared helpers of the data stages: streaming JSONL, ordered parallel maps, token counts."""
