@@ -226,19 +226,21 @@ def test_dag_mermaid_has_an_edge_per_input(chain) -> None:
 
 def test_stages_lists_ingest_with_its_parameters(project) -> None:
     out = project.ok("stages").stdout
-    assert out.startswith("ingest  (version 0.1.0, tunepipe.stages.ingest:Ingest)")
-    assert "  input  data (list): JSONL files of chat examples" in out
-    assert "  output records: " in out and "  output rejects: " in out
-    assert '  param  on_error: one of fail, skip = "fail"' in out
+    names = [block.split()[0] for block in out.split("\n\n")]
+    assert names == ["clean", "format", "ingest", "split"]  # every built-in, sorted
+    ingest = out.split("\n\n")[2]
+    assert ingest.startswith("ingest  (version 0.2.0, tunepipe.stages.ingest:Ingest)")
+    assert "  input  data (list): " in ingest
+    assert "  output records: " in ingest and "  output rejects: " in ingest
+    assert '  param  on_error: one of fail, skip = "fail"' in ingest
 
 
 def test_stages_json_includes_the_parameter_schema(project) -> None:
     data = json.loads(project.ok("stages", "--json").stdout)
     ingest = next(p for p in data if p["name"] == "ingest")
     assert ingest["uses"] == "ingest" and ingest["identity"] == "tunepipe.stages.ingest:Ingest"
-    assert ingest["params_schema"]["properties"]["on_error"] == {
-        "enum": ["fail", "skip"], "default": "fail",
-        "description": "A malformed line fails the stage, or is skipped into 'rejects'."}
+    on_error = ingest["params_schema"]["properties"]["on_error"]
+    assert on_error["enum"] == ["fail", "skip"] and on_error["default"] == "fail" and on_error["description"]
     assert ingest["inputs"]["data"]["multiple"] is True
     assert set(ingest["outputs"]) == {"records", "rejects"}
 
@@ -270,7 +272,7 @@ def test_show_lists_artifact_files_with_sizes_and_record_counts(project) -> None
     project.ok("run", "p.yaml")
     out = project.ok("show", "p.yaml", "ingest").stdout.splitlines()
     assert out[0] == "stage ingest: current"
-    assert out[2] == "  summary: files=1, records=2, rejected=1"
+    assert out[2] == '  summary: records=2, rejected=1, files=1, rejected_by_reason={"bad_json": 1}'
     info = json.loads(project.ok("show", "p.yaml", "ingest", "--json").stdout)
     assert info["stage"] == "ingest" and info["current"] is True and info["stale_because"] == []
     assert out[1] == f"  key {info['key']}"
@@ -283,7 +285,7 @@ def test_show_lists_artifact_files_with_sizes_and_record_counts(project) -> None
     assert f"    records.jsonl  ({size:,} bytes, 2 records)" in out
     rejects = info["outputs"]["rejects"]["files"]
     assert rejects[0]["path"] == "rejects.jsonl" and rejects[0]["records"] == 1
-    assert info["summary"] == {"files": 1, "records": 2, "rejected": 1}
+    assert info["summary"] == {"records": 2, "rejected": 1, "files": 1, "rejected_by_reason": {"bad_json": 1}}
 
 
 def test_show_of_a_stale_stage_says_why(chain) -> None:

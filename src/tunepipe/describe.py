@@ -23,7 +23,7 @@ def plugin_json(lp: LoadedPlugin) -> dict[str, Any]:
 
 def _type_of(schema: dict[str, Any]) -> str:
     if "enum" in schema:
-        return "one of " + ", ".join(map(str, schema["enum"]))
+        return "one of " + ", ".join(json.dumps(v) if not isinstance(v, str) else v for v in schema["enum"])
     t = schema.get("type", "any")
     return " | ".join(t) if isinstance(t, list) else str(t)
 

@@ -6,6 +6,7 @@ in this process (threads) or ship it elsewhere (a cluster worker) with the cache
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -18,7 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tunepipe.cache.atomic import canonical_json
 from tunepipe.cache.store import LocalStore
 from tunepipe.errors import TunepipeError, UserError
 from tunepipe.plugins import Artifact, Cancelled, StageContext
@@ -139,7 +139,7 @@ def _run_locked(job: StageJob, store: LocalStore, registry: Registry, cancel: th
             "duration_s": round(duration, 4), "created": started})
         crashpoint("after-record")
         store.drop_scratch(job.key)
-        logger.info("done in %.3fs: %s", duration, canonical_json(summary))
+        logger.info("done in %.3fs: %s", duration, json.dumps(summary))
         result = StageResult(job.stage, "done", digests, summary, duration, log_path=job.log_path)
     except Cancelled as e:
         result.status, result.error = "cancelled", str(e)
@@ -166,10 +166,9 @@ def _identity_now(path: str) -> tuple[int, int] | None:
 
 
 def _json_summary(summary: dict[str, Any]) -> dict[str, Any]:
-    import json
-
+    """The summary as plain JSON, secrets redacted, in the plugin's own key order (it shows it)."""
     try:
-        text = canonical_json(summary)
+        text = json.dumps(summary, ensure_ascii=False, allow_nan=False)
     except (TypeError, ValueError) as e:
         raise TypeError(f"the summary returned by run() is not JSON: {e}") from None
     return json.loads(redact(text))

@@ -63,7 +63,7 @@ def test_write_bytes_failing_replace_removes_temp(tmp_path: Path) -> None:
     assert (target / "inside").read_text() == "keep"
 
 
-def test_write_json_round_trips_sorted_and_utf8(tmp_path: Path) -> None:
+def test_write_json_round_trips_in_insertion_order_and_utf8(tmp_path: Path) -> None:
     target = tmp_path / "r.json"
     payload = {"zeta": [1, 2.5, None], "alpha": {"name": "café ☕", "ok": True}}
     write_json(target, payload)
@@ -72,7 +72,7 @@ def test_write_json_round_trips_sorted_and_utf8(tmp_path: Path) -> None:
     assert raw.endswith(b"\n")
     assert "café ☕".encode() in raw  # UTF-8 kept, not \u escapes
     text = raw.decode()
-    assert text.index('"alpha"') < text.index('"zeta"')
+    assert text.index('"zeta"') < text.index('"alpha"')  # a plugin's summary keeps its own order
 
 
 def test_write_json_unserialisable_payload_keeps_old_file_and_leaves_no_temp(tmp_path: Path) -> None:

@@ -31,7 +31,7 @@ def write_bytes(path: Path, data: bytes) -> None:
 
 
 def write_json(path: Path, payload: Any) -> None:
-    write_bytes(path, (json.dumps(payload, indent=1, sort_keys=True, ensure_ascii=False) + "\n").encode())
+    write_bytes(path, (json.dumps(payload, indent=1, ensure_ascii=False) + "\n").encode())
 
 
 def canonical_json(value: Any) -> str:

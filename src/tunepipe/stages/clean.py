@@ -1,0 +1,516 @@
+"""clean: normalize, redact, filter and deduplicate chat records, accounting for every change.
+
+Reads the ``records`` artifact of ``ingest`` (chat records with ``messages``, or DPO records with
+``input``/``preferred_output``/``non_preferred_output``; a JSONL file given directly works too) and
+writes:
+
+* ``records/records.jsonl``: the kept records, cleaned, in input order, ``meta`` unchanged;
+* ``rejects/rejects.jsonl``: one line per dropped record: ``{"source", "line"|"row"|"index",
+  "reason"}`` as in its ``meta`` (else this input's file and line), plus ``duplicate_of``
+  (``source:line`` of the kept record) and ``similarity`` for duplicates, ``tokens`` and the
+  limit for the length filters;
+* ``report/report.json``: records in and out, dropped per reason, replacements per redaction
+  kind, kept records per kind of change, the dedupe settings and index size;
+  ``report/changes.jsonl``: one line per kept record that changed, with what changed (texts per
+  normalization, ``empty_turns`` dropped, replacements per redaction kind).
+
+Per record, in worker processes (``ordered_map``, a batch of lines at a time): every text is
+normalized (:mod:`tunepipe.data.normalize`) and redacted (:mod:`tunepipe.data.pii`), tool-call
+arguments are redacted; empty system, user and assistant turns are dropped (tool results stay:
+their call needs an answer); a conversation without an assistant reply is rejected, a DPO record
+with an empty prompt or output or two identical outputs too; the token filters apply (OpenAI's
+count, :mod:`tunepipe.data.tokens`); the dedupe fingerprints are computed
+(:mod:`tunepipe.data.dedupe`). In this process, in input order: exact and near-duplicate
+membership, so the first occurrence is kept and the output is the same for any number of workers.
+Memory stays flat apart from the dedupe index, which ``max_index`` bounds.
+"""
+from __future__ import annotations
+
+import contextlib
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from tunepipe.data import jsonl
+from tunepipe.data.dedupe import Deduper, Duplicate, band_keys, exact_key, lsh_bands
+from tunepipe.data.normalize import FORMS, TextCleaner, dedupe_form, flag_names
+from tunepipe.data.parallel import ordered_map, worker_count
+from tunepipe.data.pii import KINDS, Redactor
+from tunepipe.data.tokens import OFFLINE_ENCODINGS
+from tunepipe.errors import StageInputError, UserError
+from tunepipe.plugins import Artifact, Port, StageContext
+
+# Reasons a record is dropped (the keys of report.json's "dropped_by_reason").
+EMPTY = "empty conversation"
+NO_ASSISTANT = "no assistant reply"
+EMPTY_PROMPT = "empty prompt"
+EMPTY_PREFERRED = "empty preferred output"
+EMPTY_NON_PREFERRED = "empty non-preferred output"
+SAME_OUTPUTS = "preferred and non-preferred outputs are identical"
+TOO_SHORT = "too few tokens"
+TOO_LONG = "too many tokens"
+EXACT = "exact duplicate"
+NEAR = "near duplicate"
+
+POSITION_KEYS = ("line", "row", "index")
+_TEXT_ROLES = ("system", "user", "assistant")
+
+PARAMS_SCHEMA: Mapping[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "unicode_form": {"enum": list(FORMS), "default": "NFC",
+                         "description": "Unicode normalization of every text: NFC (compose), NFKC (also fold "
+                                        "compatibility forms such as full-width letters), or none."},
+        "whitespace": {"type": "boolean", "default": True,
+                       "description": "Trim each turn, remove trailing spaces, collapse runs of spaces and tabs "
+                                      "inside lines (indentation and fenced code blocks are kept)."},
+        "max_blank_lines": {"type": "integer", "minimum": 0, "default": 1,
+                            "description": "Longer runs of blank lines shrink to this many (with whitespace: true)."},
+        "redact": {"type": "array", "items": {"enum": list(KINDS)}, "uniqueItems": True, "default": list(KINDS),
+                   "description": "Kinds of personal data and secrets replaced with [EMAIL], [PHONE], "
+                                  "[CREDIT_CARD] (Luhn-checked) and [SECRET]; [] turns redaction off."},
+        "min_tokens": {"type": ["integer", "null"], "minimum": 0, "default": None,
+                       "description": "Drop examples with fewer tokens (OpenAI's count: messages, tools, priming)."},
+        "max_tokens": {"type": ["integer", "null"], "minimum": 1, "default": None,
+                       "description": "Drop examples with more tokens (e.g. the model's training context)."},
+        "encoding": {"enum": [None, *OFFLINE_ENCODINGS], "default": None,
+                     "description": "tiktoken encoding for the token limits; default: the model's, else o200k_base."},
+        "model": {"type": ["string", "null"], "default": None,
+                  "description": "OpenAI model whose encoding counts tokens (e.g. gpt-4o-mini-2024-07-18)."},
+        "dedupe": {"enum": ["none", "exact", "near"], "default": "near",
+                   "description": "Drop exact duplicates (exact), and also near duplicates by MinHash LSH (near)."},
+        "dedupe_on": {"enum": ["conversation", "prompt"], "default": "conversation",
+                      "description": "Compare the user and assistant texts (conversation) or the user texts only "
+                                     "(prompt); casefolded, whitespace collapsed. The first occurrence is kept."},
+        "near_threshold": {"type": "number", "exclusiveMinimum": 0, "maximum": 1, "default": 0.85,
+                           "description": "Estimated Jaccard similarity of word shingles from which a record is "
+                                          "a near duplicate of a kept one."},
+        "num_perm": {"type": "integer", "minimum": 16, "maximum": 512, "default": 64,
+                     "description": "MinHash permutations: more is more accurate, slower and larger "
+                                    "(index: about 240 bytes a record at 64, 430 at 128)."},
+        "shingle_size": {"type": "integer", "minimum": 1, "maximum": 16, "default": 3,
+                         "description": "Words per shingle for near-duplicate detection."},
+        "max_index": {"type": "integer", "minimum": 0, "default": 1_000_000,
+                      "description": "Records kept in the dedupe index; later records are still checked "
+                                     "against it but not added (bounds memory)."},
+    },
+}
+
+
+# --- the per-record work (worker processes) -----------------------------------------------------
+
+@dataclass(frozen=True)
+class Config:
+    """What a worker needs to clean a batch (plain data: it travels to the worker processes)."""
+
+    form: str = "NFC"
+    whitespace: bool = True
+    max_blank_lines: int = 1
+    redact: tuple[str, ...] = KINDS
+    min_tokens: int | None = None
+    max_tokens: int | None = None
+    encoding: str = "o200k_base"
+    dedupe: str = "near"
+    dedupe_on: str = "conversation"
+    num_perm: int = 64
+    shingle_size: int = 3
+    bands: int = 0
+    rows: int = 0
+
+
+class _Worker:
+    """Cleans records; one per configuration and process (see :func:`_worker`)."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.cleaner = TextCleaner(cfg.form, cfg.whitespace, cfg.max_blank_lines)
+        self.redactor = Redactor(cfg.redact) if cfg.redact else None
+        self.enc = None
+        if cfg.min_tokens is not None or cfg.max_tokens is not None:
+            from tunepipe.data.tokens import get_encoding
+
+            self.enc = get_encoding(cfg.encoding)
+        self.hasher = None
+        if cfg.dedupe == "near":
+            from tunepipe.data.dedupe import MinHasher
+
+            self.hasher = MinHasher(cfg.num_perm, cfg.shingle_size)
+
+    # -- texts
+
+    def _text(self, text: str, changes: dict[str, int]) -> str:
+        text, flags = self.cleaner.clean(text)
+        if flags:
+            for name in flag_names(flags):
+                changes[name] = changes.get(name, 0) + 1
+        if self.redactor is not None:
+            text, counts = self.redactor.redact(text)
+            for kind, n in counts.items():
+                changes[kind] = changes.get(kind, 0) + n
+        return text
+
+    def _message(self, m: dict[str, Any], changes: dict[str, int]) -> dict[str, Any] | None:
+        """The cleaned message, or None when it is an empty turn to drop."""
+        content = m.get("content")
+        if isinstance(content, str):
+            content = self._text(content, changes)
+        elif isinstance(content, list):
+            parts = []
+            for part in content:
+                if isinstance(part, dict) and isinstance(part.get("text"), str):
+                    part = {**part, "text": self._text(part["text"], changes)}
+                    if not part["text"]:
+                        continue
+                parts.append(part)
+            content = parts
+        tool_calls = m.get("tool_calls")
+        if isinstance(tool_calls, list) and self.redactor is not None:
+            tool_calls = [self._tool_call(c, changes) for c in tool_calls]
+        if not content and not tool_calls and m.get("role") in _TEXT_ROLES:
+            changes["empty_turns"] = changes.get("empty_turns", 0) + 1
+            return None
+        out = dict(m)
+        if "content" in m:
+            out["content"] = content
+        if "tool_calls" in m:
+            out["tool_calls"] = tool_calls
+        return out
+
+    def _tool_call(self, call: Any, changes: dict[str, int]) -> Any:
+        fn = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(fn, dict) or not isinstance(fn.get("arguments"), str):
+            return call
+        assert self.redactor is not None
+        args, counts = self.redactor.redact(fn["arguments"])
+        if not counts:
+            return call
+        for kind, n in counts.items():
+            changes[kind] = changes.get(kind, 0) + n
+        return {**call, "function": {**fn, "arguments": args}}
+
+    def _messages(self, messages: list[Any], changes: dict[str, int]) -> list[dict[str, Any]]:
+        out = []
+        for m in messages:
+            if not isinstance(m, dict):
+                raise ValueError("a message is not an object")
+            cleaned = self._message(m, changes)
+            if cleaned is not None:
+                out.append(cleaned)
+        return out
+
+    # -- records
+
+    def clean(self, record: dict[str, Any]) -> tuple[dict[str, Any] | None, str | None, dict[str, int]]:
+        """(cleaned record, None, changes) or (None, reason, changes).
+
+        ``changes`` counts, per kind, the texts normalized (unicode, control_chars, whitespace), the
+        turns dropped (empty_turns) and the replacements made (email, phone, credit_card, secret).
+        """
+        changes: dict[str, int] = {}
+        if "messages" in record:
+            messages = self._messages(_list(record, "messages"), changes)
+            if not messages:
+                return None, EMPTY, changes
+            if not any(_has_reply(m) for m in messages):
+                return None, NO_ASSISTANT, changes
+            return {**record, "messages": messages}, None, changes
+        if "input" in record and isinstance(record["input"], dict):
+            prompt = self._messages(_list(record["input"], "messages"), changes)
+            preferred = self._messages(_list(record, "preferred_output"), changes)
+            rejected = self._messages(_list(record, "non_preferred_output"), changes)
+            if not prompt:
+                return None, EMPTY_PROMPT, changes
+            if not any(_has_reply(m) for m in preferred):
+                return None, EMPTY_PREFERRED, changes
+            if not any(_has_reply(m) for m in rejected):
+                return None, EMPTY_NON_PREFERRED, changes
+            if _outputs_key(preferred) == _outputs_key(rejected):
+                return None, SAME_OUTPUTS, changes
+            return ({**record, "input": {**record["input"], "messages": prompt}, "preferred_output": preferred,
+                     "non_preferred_output": rejected}, None, changes)
+        raise ValueError("neither a chat record ('messages') nor a DPO record ('input', 'preferred_output', "
+                         "'non_preferred_output')")
+
+    def tokens(self, record: dict[str, Any]) -> int:
+        from tunepipe.data.tokens import count_chat_tokens
+
+        if "messages" in record:
+            return count_chat_tokens(self.enc, record["messages"], record.get("tools"))
+        prompt = record["input"]["messages"]
+        tools = record["input"].get("tools")
+        return max(count_chat_tokens(self.enc, prompt + record["preferred_output"], tools),
+                   count_chat_tokens(self.enc, prompt + record["non_preferred_output"], tools))
+
+    def dedupe_texts(self, record: dict[str, Any]) -> tuple[str, str]:
+        """(exact-key text, near-duplicate text) of a cleaned record, casefolded, whitespace collapsed.
+
+        The key text tags each compared turn with its role; the near text is the turns' words only.
+        """
+        if "messages" in record:
+            turns = [m for m in record["messages"] if m.get("role") in ("user", "assistant")]
+        else:
+            turns = [m for m in record["input"]["messages"] if m.get("role") in ("user", "assistant")]
+            if self.cfg.dedupe_on == "conversation":
+                turns += record["preferred_output"]
+        if self.cfg.dedupe_on == "prompt":
+            turns = [m for m in turns if m.get("role") == "user"]
+        texts = [dedupe_form(_plain_text(m)) for m in turns]
+        key = "\x1e".join(f"{m.get('role')}\x1f{t}" for m, t in zip(turns, texts))
+        return key, "\n".join(texts)
+
+
+def _list(obj: dict[str, Any], key: str) -> list[Any]:
+    value = obj.get(key)
+    if not isinstance(value, list):
+        raise ValueError(f"'{key}' is not a list")
+    return value
+
+
+def _has_reply(m: dict[str, Any]) -> bool:
+    return m.get("role") == "assistant" and bool(m.get("content") or m.get("tool_calls"))
+
+
+def _plain_text(m: dict[str, Any]) -> str:
+    """A message's text for comparison: its content, and an assistant's tool calls."""
+    content = m.get("content")
+    if isinstance(content, list):
+        content = " ".join(p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
+    text = content if isinstance(content, str) else ""
+    calls = m.get("tool_calls")
+    if isinstance(calls, list):
+        for c in calls:
+            fn = c.get("function") if isinstance(c, dict) else None
+            if isinstance(fn, dict):
+                text += f" {fn.get('name')}({fn.get('arguments')})"
+    return text
+
+
+def _outputs_key(messages: list[dict[str, Any]]) -> list[str]:
+    return [dedupe_form(_plain_text(m)) for m in messages]
+
+
+def _position(record: dict[str, Any], label: str, lineno: int) -> tuple[str, str, Any]:
+    """(source, position key, position) from the record's meta, else this input file and line."""
+    meta = record.get("meta")
+    if isinstance(meta, dict) and isinstance(meta.get("source"), str):
+        for key in POSITION_KEYS:
+            if key in meta:
+                return meta["source"], key, meta[key]
+    return label, "line", lineno
+
+
+_WORKERS: dict[Config, _Worker] = {}  # one per configuration and process (stages may run on threads)
+
+
+def _worker(cfg: Config) -> _Worker:
+    worker = _WORKERS.get(cfg)
+    if worker is None:
+        worker = _WORKERS[cfg] = _Worker(cfg)
+    return worker
+
+
+# What a worker returns for one line (plain tuples: they are pickled back to the parent).
+#   ("error", lineno, message)
+#   ("drop", (source, key, pos), reason, extra or None)
+#   ("keep", (source, key, pos), line bytes, exact key or None, changes or None)
+# and, for the lines kept, the near-dedupe band keys, signatures and whether each has words.
+Batch = tuple[str, list[tuple[Any, ...]], Any, Any, Any]
+
+
+def _work(task: tuple[Config, str, list[tuple[int, bytes]]]) -> Batch:
+    """Clean one batch of lines of one file."""
+    cfg, label, lines = task
+    w = _worker(cfg)
+    results: list[tuple[Any, ...]] = []
+    near_texts: list[str] = []
+    for lineno, raw in lines:
+        try:
+            record = jsonl.loads(raw)
+            if not isinstance(record, dict):
+                raise ValueError(f"expected a JSON object, got {type(record).__name__}")
+            where = _position(record, label, lineno)
+            cleaned, reason, changes = w.clean(record)
+        except (ValueError, TypeError, AttributeError) as e:  # orjson's decode error is a ValueError
+            results.append(("error", lineno, str(e)))
+            continue
+        if cleaned is None:
+            results.append(("drop", where, reason, None))
+            continue
+        if w.enc is not None:
+            n = w.tokens(cleaned)
+            if cfg.min_tokens is not None and n < cfg.min_tokens:
+                results.append(("drop", where, TOO_SHORT, {"tokens": n, "min_tokens": cfg.min_tokens}))
+                continue
+            if cfg.max_tokens is not None and n > cfg.max_tokens:
+                results.append(("drop", where, TOO_LONG, {"tokens": n, "max_tokens": cfg.max_tokens}))
+                continue
+        key = None
+        if cfg.dedupe != "none":
+            key_text, near_text = w.dedupe_texts(cleaned)
+            key = exact_key(key_text)
+            if w.hasher is not None:
+                near_texts.append(near_text)
+        results.append(("keep", where, jsonl.dumps(cleaned), key, changes or None))
+    bands = sigs = has = None
+    if w.hasher is not None:
+        full, has_words = w.hasher.signatures(near_texts)
+        bands = band_keys(full, cfg.bands, cfg.rows)
+        sigs = (full & 0xFFFF).astype("uint16")
+        has = has_words.tolist()
+    return label, results, bands, sigs, has
+
+
+# --- the stage (this process) -------------------------------------------------------------------
+
+def _tasks(records: Artifact, cfg: Config) -> Iterator[tuple[Config, str, list[tuple[int, bytes]]]]:
+    """Batches of (line number, line) per file: the file itself, or a folder's *.jsonl files."""
+    files = [records.path] if records.path.is_file() else [p for p in records.files() if p.suffix == ".jsonl"]
+    if not files:
+        raise StageInputError(f"{records.name or records.path}: no .jsonl file to clean; pass the records of "
+                              "ingest (ingest.records) or a JSONL file")
+    for path in files:
+        label = records.label(path)
+        for batch in jsonl.batched(jsonl.iter_lines(path)):
+            yield cfg, label, batch
+
+
+def _config(params: Mapping[str, Any]) -> Config:
+    from tunepipe.data.tokens import encoding_name_for_model
+
+    lo, hi = params["min_tokens"], params["max_tokens"]
+    if lo is not None and hi is not None and lo > hi:
+        raise UserError(f"clean: min_tokens ({lo}) is larger than max_tokens ({hi}); lower min_tokens or raise "
+                        "max_tokens")
+    encoding = params["encoding"] or "o200k_base"
+    if params["model"]:
+        by_model = encoding_name_for_model(params["model"])
+        if params["encoding"] and params["encoding"] != by_model:
+            raise UserError(f"clean: model {params['model']} uses the encoding {by_model}, but encoding is set to "
+                            f"{params['encoding']}; set one of them")
+        encoding = by_model
+    bands = rows = 0
+    if params["dedupe"] == "near":
+        bands, rows = lsh_bands(params["near_threshold"], params["num_perm"])
+    return Config(form=params["unicode_form"], whitespace=params["whitespace"],
+                  max_blank_lines=params["max_blank_lines"], redact=tuple(k for k in KINDS if k in params["redact"]),
+                  min_tokens=lo, max_tokens=hi, encoding=encoding, dedupe=params["dedupe"],
+                  dedupe_on=params["dedupe_on"], num_perm=params["num_perm"], shingle_size=params["shingle_size"],
+                  bands=bands, rows=rows)
+
+
+def _reject(where: tuple[str, str, Any], reason: str, **extra: Any) -> dict[str, Any]:
+    source, key, pos = where
+    return {"source": source, key: pos, "reason": reason, **extra}
+
+
+class Clean:
+    name = "clean"
+    version = "0.1.0"
+    description = "Normalize, redact, filter by tokens and deduplicate chat records; every change accounted for."
+    params_schema: Mapping[str, Any] = PARAMS_SCHEMA
+    inputs = {"records": Port("records.jsonl of chat or DPO records (ingest.records)")}
+    outputs = {"records": Port("records.jsonl: the kept records, cleaned"),
+               "rejects": Port("rejects.jsonl: dropped records with source, line and reason (duplicate_of)"),
+               "report": Port("report.json: counts per reason, redaction kind and change; changes.jsonl")}
+    packages: tuple[str, ...] = ("datasketch", "tiktoken")
+
+    def run(self, ctx: StageContext, inputs: Mapping[str, Any], params: Mapping[str, Any]) -> dict[str, Any]:
+        cfg = _config(params)
+        deduper = Deduper(exact=cfg.dedupe != "none", near=cfg.dedupe == "near", threshold=params["near_threshold"],
+                          num_perm=cfg.num_perm, bands=cfg.bands, max_index=params["max_index"])
+        workers = worker_count(ctx.threads)
+        ctx.log.info("cleaning with %d worker process(es); %s", workers, cfg)
+        if cfg.min_tokens is not None or cfg.max_tokens is not None:
+            from tunepipe.data.tokens import get_encoding
+
+            get_encoding(cfg.encoding)  # load it once here: forked workers inherit it
+        tally = _Tally()
+        with jsonl.Writer(ctx.output("records") / "records.jsonl") as out, \
+                jsonl.Writer(ctx.output("rejects") / "rejects.jsonl") as rej, \
+                jsonl.Writer(ctx.output("report") / "changes.jsonl") as chg, \
+                contextlib.closing(ordered_map(_work, _tasks(inputs["records"], cfg), workers)) as batches:
+            for label, results, bands, sigs, has in batches:
+                ctx.check_cancelled()
+                kept = [r for r in results if r[0] == "keep"]
+                verdicts: list[Duplicate | None] = [None] * len(kept)
+                if cfg.dedupe != "none" and kept:
+                    verdicts = deduper.check([r[3] for r in kept], bands, sigs, has, [r[1] for r in kept])
+                verdict = iter(verdicts)
+                for r in results:
+                    tally.records_in += 1
+                    if r[0] == "error":
+                        raise StageInputError(
+                            f"{label}:{r[1]}: not a record clean can read ({r[2]}). clean reads the records "
+                            "artifact of ingest (chat records with 'messages', or DPO records): pass ingest.records")
+                    if r[0] == "drop":
+                        tally.dropped[r[2]] += 1
+                        rej.write(_reject(r[1], r[2], **(r[3] or {})))
+                        continue
+                    dup = next(verdict)
+                    if dup is not None:
+                        reason = EXACT if dup.kind == "exact" else NEAR
+                        tally.dropped[reason] += 1
+                        extra: dict[str, Any] = {"duplicate_of": deduper.provenance.label(dup.of)}
+                        if dup.kind == "near":
+                            extra["similarity"] = round(dup.similarity, 3)
+                        rej.write(_reject(r[1], reason, **extra))
+                        continue
+                    out.write_line(r[2])
+                    if r[4]:
+                        tally.changed_record(r[4])
+                        source, key, pos = r[1]
+                        chg.write({"source": source, key: pos, "changes": r[4]})
+                ctx.progress(f"{tally.records_in:,} records")
+        if deduper.full:
+            ctx.log.warning("the dedupe index is full (max_index=%d): later records were checked against the "
+                            "first %d kept records but not added", params["max_index"], deduper.indexed)
+        report = tally.report(out.count, cfg, params, deduper)
+        (ctx.output("report") / "report.json").write_bytes(jsonl.dumps(report) + b"\n")
+        ctx.log.info("records in %d, out %d; dropped %s; redacted %s", tally.records_in, out.count,
+                     report["dropped_by_reason"], report["redacted"])
+        return {"records_in": tally.records_in, "records_out": out.count, "dropped": report["dropped"],
+                "redacted": sum(tally.redacted.values()), "duplicates": tally.dropped[EXACT],
+                "near_duplicates": tally.dropped[NEAR]}
+
+
+@dataclass
+class _Tally:
+    """The counts report.json gives."""
+
+    records_in: int = 0
+    changed: int = 0
+
+    def __post_init__(self) -> None:
+        self.dropped: Counter[str] = Counter()
+        self.redacted: Counter[str] = Counter()  # replacements per kind, in kept records
+        self.changes: Counter[str] = Counter()  # kept records per kind of change
+
+    def changed_record(self, changes: Mapping[str, int]) -> None:
+        self.changed += 1
+        for kind, n in changes.items():
+            if kind in KINDS:
+                self.redacted[kind] += n
+            else:
+                self.changes[kind] += 1
+        if any(k in KINDS for k in changes):
+            self.changes["redacted"] += 1
+
+    def report(self, records_out: int, cfg: Config, params: Mapping[str, Any], deduper: Deduper) -> dict[str, Any]:
+        near = {"near_threshold": params["near_threshold"], "num_perm": cfg.num_perm, "bands": cfg.bands,
+                "rows": cfg.rows, "shingle_size": cfg.shingle_size} if cfg.dedupe == "near" else {}
+        limits = cfg.min_tokens is not None or cfg.max_tokens is not None
+        return {
+            "records_in": self.records_in,
+            "records_out": records_out,
+            "dropped": sum(self.dropped.values()),
+            "changed": self.changed,
+            "dropped_by_reason": dict(sorted(self.dropped.items())),
+            "redacted": {k: self.redacted[k] for k in cfg.redact},
+            "changes": dict(sorted(self.changes.items())),
+            "dedupe": {"mode": cfg.dedupe, "on": cfg.dedupe_on, "indexed": deduper.indexed,
+                       "index_full": deduper.full, "index_bytes": deduper.nbytes, **near},
+            "tokens": {"encoding": cfg.encoding, "min_tokens": cfg.min_tokens,
+                       "max_tokens": cfg.max_tokens} if limits else None,
+        }
