@@ -84,6 +84,9 @@ def test_the_key_is_canonical_ignores_meta_and_depends_on_the_seed() -> None:
     assert S.example_key(a, cfg, "") == S.example_key(b, cfg, "") \
         == b'{"messages":[{"content":"hi","role":"user"}],"tools":[{"a":2,"b":1}]}'
     assert a["meta"] == {"line": 1}  # the record is left as it was
+    rendered = {**a, "text": "<|user|>hi", "assistant_spans": [], "tokens": 3}  # a tokenizer's rendering
+    assert S.example_key(rendered, cfg, "") == S.example_key(a, cfg, "")
+    assert S.example_key({"text": "x"}, cfg, "") != S.example_key({"text": "y"}, cfg, "")
     key = S.example_key(a, cfg, "")
     assert S.key_hash(key, 7) == S.key_hash(key, "7") != S.key_hash(key, 8)
     grouped = S.ScanConfig(salt=b"", group_by=("meta", "conversation_id"), by_prompt=False, stratify_by=None,
@@ -374,8 +377,11 @@ def test_leakage_report_counts_and_dedupe_drops_copies_outside_the_first_occurre
     actions = [o for f in rep["leakage"]["findings"] for o in f["occurrences"]]
     assert {o["action"] for o in actions} == {"kept", "dropped"}
     assert sum(rep["splits"].values()) == 160 - expected
-    all_prompts = [S.user_prompt(r) for rows in kept.values() for r in rows]
-    assert len({p for name, rows in kept.items() for p in {S.user_prompt(r) for r in rows}}) == len(set(all_prompts))
+    splits_of: dict[str, set[str]] = {}
+    for name, rows in kept.items():
+        for r in rows:
+            splits_of.setdefault(S.user_prompt(r), set()).add(name)
+    assert all(len(names) == 1 for names in splits_of.values())  # no leak is left
 
     leaky_spec(project, group_by="@prompt", keep_meta=True)      # grouping by prompt: no leaks at all
     project.ok("run", "p.yaml")
