@@ -8,6 +8,7 @@ in input order, so a stage's output does not depend on scheduling.
 from __future__ import annotations
 
 import os
+import signal
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -20,6 +21,13 @@ R = TypeVar("R")
 def worker_count(threads: int | None = None) -> int:
     """How many worker processes to use: the stage's thread budget, else the machine's cores."""
     return max(1, threads if threads else (os.cpu_count() or 1))
+
+
+def _init_worker(initializer: Callable[..., None] | None, initargs: tuple) -> None:
+    """Workers leave Ctrl-C to the runner, which stops the run and cleans up; no worker tracebacks."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if initializer is not None:
+        initializer(*initargs)
 
 
 def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int, window: int | None = None,
@@ -36,7 +44,8 @@ def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int, window: 
         return
     window = window or workers * 3
     pending: deque[Future[R]] = deque()
-    with ProcessPoolExecutor(max_workers=workers, initializer=initializer, initargs=initargs) as pool:
+    with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker,
+                             initargs=(initializer, initargs)) as pool:
         try:
             for item in items:
                 pending.append(pool.submit(fn, item))
