@@ -133,8 +133,9 @@ def status(file: str, stages: tuple[str, ...], overrides: tuple[str, ...], cache
 
     session = open_session(file, overrides, cache_dir)
     selected = resolve_selection(session.pipeline, stages, ())
-    plans = Planner(session.pipeline, session.store, session.registry).plan(selected, set())
-    session.store.digests.save()
+    planner = Planner(session.pipeline, session.store, session.registry)
+    plans = planner.plan(selected, set())
+    planner.save()
     if as_json:
         click.echo(json.dumps({"pipeline": session.pipeline.name, "stages": [p.to_json() for p in plans]}, indent=2))
         return

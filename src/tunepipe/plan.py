@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from tunepipe.cache.atomic import canonical_json
-from tunepipe.cache.fingerprint import code_fingerprint
+from tunepipe.cache.fingerprint import code_fingerprint, load_memo, save_memo
 from tunepipe.cache.keys import diff, key_parts, stage_key
 from tunepipe.cache.store import LocalStore
 from tunepipe.errors import UserError
@@ -72,6 +72,13 @@ class Planner:
         self.state = PipelineState(store.root, pipeline.path, pipeline.name)
         self._last = self.state.read()
         self._code: dict[str, str] = {}
+        self._memo_file = store.root / "fingerprints.json"
+        load_memo(self._memo_file)
+
+    def save(self) -> None:
+        """Remember file digests and code analyses for the next run (both only speed-ups)."""
+        self.store.digests.save()
+        save_memo(self._memo_file)
 
     def last_key(self, stage: str) -> str | None:
         """The key of the stage's last successful run when this planner started."""

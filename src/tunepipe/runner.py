@@ -108,7 +108,7 @@ def run(pipeline: Pipeline, store: LocalStore, registry: Registry, opts: RunOpti
         reporter.plan(plans)
         stages = {p.name: StageOutcome(p.name, p.state, p.key, reasons=p.reasons) for p in plans}
         outcome = RunOutcome(pipeline.name, stages, "planned", time.monotonic() - t_start)
-        store.digests.save()
+        planner.save()
         return outcome
     return _Scheduler(pipeline, store, registry, opts, reporter, planner, selected, forced,
                       executor_factory).run(t_start)
@@ -156,7 +156,7 @@ class _Scheduler:
                 self._set(StageOutcome(name, "skipped", reasons=["the run stopped before it"]))
         if status == "ok" and any(o.status == "failed" for o in self.outcomes.values()):
             status = "failed"
-        self.store.digests.save()
+        self.planner.save()
         self.record.finish(status)
         outcome = RunOutcome(self.pipeline.name, {n: self.outcomes[n] for n in self.selected if n in self.outcomes},
                              status, time.monotonic() - t_start, str(self.record.file))

@@ -313,3 +313,31 @@ def test_missing_imported_module_is_ignored(make_pkg) -> None:
     assert pkg.fp() == before
     pkg.write("plugin.py", "def run():\n    from .not_there import z\n    import json\n    return 1\n")
     assert pkg.fp() != before
+
+
+def test_analyses_are_remembered_across_runs_but_not_for_files_just_edited(tmp_path, monkeypatch) -> None:
+    import os
+    import time
+
+    from tunepipe.cache import fingerprint as fp
+
+    pkg = tmp_path / "memo_pkg_a1"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    mod = pkg / "stage.py"
+    mod.write_text("X = 1\n")
+    old = time.time() - 60
+    os.utime(mod, (old, old))
+    fresh = pkg / "fresh.py"
+    fresh.write_text("Y = 2\n")  # modified just now: racy, must not be remembered
+    monkeypatch.syspath_prepend(str(tmp_path))
+    fp.code_fingerprint("memo_pkg_a1.stage")
+    fp.code_fingerprint("memo_pkg_a1.fresh")
+    memo = tmp_path / "fingerprints.json"
+    fp.save_memo(memo)
+    stored = memo.read_text()
+    assert str(mod) in stored and str(fresh) not in stored
+    monkeypatch.setattr(fp, "_by_file", {})
+    fp.load_memo(memo)
+    st = mod.stat()
+    assert (str(mod), st.st_size, st.st_mtime_ns) in fp._by_file

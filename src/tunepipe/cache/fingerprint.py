@@ -13,14 +13,49 @@ from __future__ import annotations
 import ast
 import hashlib
 import importlib.util
+import json
+import os
 import sys
 import threading
+import time
 from pathlib import Path
 
 CONTRACT_MODULES = frozenset({"tunepipe", "tunepipe.plugins", "tunepipe.errors"})
 
 _lock = threading.Lock()
 _by_file: dict[tuple[str, int, int], tuple[str, list[str]]] = {}
+_dirty = False
+RACY_SECONDS = 2.0
+
+
+def load_memo(file: Path) -> None:
+    """Reuse analyses of unchanged source files from earlier runs (parsing is most of the cost)."""
+    try:
+        stored = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    with _lock:
+        for key, (digest, imports) in stored.items():
+            path, size, mtime = key.rsplit("|", 2)
+            _by_file.setdefault((path, int(size), int(mtime)), (digest, imports))
+
+
+def save_memo(file: Path) -> None:
+    """Persist the analyses of this run (only when something new was analysed)."""
+    global _dirty
+    with _lock:
+        if not _dirty:
+            return
+        settled = time.time() - RACY_SECONDS  # a file edited within the same clock tick is not kept
+        payload = {f"{p}|{size}|{mtime}": list(v) for (p, size, mtime), v in _by_file.items()
+                   if mtime / 1e9 < settled and os.path.exists(p)}
+        _dirty = False
+    from tunepipe.cache.atomic import write_json
+
+    try:
+        write_json(file, payload)
+    except OSError:
+        pass  # only a speed-up
 
 
 def _origin(module: str) -> Path | None:
@@ -63,8 +98,10 @@ def _analyse(module: str, path: Path) -> tuple[str, list[str]]:
                 names.append(base)
                 names.extend(f"{base}.{alias.name}" for alias in node.names if alias.name != "*")
     result = (digest, sorted(set(names)))
+    global _dirty
     with _lock:
         _by_file[ident] = result
+        _dirty = True
     return result
 
 
