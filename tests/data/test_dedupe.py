@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import random
 import tracemalloc
+from typing import Any
 
 import numpy as np
 import pytest
 from datasketch import MinHash
 
-from tunepipe.data.dedupe import (Deduper, KeyIndex, MinHasher, Provenance, band_keys, exact_key, lsh_bands,
-                                  shingle_hashes)
+from tunepipe.data.dedupe import (Deduper, KeyIndex, MinHasher, Provenance, _band_errors, band_keys, exact_key,
+                                  lsh_bands, shingle_hashes)
 from tunepipe.data.normalize import dedupe_form
 
 WORDS = "the quick brown fox jumps over lazy dog Straße café naïve 東京 emoji🙂 snake_case x1 42".split()
@@ -203,3 +204,121 @@ def test_index_memory_per_item_is_bounded() -> None:
     assert dedupe.indexed == n
     assert dedupe.nbytes / n < 260  # 12 (exact) + 7 * 12 (bands) + 128 (signature) + 12 (provenance) + slack
     assert used / n < 300
+
+
+class OneByOne:
+    """The reference: each record checked and indexed in turn, with plain dicts (what check must equal)."""
+
+    def __init__(self, threshold: float, max_index: int, near: bool) -> None:
+        self.threshold, self.max_index, self.near = threshold, max_index, near
+        self.exact: dict[int, int] = {}
+        self.bands: dict[int, list[int]] = {}
+        self.sigs: list[np.ndarray] = []
+        self.where: list[tuple[str, str, int]] = []
+        self.full = False
+
+    def check(self, keys, bands, sigs, has, prov) -> list[tuple[str, int, float] | None]:
+        out: list[tuple[str, int, float] | None] = []
+        for i, key in enumerate(keys):
+            if key in self.exact:
+                out.append(("exact", self.exact[key], 1.0))
+                continue
+            if self.near and has[i]:
+                ids = sorted({c for k in bands[i].tolist() for c in self.bands.get(k, [])})
+                if ids:
+                    sims = [float((self.sigs[c] == sigs[i]).mean()) for c in ids]
+                    best = int(np.argmax(sims))
+                    if sims[best] >= self.threshold:
+                        out.append(("near", ids[best], sims[best]))
+                        continue
+            out.append(None)
+            if len(self.where) >= self.max_index:
+                self.full = True
+                continue
+            item = len(self.where)
+            self.where.append(prov[i])
+            self.exact[key] = item
+            self.sigs.append(sigs[i])
+            if self.near and has[i]:
+                for k in bands[i].tolist():
+                    self.bands.setdefault(k, []).append(item)
+        return out
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_batch_check_equals_checking_one_record_at_a_time(seed: int) -> None:
+    """Many collisions (few distinct keys, bands and signatures), tiny flushes, sometimes a full index."""
+    rng = np.random.default_rng(seed)
+    near = seed % 4 != 3
+    max_index = [10**6, 150, 400, 10**6][seed % 4]
+    dedupe = Deduper(near=near, threshold=0.75, num_perm=8, bands=4, max_index=max_index, flush_at=[8, 64, 1 << 16][seed % 3])
+    ref = OneByOne(0.75, max_index, near)
+    protos = rng.integers(0, 1 << 16, (40, 8), dtype=np.uint16)
+    for batch in range(12):
+        n = int(rng.integers(0, 120))
+        keys = rng.integers(0, [300, 10**9][seed % 2], n).tolist()
+        base = protos[rng.integers(0, len(protos), n)]
+        sigs = np.where(rng.random((n, 8)) < 0.15, rng.integers(0, 1 << 16, (n, 8), dtype=np.uint16), base)
+        sigs = sigs.astype(np.uint16)
+        bands = band_keys(sigs.astype(np.uint32), 4, 2)
+        has = (rng.random(n) > 0.1).tolist()
+        prov = [("data.jsonl", "line", batch * 1000 + i) if i % 17 else ("other.csv", "row", i) for i in range(n)]
+        got = dedupe.check(keys, bands if near else None, sigs if near else None, has if near else None, prov)
+        want = ref.check(keys, bands, sigs, has, prov)
+        assert [None if d is None else (d.kind, d.of, d.similarity) for d in got] == want
+    assert dedupe.indexed == len(ref.where) and dedupe.full == ref.full
+    assert [dedupe.provenance[i] for i in range(dedupe.indexed)] == ref.where
+
+
+def test_provenance_extend_equals_adding_one_at_a_time() -> None:
+    items = [("a.jsonl", "line", i) for i in range(5)] + [("a.jsonl", "line", True), ("a.jsonl", "line", 1 << 70)]
+    for chunk in (items[:5], items[5:], [("b.csv", "row", 1), ("a.jsonl", "line", 9)], items[:3]):
+        one, many = Provenance(), Provenance()
+        for item in chunk:
+            one.add(*item)
+        many.extend(chunk)
+        assert [many[i] for i in range(len(chunk))] == [one[i] for i in range(len(chunk))]
+        assert [type(many[i][2]) for i in range(len(chunk))] == [type(one[i][2]) for i in range(len(chunk))]
+
+
+@pytest.mark.parametrize("num_perm", [16, 64])
+def test_lsh_bands_are_what_datasketch_chooses(num_perm: int) -> None:
+    """The banding is computed without datasketch (and scipy): the same choice as its optimiser."""
+    from datasketch import MinHashLSH
+
+    thresholds = [round(0.05 * i, 2) for i in range(1, 21)] + [0.123, 0.777, 0.85, 0.999]
+    for threshold in thresholds:
+        try:
+            lsh = MinHashLSH(threshold=threshold, num_perm=num_perm, weights=(0.1, 0.9))
+            want: Any = (lsh.b, lsh.r)
+        except ValueError as e:
+            want = str(e)
+        try:
+            got: Any = lsh_bands(threshold, num_perm)
+        except ValueError as e:
+            got = str(e)
+        assert got == want, threshold
+
+
+def test_lsh_band_probabilities_match_scipy_quad() -> None:
+    from datasketch.lsh import _false_negative_probability, _false_positive_probability
+
+    for threshold, num_perm in [(0.85, 128), (0.5, 256), (0.95, 200)]:
+        pairs, fp, fn = _band_errors(threshold, num_perm)
+        picks = range(0, len(pairs), 7)
+        assert max(abs(fp[i] - _false_positive_probability(threshold, *pairs[i])) for i in picks) < 1e-9
+        assert max(abs(fn[i] - _false_negative_probability(threshold, *pairs[i])) for i in picks) < 1e-9
+
+
+def test_close_calls_are_left_to_datasketch(monkeypatch: pytest.MonkeyPatch) -> None:
+    import tunepipe.data.dedupe as dedupe_module
+
+    monkeypatch.setattr(dedupe_module, "_TIE", 1.0)  # every choice is a close call
+    assert lsh_bands(0.85, 64) == (7, 9)
+
+
+@pytest.mark.parametrize(("num_perm", "seed"), [(16, 1), (128, 7), (512, 0)])
+def test_permutations_are_datasketch_affine32_ones(num_perm: int, seed: int) -> None:
+    a, b = MinHash(num_perm=num_perm, seed=seed).permutations
+    hasher = MinHasher(num_perm, 3, seed=seed)
+    assert (hasher._a == a).all() and (hasher._b == b).all()

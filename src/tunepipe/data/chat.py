@@ -400,7 +400,7 @@ def is_plain_valid(record: Mapping[str, Any]) -> bool:
             return False
         role = m.get("role")
         content = m.get("content")
-        if type(content) is not str or not content.strip() or role not in _QUICK_ROLES:
+        if type(content) is not str or type(role) is not str or role not in _QUICK_ROLES or not content.strip():
             return False
         if len(m) != 2:
             if len(m) != 3 or role != "assistant" or type(m.get("weight")) is not int or m["weight"] not in (0, 1):

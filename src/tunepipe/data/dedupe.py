@@ -68,12 +68,59 @@ def exact_key(text: str) -> int:
     return int.from_bytes(hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
 
 
-def lsh_bands(threshold: float, num_perm: int) -> tuple[int, int]:
-    """(bands, rows) for a similarity threshold, from datasketch's optimiser, favouring recall."""
-    from datasketch import MinHashLSH
+_LSH_WEIGHTS = (0.1, 0.9)  # false positives, false negatives
+_TIE = 1e-6  # closer than this, datasketch itself decides (scipy's quad is accurate to about 1e-8)
 
-    lsh = MinHashLSH(threshold=threshold, num_perm=num_perm, weights=(0.1, 0.9))
-    return int(lsh.b), int(lsh.r)
+
+def lsh_bands(threshold: float, num_perm: int) -> tuple[int, int]:
+    """(bands, rows) for a similarity threshold, from datasketch's optimiser, favouring recall.
+
+    datasketch's ``MinHashLSH(threshold, num_perm, weights=(0.1, 0.9))`` minimises 0.1 × P(false
+    positive) + 0.9 × P(false negative) over every b × r ≤ num_perm, integrating the two
+    probabilities with scipy's ``quad``. Importing datasketch and scipy costs about a second of CPU,
+    so the integrals are computed here with Gauss-Legendre quadrature (within 1e-10 of quad's; a
+    test checks the choice against datasketch), and datasketch is asked only when the best two
+    settings come within :data:`_TIE` of each other.
+    """
+    pairs, fp, fn = _band_errors(threshold, num_perm)
+    error = _LSH_WEIGHTS[0] * fp + _LSH_WEIGHTS[1] * fn
+    best = int(np.argmin(error))  # the first of equal minima, as datasketch's loop keeps it
+    if len(error) > 1 and np.partition(error, 1)[1] - error[best] < _TIE:
+        from datasketch import MinHashLSH
+
+        lsh = MinHashLSH(threshold=threshold, num_perm=num_perm, weights=_LSH_WEIGHTS)
+        return int(lsh.b), int(lsh.r)
+    b, r = (int(v) for v in pairs[best])
+    if b < 2:
+        raise ValueError("The number of bands are too small (b < 2)")  # what MinHashLSH says
+    return b, r
+
+
+def _band_errors(threshold: float, num_perm: int, panels: int = 16,
+                 nodes: int = 20) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every (b, r) with b × r ≤ num_perm, in datasketch's order, with P(false positive) and P(false negative).
+
+    A pair at similarity s becomes a candidate with probability 1 - (1 - s^r)^b; the probabilities
+    are its integral below the threshold and that of the complement above it (composite
+    Gauss-Legendre quadrature: ``panels`` intervals of ``nodes`` points each).
+    """
+    pairs = np.array([(b, r) for b in range(1, num_perm + 1) for r in range(1, num_perm // b + 1)])
+    b = pairs[:, :1].astype(float)
+    r = pairs[:, 1:].astype(float)
+    x, w = np.polynomial.legendre.leggauss(nodes)
+
+    def integral(f: Any, lo: float, hi: float) -> np.ndarray:
+        if hi <= lo:
+            return np.zeros(len(pairs))
+        edges = np.linspace(lo, hi, panels + 1)
+        half = (edges[1:] - edges[:-1]) / 2
+        s = (edges[:-1] + half)[:, None] + half[:, None] * x[None, :]
+        return f(s.reshape(1, -1)) @ (half[:, None] * w[None, :]).ravel()
+
+    with np.errstate(divide="ignore", over="ignore", under="ignore"):
+        fp = integral(lambda s: 1 - (1 - s ** r) ** b, 0.0, threshold)
+        fn = integral(lambda s: 1 - (1 - (1 - s ** r) ** b), threshold, 1.0)
+    return pairs, fp, fn
 
 
 def _fmix32(h: np.ndarray) -> np.ndarray:
@@ -110,6 +157,7 @@ _WORD_BYTE = np.zeros(256, dtype=bool)
 _WORD_BYTE[list(b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_")] = True
 _WORD_BYTE[128:] = True
 _WORDS = re.compile(rb"[0-9A-Za-z_\x80-\xff]+")
+_WORD_TABLE = bytes(_WORD_BYTE.astype(np.uint8))  # for bytes.translate: 1 for a word byte, else 0
 
 
 def _mix64_int(h: int) -> int:
@@ -138,6 +186,17 @@ def shingle_hashes(text: str, size: int) -> list[int]:
     return out
 
 
+def _datasketch_2() -> bool:
+    """Whether datasketch 2.0 or later is installed (its affine32 scheme), without importing it."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        major = version("datasketch").split(".")[0]
+    except PackageNotFoundError:
+        return False
+    return major.isdigit() and int(major) >= 2
+
+
 class _Powers:
     """BASE**i and BASE**-i mod 2**64 for i < n, grown on demand."""
 
@@ -161,25 +220,25 @@ class MinHasher:
     """
 
     def __init__(self, num_perm: int = 64, shingle_size: int = 3, seed: int = 1,
-                 chunk_bytes: int = 1 << 20, chunk: int = 1 << 15) -> None:
-        from datasketch import MinHash
-
-        proto = MinHash(num_perm=num_perm, seed=seed)
-        if getattr(proto, "scheme", "legacy") != "affine32":
+                 chunk_bytes: int = 1 << 20, chunk: int = 1 << 14) -> None:
+        if not _datasketch_2():
             raise RuntimeError("near-duplicate detection needs datasketch 2.0 or later (its affine32 "
                                "MinHash scheme): pip install 'datasketch>=2.0'")
         self.num_perm = num_perm
         self.shingle_size = shingle_size
         self.seed = seed
-        self._a = np.asarray(proto.permutations[0], dtype=np.uint32)
-        self._b = np.asarray(proto.permutations[1], dtype=np.uint32)
+        # datasketch's affine32 permutations (MinHash._init_permutations), drawn the same way here:
+        # importing datasketch (and scipy with it) costs about a second of CPU in every process
+        gen = np.random.RandomState(seed)
+        self._a = gen.randint(0, 1 << 31, num_perm, dtype=np.uint32) * np.uint32(2) + np.uint32(1)
+        self._b = gen.randint(0, 1 << 32, num_perm, dtype=np.uint32)
         self._chunk_bytes = chunk_bytes
         self._chunk = chunk
         self._powers = _Powers()
 
     def signatures(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """(signatures, has_words): one row of ``num_perm`` uint32 per text; False for a text without words."""
-        out = np.full((len(texts), self.num_perm), 0xFFFFFFFF, dtype=np.uint32)
+        out = np.full((self.num_perm, len(texts)), 0xFFFFFFFF, dtype=np.uint32)  # one row per permutation
         has = np.zeros(len(texts), dtype=bool)
         encoded = [t.encode("utf-8", "surrogatepass") for t in texts]
         lo = 0
@@ -194,25 +253,29 @@ class MinHasher:
                 has[rows] = True
                 self._minhash(hashes, rows, out)
             lo = hi
-        return out, has
+        return np.ascontiguousarray(out.T), has
 
     def _shingles(self, docs: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
         """Shingle hashes (uint32) of some texts, and the index of the text each belongs to (sorted)."""
-        buf = np.frombuffer(b"\x00".join(docs), dtype=np.uint8)
-        doc_start = np.cumsum([0] + [len(d) + 1 for d in docs[:-1]])
+        data = b"\x00".join(docs)
+        buf = np.frombuffer(data, dtype=np.uint8)
+        lengths = np.fromiter(map(len, docs), dtype=np.int64, count=len(docs))
+        doc_start = np.zeros(len(docs), dtype=np.int64)
+        np.cumsum(lengths[:-1] + 1, out=doc_start[1:])
         self._powers.need(len(buf) + 1)
-        word = _WORD_BYTE[buf]
-        edges = np.diff(word.astype(np.int8), prepend=np.int8(0), append=np.int8(0))
-        starts = np.nonzero(edges == 1)[0]
-        ends = np.nonzero(edges == -1)[0]
+        word = np.frombuffer(data.translate(_WORD_TABLE), dtype=np.int8)
+        edges = np.diff(word, prepend=np.int8(0), append=np.int8(0))
+        starts = np.flatnonzero(edges == 1)
+        ends = np.flatnonzero(edges == -1)
         if not len(starts):
             return np.zeros(0, dtype=np.uint32), np.zeros(0, dtype=np.int64)
         prefix = np.zeros(len(buf) + 1, dtype=_U64)
-        np.cumsum(buf.astype(_U64) * self._powers.up[:len(buf)], out=prefix[1:])
+        np.cumsum(buf * self._powers.up[:len(buf)], out=prefix[1:])
         words = (prefix[ends] - prefix[starts]) * self._powers.down[starts]
         words = _mix64(words + (ends - starts).astype(_U64) * _U64(_GOLDEN))
-        owner = np.searchsorted(doc_start, starts, side="right") - 1
-        counts = np.bincount(owner, minlength=len(docs))
+        # words per text (a word never spans the separator between two texts), and each word's text
+        counts = np.diff(np.searchsorted(starts, doc_start), append=len(starts))
+        owner = np.repeat(np.arange(len(docs)), counts)
         first = np.cumsum(counts) - counts
         k = self.shingle_size
         parts: list[tuple[np.ndarray, np.ndarray]] = []
@@ -231,21 +294,33 @@ class MinHasher:
                 for j in range(1, c):
                     h = _mix64(h * _U64(_CHAIN) + words[first[short] + j])
                 parts.append((h, short))
+        if len(parts) == 1:  # already in text order
+            hashes, owners = parts[0]
+            return (hashes >> _U64(32)).astype(np.uint32), owners
         hashes = np.concatenate([p[0] for p in parts])
         owners = np.concatenate([p[1] for p in parts])
         order = np.argsort(owners, kind="stable")
         return (hashes[order] >> _U64(32)).astype(np.uint32), owners[order]
 
     def _minhash(self, hashes: np.ndarray, rows: np.ndarray, out: np.ndarray) -> None:
-        """Fold the permuted shingle hashes into ``out[rows]`` (``rows`` sorted, one per hash)."""
+        """Fold the permuted shingle hashes into columns ``rows`` of ``out`` (num_perm, texts); ``rows`` sorted.
+
+        Permutations along the first axis: each one's values for a chunk of shingles are contiguous,
+        so the per-text minimum (``reduceat``) runs over contiguous memory, in a reused buffer.
+        """
         hv = _fmix32(hashes)
+        a = self._a[:, None]
+        b = self._b[:, None]
+        buf = np.empty((self.num_perm, min(self._chunk, len(hv))), dtype=np.uint32)
         for lo in range(0, len(hv), self._chunk):
             hi = min(lo + self._chunk, len(hv))
             part = rows[lo:hi]
-            seg = np.concatenate([[0], np.nonzero(part[1:] != part[:-1])[0] + 1])
-            phv = hv[lo:hi, None] * self._a[None, :] + self._b[None, :]
+            seg = np.concatenate([[0], np.flatnonzero(part[1:] != part[:-1]) + 1])
+            phv = buf[:, :hi - lo]
+            np.multiply(a, hv[None, lo:hi], out=phv)
+            phv += b
             targets = part[seg]
-            out[targets] = np.minimum(out[targets], np.minimum.reduceat(phv, seg, axis=0))
+            out[:, targets] = np.minimum(out[:, targets], np.minimum.reduceat(phv, seg, axis=1))
 
 
 def band_keys(signatures: np.ndarray, bands: int, rows: int) -> np.ndarray:
@@ -325,6 +400,15 @@ class KeyIndex:
         for key in keys:
             self.add(key, item)
 
+    def recent_hits(self, keys: list[int]) -> list[int]:
+        """The positions in ``keys`` of those added since the last flush."""
+        if not self._recent:
+            return []
+        found = list(map(self._recent.get, keys))
+        if found.count(None) == len(found):
+            return []
+        return [i for i, v in enumerate(found) if v is not None]
+
     def frozen_lookup(self, keys: np.ndarray) -> dict[int, list[int]]:
         """For each position in ``keys`` found in the frozen runs, the ids stored under it (oldest first)."""
         hits: dict[int, list[int]] = {}
@@ -346,6 +430,26 @@ class KeyIndex:
         """Freeze the recent entries into a sorted run once there are ``flush_at`` of them (or now)."""
         if not self._recent or (not force and len(self._recent) < self._flush_at):
             return
+        keys, ids = self._take_recent()
+        order = np.argsort(keys, kind="stable")  # equal keys: ids stay in insertion order
+        self._push(keys[order], ids[order])
+
+    def freeze(self, keys: np.ndarray, ids: np.ndarray) -> None:
+        """Freeze the recent entries and these (``keys``, ``ids``), which are not among them, into one run.
+
+        Equal keys keep their ids in increasing order: ids must grow with time, as item ids do.
+        """
+        if self._recent:
+            more_keys, more_ids = self._take_recent()
+            keys = np.concatenate([keys.astype(_U64, copy=False), more_keys])
+            ids = np.concatenate([ids.astype(np.uint32, copy=False), more_ids])
+        if not len(keys):
+            return
+        order = np.lexsort((ids, keys))
+        self._push(keys[order].astype(_U64, copy=False), ids[order].astype(np.uint32, copy=False))
+
+    def _take_recent(self) -> tuple[np.ndarray, np.ndarray]:
+        """The recent entries as (keys, ids) arrays, in insertion order per key; the dict is emptied."""
         recent, self._recent = self._recent, {}
         multi = {k: recent.pop(k) for k in self._multi}
         self._multi = set()
@@ -354,8 +458,11 @@ class KeyIndex:
         if multi:
             keys = np.concatenate([keys, np.array([k for k, v in multi.items() for _ in v], dtype=_U64)])
             ids = np.concatenate([ids, np.array([i for v in multi.values() for i in v], dtype=np.uint32)])
-        order = np.argsort(keys, kind="stable")  # equal keys: ids stay in insertion order
-        self._runs.append((keys[order], ids[order]))
+        return keys, ids
+
+    def _push(self, keys: np.ndarray, ids: np.ndarray) -> None:
+        """Append a sorted run (newer than every other) and merge runs until each is twice the next."""
+        self._runs.append((keys, ids))
         while len(self._runs) > 1 and len(self._runs[-2][0]) < 2 * len(self._runs[-1][0]):
             newer = self._runs.pop()
             older = self._runs.pop()
@@ -385,6 +492,29 @@ class Provenance:
             self._odd[len(self._pos)] = pos
             self._pos.append(0)
 
+    def extend(self, items: Sequence[tuple[str, str, Any]]) -> None:
+        """:meth:`add` each of ``items``; at once when they share their name and hold plain integers."""
+        if not items:
+            return
+        sources, keys, positions = zip(*items)
+        if (sources.count(sources[0]) == len(sources) and keys.count(keys[0]) == len(keys)
+                and all(type(p) is int for p in positions)):
+            name = (sources[0], keys[0])
+            idx = self._name_ids.get(name)
+            if idx is None:
+                idx = self._name_ids[name] = len(self._names)
+                self._names.append(name)
+            try:
+                pos = array("q", positions)
+            except OverflowError:
+                pass
+            else:
+                self._name_of.extend(array("I", [idx]) * len(items))
+                self._pos.extend(pos)
+                return
+        for item in items:
+            self.add(*item)
+
     def __getitem__(self, item: int) -> tuple[str, str, Any]:
         source, key = self._names[self._name_of[item]]
         return source, key, self._odd.get(item, self._pos[item])
@@ -397,6 +527,45 @@ class Provenance:
     @property
     def nbytes(self) -> int:
         return self._name_of.itemsize * len(self._name_of) + self._pos.itemsize * len(self._pos)
+
+
+def _repeats(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each position, whether the same key occurs at an earlier position, and at a later one."""
+    earlier = np.zeros(len(keys), dtype=bool)
+    later = np.zeros(len(keys), dtype=bool)
+    if len(keys) > 1:
+        order = np.argsort(keys, kind="stable")  # equal keys stay in their order
+        ordered = keys[order]
+        same = ordered[1:] == ordered[:-1]
+        earlier[order[1:][same]] = True
+        later[order[:-1][same]] = True
+    return earlier, later
+
+
+def _joined(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    if not parts:
+        return np.zeros(0, dtype=_U64), np.zeros(0, dtype=np.uint32)
+    return np.concatenate([k for k, _ in parts]), np.concatenate([i for _, i in parts])
+
+
+class _BatchState:
+    """What :meth:`Deduper.check` works with for one batch."""
+
+    def __init__(self) -> None:
+        self.keys: list[int] = []  # exact keys
+        self.ex_array: np.ndarray = np.zeros(0, dtype=_U64)  # the same, as an array
+        self.ex_later: np.ndarray = np.zeros(0, dtype=bool)  # whether a later record has the same exact key
+        self.ex_frozen: dict[int, list[int]] = {}  # record -> ids with its exact key in the frozen runs
+        self.nb = 0  # bands per record
+        self.bands: np.ndarray = np.zeros((0, 0), dtype=_U64)  # (records, nb) band keys
+        self.band_keys: list[int] = []  # the same, flattened
+        self.band_later: np.ndarray = np.zeros((0, 0), dtype=bool)  # whether a later position has the key
+        self.frozen: dict[int, list[int]] = {}  # record -> ids sharing a band key in the frozen runs
+        self.has: np.ndarray = np.zeros(0, dtype=bool)
+        self.low: np.ndarray = np.zeros((0, 0), dtype=np.uint16)
+        self.pending: dict[int, int] = {}  # item -> row of this batch, for signatures not stored yet
+        self.new_exact: list[tuple[np.ndarray, np.ndarray]] = []  # (keys, ids) indexed in bulk, not in the dict
+        self.new_bands: list[tuple[np.ndarray, np.ndarray]] = []
 
 
 @dataclass(frozen=True)
@@ -444,8 +613,9 @@ class Deduper:
             rows = ids[sel] & 0xFFFF
             block = self._sig_chunks[chunk]
             need = int(rows[-1]) + 1 if len(rows) else 0
-            if need > len(block):  # grow by doubling, up to 2**16 rows
-                grown = np.empty((min(1 << 16, max(1024, 2 * len(block), need)), self.num_perm), dtype=np.uint16)
+            if need > len(block):  # grow to a power of two from 1024 rows up to 2**16: sizes follow the count
+                grown = np.empty((min(1 << 16, max(1024, 1 << (need - 1).bit_length())), self.num_perm),
+                                 dtype=np.uint16)
                 grown[:len(block)] = block
                 self._sig_chunks[chunk] = block = grown
             block[rows] = values[sel]
@@ -469,61 +639,138 @@ class Deduper:
         ``bands``: (n, bands) uint64 :func:`band_keys`; ``sigs``: (n, num_perm) signatures (only
         their low 16 bits are used); ``has_sig[i]``: false for a record without words, which gets
         no near-duplicate check; ``provenance``: (source, position key, position) per record.
+
+        The answer is that of checking and indexing the records one at a time, in order. Most
+        records have no key in common with the index nor with an earlier record of the batch: they
+        are found with a few vectorised lookups and indexed in bulk; only the others are checked
+        one by one (:meth:`_check_one`).
         """
         n = len(provenance)
+        if not n:
+            return []
         exact = self.exact and exact_keys is not None
-        ex_frozen = self._exact.frozen_lookup(np.asarray(exact_keys, dtype=_U64)) if exact and n else {}
-        near = self.near and bands is not None and sigs is not None and has_sig is not None and n > 0
+        near = self.near and bands is not None and sigs is not None and has_sig is not None
+        st = _BatchState()
+        slow = np.zeros(n, dtype=bool)  # records that may have a candidate: checked one by one
+        if exact:
+            assert exact_keys is not None
+            keys = np.asarray(exact_keys, dtype=_U64)
+            st.keys = exact_keys if isinstance(exact_keys, list) else keys.tolist()
+            st.ex_array = keys
+            st.ex_frozen = self._exact.frozen_lookup(keys)
+            slow[list(st.ex_frozen)] = True
+            slow[self._exact.recent_hits(st.keys)] = True
+            earlier, st.ex_later = _repeats(keys)
+            slow |= earlier
         if near:
             assert bands is not None and sigs is not None and has_sig is not None
             nb = bands.shape[1]
-            frozen: dict[int, list[int]] = {}
-            for pos, ids in self._bands.frozen_lookup(bands.reshape(-1)).items():
-                frozen.setdefault(pos // nb, []).extend(ids)
-            rows = bands.tolist()
-            low = sigs if sigs.dtype == np.uint16 else (sigs & 0xFFFF).astype(np.uint16)
-        pending: dict[int, int] = {}  # item -> row of this batch, for signatures not stored yet
-        out: list[Duplicate | None] = []
-        for i in range(n):
-            if exact:
-                key = exact_keys[i]  # type: ignore[index]
-                hit = ex_frozen.get(i) or self._exact.recent(key)
-                if hit:
-                    out.append(Duplicate("exact", hit[0]))
-                    continue
-            row = found = None
-            if near and has_sig[i]:  # type: ignore[index]
-                row = rows[i]
-                found = self._bands.recent_many(row)
-                cands = frozen.get(i)
-                if cands or found.count(None) != nb:
-                    ids = set(cands or ())
-                    for v in found:
-                        if isinstance(v, list):
-                            ids.update(v)
-                        elif v is not None:
-                            ids.add(v)
-                    dup = self._best(sorted(ids), low[i], pending, low)
-                    if dup is not None:
-                        out.append(dup)
-                        continue
-            out.append(None)
-            if self.indexed >= self.max_index:
-                self.full = True
-                continue
-            item = self.indexed
-            self.indexed += 1
-            self.provenance.add(*provenance[i])
-            if exact:
-                self._exact.add(key, item)
-            if row is not None:
-                self._bands.add_many(row, item, found)  # type: ignore[arg-type]
-                pending[item] = i
-        if pending:
-            self._store_sigs(list(pending), low[list(pending.values())])
-        self._exact.flush()
-        self._bands.flush()
+            flat = bands.reshape(-1)
+            st.nb = nb
+            st.bands = bands
+            st.band_keys = flat.tolist()
+            for pos, ids in self._bands.frozen_lookup(flat).items():
+                st.frozen.setdefault(pos // nb, []).extend(ids)
+            earlier, later = _repeats(flat)
+            st.band_later = later.reshape(n, nb)
+            band_slow = earlier.reshape(n, nb).any(axis=1)
+            band_slow[list(st.frozen)] = True
+            band_slow[[p // nb for p in self._bands.recent_hits(st.band_keys)]] = True
+            st.has = np.asarray(has_sig, dtype=bool)
+            slow |= band_slow & st.has
+            st.low = sigs if sigs.dtype == np.uint16 else (sigs & 0xFFFF).astype(np.uint16)
+        out: list[Duplicate | None] = [None] * n
+        start = 0
+        for i in [*np.nonzero(slow)[0].tolist(), n]:
+            if i > start:
+                self._index_new(start, i, exact, near, provenance, st)
+            if i == n:
+                break
+            out[i] = self._check_one(i, exact, near, provenance, st)
+            start = i + 1
+        if st.pending:
+            self._store_sigs(list(st.pending), st.low[list(st.pending.values())])
+        if exact:
+            self._exact.freeze(*_joined(st.new_exact))
+        if near:
+            self._bands.freeze(*_joined(st.new_bands))
         return out
+
+    def _index_new(self, lo: int, hi: int, exact: bool, near: bool, provenance: Sequence[tuple[str, str, Any]],
+                   st: _BatchState) -> None:
+        """Index records ``lo`` to ``hi`` of a batch, none of which has a key in the index or earlier in it.
+
+        Their keys go straight into the batch's new run (:meth:`KeyIndex.freeze`), but those that a
+        later record of the batch shares: those go into the recent dict, where that record looks.
+        """
+        room = self.max_index - self.indexed
+        if hi - lo > room:
+            self.full = True
+            hi = lo + max(room, 0)
+            if hi <= lo:
+                return
+        first = self.indexed
+        self.indexed += hi - lo
+        self.provenance.extend(provenance[lo:hi])
+        if exact:
+            ids = np.arange(first, first + hi - lo, dtype=np.uint32)
+            keys = st.ex_array[lo:hi]
+            later = st.ex_later[lo:hi]
+            if later.any():
+                for j in np.nonzero(later)[0].tolist():
+                    self._exact.add(st.keys[lo + j], first + j)
+                keys, ids = keys[~later], ids[~later]
+            st.new_exact.append((keys, ids))
+        if near:
+            nb = st.nb
+            rows = np.nonzero(st.has[lo:hi])[0]
+            if len(rows):
+                keys = st.bands[lo:hi][rows].reshape(-1)
+                ids = np.repeat((first + rows).astype(np.uint32), nb)
+                later = st.band_later[lo:hi][rows].reshape(-1)
+                if later.any():
+                    for j in np.nonzero(later)[0].tolist():
+                        self._bands.add(int(keys[j]), int(ids[j]))
+                    keys, ids = keys[~later], ids[~later]
+                st.new_bands.append((keys, ids))
+                st.pending.update(zip((first + rows).tolist(), (lo + rows).tolist()))
+
+    def _check_one(self, i: int, exact: bool, near: bool, provenance: Sequence[tuple[str, str, Any]],
+                   st: _BatchState) -> Duplicate | None:
+        """Check record ``i`` of a batch against the index, and index it when it is kept."""
+        if exact:
+            key = st.keys[i]
+            hit = st.ex_frozen.get(i) or self._exact.recent(key)
+            if hit:
+                return Duplicate("exact", hit[0])
+        row = found = None
+        if near and st.has[i]:
+            nb = st.nb
+            row = st.band_keys[i * nb:(i + 1) * nb]
+            found = self._bands.recent_many(row)
+            cands = st.frozen.get(i)
+            if cands or found.count(None) != nb:
+                ids = set(cands or ())
+                for v in found:
+                    if isinstance(v, list):
+                        ids.update(v)
+                    elif v is not None:
+                        ids.add(v)
+                dup = self._best(sorted(ids), st.low[i], st.pending, st.low)
+                if dup is not None:
+                    return dup
+        if self.indexed >= self.max_index:
+            self.full = True
+            return None
+        item = self.indexed
+        self.indexed += 1
+        self.provenance.add(*provenance[i])
+        if exact:
+            self._exact.add(key, item)
+        if row is not None:
+            self._bands.add_many(row, item, found)  # type: ignore[arg-type]
+            st.pending[item] = i
+        return None
 
     def _best(self, ids: list[int], sig: np.ndarray, pending: dict[int, int], batch: np.ndarray) -> Duplicate | None:
         """The most similar candidate at or above the threshold (the earliest among equals), or None."""

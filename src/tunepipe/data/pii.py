@@ -178,11 +178,43 @@ _SUBS: dict[str, tuple[re.Pattern[str], _Replace]] = {
     "phone": (_PHONE, _phone),
 }
 # Cheap tests that let a text skip a pattern: most texts hold no personal data, and a full pattern
-# costs ten to fifty times more than these scans.
+# costs ten to fifty times more than these scans. Each test is necessary for its pattern to replace
+# anything, and holds for any part of a text when it fails for the whole (``Redactor.may_redact``
+# tests several texts joined at once).
 _TOKEN_HINT = re.compile(r"sk-|_live_|_test_|AKIA|ASIA|ABIA|ACCA|ghp_|gho_|ghu_|ghs_|ghr_|github_pat_|xox|"
                          r"hooks\.slack\.com|AIza|hf_|eyJ|Bearer|PRIVATE KEY")
 _NAME_HINTS = ("api", "key", "token", "secret", "passw")
 _NUMBER_HINT = re.compile(r"\d[\d ().-]{7,}\d")  # phones and cards have at least nine digits and separators
+MIN_DIGITS = 8  # a phone has at least 8 digits (international), a card 13
+# The characters the cheap tests look at in an ASCII text, which one bytes.translate keeps
+_MARKS = b"0123456789:=-_@ABCIJ"
+_NOT_MARKS = bytes(sorted(set(range(256)) - set(_MARKS)))
+_NOT_DIGITS = b":=-_@ABCIJ"
+
+
+def _hints(text: str) -> tuple[bool, bool, bool]:
+    """(may hold a secret, holds '@', may hold a phone or card number): necessary for each kind.
+
+    Every secret pattern needs ':' or '=' (a name and its value, https://), '-' or '_' (PEM
+    blocks, most token prefixes), or one of the prefixes without them: AWS key ids (AKIA, ASIA,
+    ABIA: "IA"; ACCA: "CA"), Google keys (AIza), JWTs (eyJ) or Bearer. A phone has at least
+    :data:`MIN_DIGITS` digits, a card more. In an ASCII text one ``bytes.translate`` keeps the
+    characters these tests need (two letters adjacent in the text stay adjacent), so a text is
+    scanned once rather than once per test. Each test holds for any part of a text when it
+    fails for the whole (:meth:`Redactor.may_redact` tests texts joined by newlines).
+    """
+    if text.isascii():
+        marks = text.encode("ascii").translate(None, _NOT_MARKS)
+        if not marks:
+            return False, False, False
+        secret = (b":" in marks or b"=" in marks or b"-" in marks or b"_" in marks
+                  or (b"IA" in marks and "IA" in text) or (b"CA" in marks and "CA" in text)
+                  or (b"AI" in marks and "AIza" in text) or (b"J" in marks and "eyJ" in text)
+                  or (b"B" in marks and "Bearer" in text))
+        return secret, b"@" in marks, len(marks.translate(None, _NOT_DIGITS)) >= MIN_DIGITS
+    secret = (":" in text or "=" in text or "-" in text or "_" in text or "IA" in text or "CA" in text
+              or "AIza" in text or "eyJ" in text or "Bearer" in text)
+    return secret, "@" in text, True  # other decimal digits match \d too: the patterns decide
 
 
 def _may_hold_secret(text: str) -> bool:
@@ -208,14 +240,29 @@ class Redactor:
             raise ValueError(f"unknown redaction kinds {sorted(unknown)}: use {', '.join(KINDS)}")
         self.kinds = tuple(k for k in _ORDER if k in chosen)
 
+    def may_redact(self, text: str) -> bool:
+        """False when :meth:`redact` certainly changes nothing in ``text`` nor in any part of it.
+
+        Cheap (one scan of an ASCII text, see :func:`_hints`): a caller may test several texts
+        joined by newlines at once and skip :meth:`redact` for all of them when it says False.
+        """
+        secret, at, numbers = _hints(text)
+        return (secret and "secret" in self.kinds) or (at and "email" in self.kinds) or (
+            numbers and ("credit_card" in self.kinds or "phone" in self.kinds))
+
     def redact(self, text: str) -> tuple[str, dict[str, int]]:
         """The redacted text and how many of each kind were replaced (kinds with none left out)."""
         counts: dict[str, int] = {}
-        numbers: bool | None = None
+        if not self.kinds:
+            return text, counts
+        # hints from the text as given stay necessary as kinds are replaced: placeholders add no
+        # digit nor '@', and the secret hint is used first
+        secret, at, digits = _hints(text)
+        numbers: bool | None = None if digits else False
         for kind in self.kinds:
-            if kind == "secret" and not _may_hold_secret(text):
+            if kind == "secret" and not (secret and _may_hold_secret(text)):
                 continue
-            if kind == "email" and "@" not in text:
+            if kind == "email" and not at:
                 continue
             if kind in ("credit_card", "phone"):
                 if numbers is None:

@@ -42,6 +42,12 @@ class Distribution:
         self.n += 1
         self.total += value
 
+    def add_many(self, values: list[int]) -> None:
+        """``add`` each value (a whole batch at C speed)."""
+        self.counts.update(values)
+        self.n += len(values)
+        self.total += sum(values)
+
     def _at_ranks(self, ranks: list[int]) -> dict[int, int]:
         """The values at the given 0-based ranks of the sorted data."""
         want = sorted(set(ranks))

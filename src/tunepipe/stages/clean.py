@@ -27,13 +27,18 @@ Memory stays flat apart from the dedupe index, which ``max_index`` bounds.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+from array import array
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
+from itertools import accumulate
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from tunepipe.data import jsonl
-from tunepipe.data.dedupe import Deduper, Duplicate, band_keys, exact_key, lsh_bands
+from tunepipe.data.dedupe import Deduper, Duplicate, band_keys, lsh_bands
 from tunepipe.data.normalize import FORMS, TextCleaner, dedupe_form, flag_names
 from tunepipe.data.parallel import ordered_map, worker_count
 from tunepipe.data.pii import KINDS, Redactor
@@ -202,6 +207,90 @@ class _Worker:
 
     # -- records
 
+    def plain(self, record: dict[str, Any]) -> tuple[Any, ...] | None:
+        """The fused path for a plain chat record: what :meth:`clean` then :meth:`dedupe_texts` give.
+
+        Only for a record whose JSON line is ASCII without a backslash or DEL (:func:`_work` checks
+        the line): its texts are then printable ASCII on one line, so there is no Unicode form,
+        control character, line break or tab to fix, and with no run of spaces either, cleaning a
+        text is trimming it (what :class:`TextCleaner` does to such a text) and its comparison form
+        is its lower case. Redaction runs only when :meth:`Redactor.may_redact` says one of the texts
+        may hold something. None when the record needs the full path: messages that are not exactly
+        a role and a text, or a run of spaces somewhere.
+        """
+        msgs = record["messages"]
+        if type(msgs) is not list or not msgs:
+            return None
+        roles = []
+        texts = []
+        edges = False  # a text is empty, or starts or ends with a space
+        for m in msgs:
+            if type(m) is not dict or len(m) != 2:
+                return None
+            text = m.get("content")
+            if type(text) is not str or "role" not in m:
+                return None
+            roles.append(m["role"])
+            texts.append(text)
+            if not text or text[0] == " " or text[-1] == " ":
+                edges = True
+        joined = "\n".join(texts)
+        trim = self.cfg.whitespace
+        if trim and "  " in joined:
+            return None
+        redactor = self.redactor
+        if redactor is not None and not redactor.may_redact(joined):
+            redactor = None
+        wanted = ("user",) if self.cfg.dedupe_on == "prompt" else ("user", "assistant")
+        if trim and not edges and redactor is None:  # nothing to change: the common case
+            if "assistant" not in roles:
+                return None, NO_ASSISTANT, {}, None, None
+            forms = joined.lower().split("\n")  # one per text: no text holds a line break
+            keys = []
+            near = []
+            for role, form in zip(roles, forms):
+                if role in wanted:
+                    keys.append(f"{role}\x1f{form}")
+                    near.append(form)
+            return record, None, {}, "\x1e".join(keys), "\n".join(near)
+        changes: dict[str, int] = {}
+        kept: list[tuple[dict[str, Any], str, bool]] = []  # message, cleaned text, comparison form is lower()
+        changed = False
+        for m, text in zip(msgs, texts):
+            cleaned = text.strip() if trim else text
+            if len(cleaned) != len(text):
+                changes["whitespace"] = changes.get("whitespace", 0) + 1
+                changed = True
+            lower = trim
+            if redactor is not None:
+                cleaned, counts = redactor.redact(cleaned)
+                if counts:
+                    for kind, n in counts.items():
+                        changes[kind] = changes.get(kind, 0) + n
+                    changed = True
+                    lower = False
+            if not cleaned and m["role"] in _TEXT_ROLES:
+                changes["empty_turns"] = changes.get("empty_turns", 0) + 1
+                changed = True
+                continue
+            kept.append((m, cleaned, lower))
+        if not kept:
+            return None, EMPTY, changes, None, None
+        if not any(m["role"] == "assistant" and text for m, text, _ in kept):
+            return None, NO_ASSISTANT, changes, None, None
+        if changed:
+            record = {**record, "messages": [m if m["content"] is text else {**m, "content": text}
+                                             for m, text, _ in kept]}
+        keys = []
+        near = []
+        for m, text, lower in kept:
+            role = m["role"]
+            if role in wanted:
+                form = text.lower() if lower else dedupe_form(text)
+                keys.append(f"{role}\x1f{form}")
+                near.append(form)
+        return record, None, changes, "\x1e".join(keys), "\n".join(near)
+
     def clean(self, record: dict[str, Any]) -> tuple[dict[str, Any] | None, str | None, dict[str, int]]:
         """(cleaned record, None, changes) or (None, reason, changes).
 
@@ -311,69 +400,128 @@ def _worker(cfg: Config) -> _Worker:
     return worker
 
 
-# What a worker returns for one line (plain tuples: they are pickled back to the parent).
-#   ("error", lineno, message)
-#   ("drop", (source, key, pos), reason, extra or None)
-#   ("keep", (source, key, pos), line bytes, exact key or None, changes or None)
-# and, for the lines kept, the near-dedupe band keys, signatures and whether each has words.
-Batch = tuple[str, list[tuple[Any, ...]], Any, Any, Any]
+# A block of input: (settings, file label, lines before the block, the lines, without the newline
+# after the last). Raw bytes: the worker splits and parses them; nothing is pickled line by line.
+Task = tuple[Config, str, int, bytes]
+# What a worker returns for a block, compact (it is pickled back to the parent):
+#   (label, records read,
+#    the kept records' output lines joined by newlines, and the length of each,
+#    their exact keys (8 bytes each, little-endian, as exact_key gives) or b"",
+#    their (source, position key, position),
+#    (kept index, changes) for each kept record that changed,
+#    (kept records before it, (source, key, position), reason, extra or None) for each dropped record,
+#    the first unreadable line as (line number, message) or None (the block stops there),
+#    and for near-dedupe the kept records' band keys, signatures and whether each has words, else None)
+Batch = tuple[str, int, bytes, Any, bytes, list[Any], list[Any], list[Any], Any, Any, Any, Any]
+
+_BOM = b"\xef\xbb\xbf"
+_SPACE = frozenset(b" \t\n\r\x0b\x0c")  # what bytes.strip removes
+BLOCK_BYTES = 1 << 20  # input per work item: about 1,600 chat records, few round trips to the workers
 
 
-def _work(task: tuple[Config, str, list[tuple[int, bytes]]]) -> Batch:
-    """Clean one batch of lines of one file."""
-    cfg, label, lines = task
+def _work(task: Task) -> Batch:
+    """Clean one block of lines of one file (numbered and skipped as :func:`jsonl.iter_lines` does).
+
+    A chat record whose line is ASCII without a backslash or DEL (the common case) takes the fused
+    path (:meth:`_Worker.plain`); every other record the full one, which gives the same result.
+    """
+    cfg, label, before, block = task
     w = _worker(cfg)
-    results: list[tuple[Any, ...]] = []
+    loads, dumps = jsonl.loads, jsonl.dumps
+    blake2b = hashlib.blake2b
+    exact = cfg.dedupe != "none"
+    lines: list[bytes] = []
+    digests: list[bytes] = []
+    wheres: list[tuple[str, str, Any]] = []
+    changed: list[tuple[int, dict[str, int]]] = []
+    drops: list[tuple[int, tuple[str, str, Any], str, dict[str, Any] | None]] = []
     near_texts: list[str] = []
-    for lineno, raw in lines:
+    sources: dict[str, str] = {}  # one object per source name: pickled once
+    error = None
+    n = 0
+    for lineno, raw in enumerate(block.split(b"\n"), start=before + 1):
+        if raw[-1:] == b"\r":
+            raw = raw.rstrip(b"\r")
+        if lineno == 1 and raw.startswith(_BOM):
+            raw = raw[3:]  # a UTF-8 byte-order mark
+        if not raw or (raw[0] in _SPACE and not raw.strip()):
+            continue
+        n += 1
         try:
-            record = jsonl.loads(raw)
+            record = loads(raw)
             if not isinstance(record, dict):
                 raise ValueError(f"expected a JSON object, got {type(record).__name__}")
-            where = _position(record, label, lineno)
-            cleaned, reason, changes = w.clean(record)
+            source, key, pos = _position(record, label, lineno)
+            where = (sources.setdefault(source, source), key, pos)
+            fused = None
+            if "messages" in record and raw.isascii() and b"\\" not in raw and b"\x7f" not in raw:
+                fused = w.plain(record)
+            if fused is None:
+                cleaned, reason, changes = w.clean(record)
+                key_text = near_text = None
+            else:
+                cleaned, reason, changes, key_text, near_text = fused
         except (ValueError, TypeError, AttributeError) as e:  # orjson's decode error is a ValueError
-            results.append(("error", lineno, str(e)))
-            continue
+            n -= 1
+            error = (lineno, str(e))
+            break
         if cleaned is None:
-            results.append(("drop", where, reason, None))
+            drops.append((len(lines), where, reason, None))
             continue
         if w.enc is not None:
-            n = w.tokens(cleaned)
-            if cfg.min_tokens is not None and n < cfg.min_tokens:
-                results.append(("drop", where, TOO_SHORT, {"tokens": n, "min_tokens": cfg.min_tokens}))
+            tokens = w.tokens(cleaned)
+            if cfg.min_tokens is not None and tokens < cfg.min_tokens:
+                drops.append((len(lines), where, TOO_SHORT, {"tokens": tokens, "min_tokens": cfg.min_tokens}))
                 continue
-            if cfg.max_tokens is not None and n > cfg.max_tokens:
-                results.append(("drop", where, TOO_LONG, {"tokens": n, "max_tokens": cfg.max_tokens}))
+            if cfg.max_tokens is not None and tokens > cfg.max_tokens:
+                drops.append((len(lines), where, TOO_LONG, {"tokens": tokens, "max_tokens": cfg.max_tokens}))
                 continue
-        key = None
-        if cfg.dedupe != "none":
-            key_text, near_text = w.dedupe_texts(cleaned)
-            key = exact_key(key_text)
-            if w.hasher is not None:
-                near_texts.append(near_text)
-        results.append(("keep", where, jsonl.dumps(cleaned), key, changes or None))
+        if exact:
+            if key_text is None:
+                key_text, near_text = w.dedupe_texts(cleaned)
+            digests.append(blake2b(key_text.encode("utf-8", "surrogatepass"), digest_size=8).digest())
+            near_texts.append(near_text)
+        if changes:
+            changed.append((len(lines), changes))
+        wheres.append(where)
+        lines.append(dumps(cleaned))
     bands = sigs = has = None
     if w.hasher is not None:
         full, has_words = w.hasher.signatures(near_texts)
         bands = band_keys(full, cfg.bands, cfg.rows)
         sigs = (full & 0xFFFF).astype("uint16")
         has = has_words.tolist()
-    return label, results, bands, sigs, has
+    return (label, n, b"\n".join(lines), array("I", map(len, lines)), b"".join(digests), wheres, changed, drops,
+            error, bands, sigs, has)
 
 
 # --- the stage (this process) -------------------------------------------------------------------
 
-def _tasks(records: Artifact, cfg: Config) -> Iterator[tuple[Config, str, list[tuple[int, bytes]]]]:
-    """Batches of (line number, line) per file: the file itself, or a folder's *.jsonl files."""
+def _tasks(records: Artifact, cfg: Config, size: int = BLOCK_BYTES) -> Iterator[Task]:
+    """Blocks of whole lines, about ``size`` bytes each, per file: the file itself, or a folder's *.jsonl files."""
     files = [records.path] if records.path.is_file() else [p for p in records.files() if p.suffix == ".jsonl"]
     if not files:
         raise StageInputError(f"{records.name or records.path}: no .jsonl file to clean; pass the records of "
                               "ingest (ingest.records) or a JSONL file")
     for path in files:
         label = records.label(path)
-        for batch in jsonl.batched(jsonl.iter_lines(path)):
-            yield cfg, label, batch
+        before = 0  # lines before the block
+        rest = b""
+        with open(path, "rb") as f:
+            while True:
+                chunk = f.read(size)
+                if not chunk:
+                    if rest:
+                        yield cfg, label, before, rest  # a last line without a newline
+                    break
+                data = rest + chunk if rest else chunk
+                cut = data.rfind(b"\n")
+                if cut < 0:
+                    rest = data  # a line longer than the block: read on
+                    continue
+                block, rest = data[:cut], data[cut + 1:]
+                yield cfg, label, before, block
+                before += block.count(b"\n") + 1
 
 
 def _config(params: Mapping[str, Any]) -> Config:
@@ -405,6 +553,24 @@ def _reject(where: tuple[str, str, Any], reason: str, **extra: Any) -> dict[str,
     return {"source": source, key: pos, "reason": reason, **extra}
 
 
+def _write_kept(out: Any, lines: bytes, lengths: Sequence[int], dups: list[int]) -> int:
+    """Write the kept lines of a block but the duplicates (runs of lines at once); how many were written."""
+    if not lengths:
+        return 0
+    data = lines + b"\n"
+    if not dups:
+        out.write(data)
+        return len(lengths)
+    ends = list(accumulate(n + 1 for n in lengths))  # where each line ends, its newline included
+    view = memoryview(data)
+    first = 0  # the first line of the current run
+    for d in [*dups, len(lengths)]:
+        if d > first:
+            out.write(view[ends[first - 1] if first else 0:ends[d - 1]])
+        first = d + 1
+    return len(lengths) - len(dups)
+
+
 class Clean:
     name = "clean"
     version = "0.1.0"
@@ -427,50 +593,57 @@ class Clean:
 
             get_encoding(cfg.encoding)  # load it once here: forked workers inherit it
         tally = _Tally()
-        with jsonl.Writer(ctx.output("records") / "records.jsonl") as out, \
+        records_out = 0
+        with open(ctx.output("records") / "records.jsonl", "wb", buffering=1 << 20) as out, \
                 jsonl.Writer(ctx.output("rejects") / "rejects.jsonl") as rej, \
                 jsonl.Writer(ctx.output("report") / "changes.jsonl") as chg, \
                 contextlib.closing(ordered_map(_work, _tasks(inputs["records"], cfg), workers)) as batches:
-            for label, results, bands, sigs, has in batches:
+            for label, n, lines, lengths, keys, wheres, changed, drops, error, bands, sigs, has in batches:
                 ctx.check_cancelled()
-                kept = [r for r in results if r[0] == "keep"]
-                verdicts: list[Duplicate | None] = [None] * len(kept)
-                if cfg.dedupe != "none" and kept:
-                    verdicts = deduper.check([r[3] for r in kept], bands, sigs, has, [r[1] for r in kept])
-                verdict = iter(verdicts)
-                for r in results:
-                    tally.records_in += 1
-                    if r[0] == "error":
-                        raise StageInputError(
-                            f"{label}:{r[1]}: not a record clean can read ({r[2]}). clean reads the records "
-                            "artifact of ingest (chat records with 'messages', or DPO records): pass ingest.records")
-                    if r[0] == "drop":
-                        tally.dropped[r[2]] += 1
-                        rej.write(_reject(r[1], r[2], **(r[3] or {})))
-                        continue
-                    dup = next(verdict)
-                    if dup is not None:
+                tally.records_in += n
+                verdicts: list[Duplicate | None] = []
+                dups: list[int] = []  # kept records found to be duplicates
+                if cfg.dedupe != "none" and wheres:
+                    verdicts = deduper.check(np.frombuffer(keys, dtype="<u8").tolist(), bands, sigs, has, wheres)
+                    if verdicts.count(None) != len(verdicts):
+                        dups = [i for i, v in enumerate(verdicts) if v is not None]
+                records_out += _write_kept(out, lines, lengths, dups)
+                if changed:
+                    skip = set(dups)
+                    for i, changes in changed:
+                        if i not in skip:
+                            tally.changed_record(changes)
+                            source, key, pos = wheres[i]
+                            chg.write({"source": source, key: pos, "changes": changes})
+                if drops or dups:  # in input order: a drop comes before the kept record it precedes
+                    events = sorted([(d[0], 0, j) for j, d in enumerate(drops)] + [(i, 1, i) for i in dups])
+                    for _, is_dup, j in events:
+                        if not is_dup:
+                            _, where, reason, extra = drops[j]
+                            tally.dropped[reason] += 1
+                            rej.write(_reject(where, reason, **(extra or {})))
+                            continue
+                        dup = verdicts[j]
+                        assert dup is not None
                         reason = EXACT if dup.kind == "exact" else NEAR
                         tally.dropped[reason] += 1
-                        extra: dict[str, Any] = {"duplicate_of": deduper.provenance.label(dup.of)}
+                        more: dict[str, Any] = {"duplicate_of": deduper.provenance.label(dup.of)}
                         if dup.kind == "near":
-                            extra["similarity"] = round(dup.similarity, 3)
-                        rej.write(_reject(r[1], reason, **extra))
-                        continue
-                    out.write_line(r[2])
-                    if r[4]:
-                        tally.changed_record(r[4])
-                        source, key, pos = r[1]
-                        chg.write({"source": source, key: pos, "changes": r[4]})
+                            more["similarity"] = round(dup.similarity, 3)
+                        rej.write(_reject(wheres[j], reason, **more))
+                if error is not None:
+                    raise StageInputError(
+                        f"{label}:{error[0]}: not a record clean can read ({error[1]}). clean reads the records "
+                        "artifact of ingest (chat records with 'messages', or DPO records): pass ingest.records")
                 ctx.progress(f"{tally.records_in:,} records")
         if deduper.full:
             ctx.log.warning("the dedupe index is full (max_index=%d): later records were checked against the "
                             "first %d kept records but not added", params["max_index"], deduper.indexed)
-        report = tally.report(out.count, cfg, params, deduper)
+        report = tally.report(records_out, cfg, params, deduper)
         (ctx.output("report") / "report.json").write_bytes(jsonl.dumps(report) + b"\n")
-        ctx.log.info("records in %d, out %d; dropped %s; redacted %s", tally.records_in, out.count,
+        ctx.log.info("records in %d, out %d; dropped %s; redacted %s", tally.records_in, records_out,
                      report["dropped_by_reason"], report["redacted"])
-        return {"records_in": tally.records_in, "records_out": out.count, "dropped": report["dropped"],
+        return {"records_in": tally.records_in, "records_out": records_out, "dropped": report["dropped"],
                 "redacted": sum(tally.redacted.values()), "duplicates": tally.dropped[EXACT],
                 "near_duplicates": tally.dropped[NEAR]}
 

@@ -43,6 +43,7 @@ from typing import Any
 from tunepipe.data import jsonl
 from tunepipe.data.chat import CATEGORIES, ERROR, MIN_EXAMPLES, WARNING, Problem, is_error, provenance, validate
 from tunepipe.data.parallel import ordered_map, worker_count
+from tunepipe.data.tokens import count_recurring, get_encoding, message_value_tokens, recurring_counts
 from tunepipe.errors import StageInputError
 from tunepipe.plugins import Artifact, Port, StageContext
 
@@ -50,6 +51,8 @@ TARGETS = ("openai-chat", "openai-dpo", "hf-chat-template")
 DEFAULT_MODEL = "gpt-4o-mini-2024-07-18"
 DEFAULT_TOKENIZER = "smollm2-135m-instruct"
 FAIL_LIST = 20  # problems quoted in the error of `on_invalid: fail`
+BLOCK_BYTES = 1 << 20  # input per work item: about 1,600 chat examples, few enough round trips to the workers
+HF_BLOCK_BYTES = 1 << 16  # rendering through a chat template is slower: smaller items share the work better
 
 
 # ------------------------------------------------------------------------------------------------
@@ -59,8 +62,6 @@ FAIL_LIST = 20  # problems quoted in the error of `on_invalid: fail`
 # The main process loads the tokenizer afresh on every run and puts it here, so workers started by
 # fork inherit it; a worker started by spawn loads it from the same source.
 _TOKENIZERS: dict[tuple[str, str | None], Any] = {}  # (folder, gguf file) -> tokenizer
-_ROLE_TOKENS: dict[tuple[str, str], int] = {}  # (encoding, role) -> tokens: roles recur on every message
-
 
 def _tokenizer(source: tuple[str, str | None]) -> Any:
     tok = _TOKENIZERS.get(source)
@@ -89,19 +90,11 @@ def _message_tokens(enc: Any, m: Mapping[str, Any]) -> tuple[int, int]:
     n = 3
     assistant = 0
     trained = m["role"] == "assistant" and m.get("weight", 1) != 0
-    for key, value in m.items():
-        if key == "role":
-            t = _ROLE_TOKENS.get((enc.name, value))
-            if t is None:
-                t = _ROLE_TOKENS[(enc.name, value)] = _text_tokens(enc, value)
-        elif key == "weight":
-            continue
-        else:
-            t = _text_tokens(enc, value)
-            if key == "name":
-                n += 1
-            elif trained and key in ("content", "tool_calls", "function_call"):
-                assistant += t
+    for key, t in message_value_tokens(enc, m):
+        if key == "name":
+            n += 1
+        elif trained and key in ("content", "tool_calls", "function_call"):
+            assistant += t
         n += t
     return n, assistant
 
@@ -132,6 +125,62 @@ def _count_openai(enc: Any, record: dict[str, Any], kind: str) -> tuple[int, int
     msgs = record["messages"]
     tokens, assistant = _count_chat(enc, msgs, record.get("tools"))
     return len(msgs), tokens, assistant
+
+
+def _plain_chat(record: dict[str, Any], enc: Any, cache: dict[str, int],
+                cost: Mapping[str, int]) -> tuple[int, int, int] | None:
+    """(messages, tokens, assistant tokens) of a plain valid chat example; None for any other record.
+
+    The common case in one pass: the checks of :func:`tunepipe.data.chat.is_plain_valid` (the same
+    rules, so such a record has no problem at all) fused with the cookbook's count of
+    :func:`_count_openai`. ``cache``: the encoding's counts of recurring strings (system prompts);
+    ``cost``: 3 + the tokens of the role, per plain role. The tests check both equivalences; anything
+    else goes through the full check and count.
+    """
+    if len(record) != 1 and (len(record) != 2 or "meta" not in record):
+        return None
+    messages = record.get("messages")
+    if type(messages) is not list or not messages:
+        return None
+    first = messages[0]
+    if type(first) is not dict or first.get("role") != "system":
+        return None
+    encode = enc.encode_ordinary
+    prev = None
+    user = trained = False
+    total = 3
+    assistant = 0
+    for m in messages:
+        if type(m) is not dict:
+            return None
+        role = m.get("role")
+        content = m.get("content")
+        if type(content) is not str or type(role) is not str or role not in cost or not content.strip():
+            return None
+        if len(m) != 2:
+            if len(m) != 3 or role != "assistant" or type(m.get("weight")) is not int or m["weight"] not in (0, 1):
+                return None
+        if role == "user":
+            if prev == "user":
+                return None
+            user = True
+            t = len(encode(content))
+        elif role == "assistant":
+            t = len(encode(content))
+            if m.get("weight", 1):
+                trained = True
+                assistant += t
+        else:  # system: only first, its content counted once per distinct prompt
+            if prev is not None:
+                return None
+            t = cache.get(content)
+            if t is None:
+                t = count_recurring(enc, cache, content)
+        total += cost[role] + t
+        prev = role
+    if not (user and trained):
+        return None
+    return len(messages), total, assistant
 
 
 def _template_message(m: dict[str, Any]) -> dict[str, Any]:
@@ -225,19 +274,85 @@ def _one(cfg: Mapping[str, Any], counter: Any, lineno: int, raw: bytes) -> Resul
     return lineno, jsonl.dumps({**out, **meta}), problems, stats, prov, None
 
 
-Item = tuple[dict[str, Any], str | None, list[tuple[int, bytes]]]
+# A block of input: (settings, file label, the file, start and end byte offsets). The worker reads
+# the block itself: nothing of the input goes through the parent or a pipe. A block holds whole lines.
+Item = tuple[dict[str, Any], str | None, str, int, int]
+# A record with problems: (line in the block, 1-based; problems, provenance, the raw line when it is
+# invalid, else None).
+Special = tuple[int, list[Problem], str | None, bytes | None]
+# What a block gives back, compact: (file label, lines in the block, records read, the output lines
+# joined by newlines, for each example written its messages, tokens and assistant tokens; the records
+# with problems). The parent numbers the lines: it adds the lines of the file's blocks before.
+Batch = tuple[str | None, int, int, bytes, list[int], list[int], list[int], list[Special]]
+
+_BOM = b"\xef\xbb\xbf"
 
 
-def _work(item: Item) -> tuple[str | None, list[Result]]:
-    """One batch: (settings, file label, [(line number, raw line)]) -> (file label, results)."""
-    cfg, label, lines = item
-    if cfg["target"] == "hf-chat-template":
+def _role_cost(enc: Any) -> dict[str, int]:
+    """3 + the tokens of the role, for each role of a plain example (see :func:`_plain_chat`)."""
+    cache = recurring_counts(enc)
+    return {r: 3 + (cache.get(r) or count_recurring(enc, cache, r)) for r in ("system", "user", "assistant")}
+
+
+def _work(item: Item) -> Batch:
+    """One block of lines: validate, count and serialise each record (see :data:`Batch`).
+
+    Lines are numbered and skipped as :func:`tunepipe.data.jsonl.iter_lines` does. A plain valid chat
+    example (the common case) takes the fused fast path; every other record the full one (:func:`_one`).
+    """
+    cfg, label, path, start, end = item
+    with open(path, "rb") as f:
+        f.seek(start)
+        block = f.read(end - start)
+    if block.endswith(b"\n"):
+        block = block[:-1]
+    target = cfg["target"]
+    if target == "hf-chat-template":
         counter = _tokenizer(tuple(cfg["tokenizer"]))
     else:
-        from tunepipe.data.tokens import get_encoding
-
         counter = get_encoding(cfg["encoding"])
-    return label, [_one(cfg, counter, lineno, raw) for lineno, raw in lines]
+    fast = target == "openai-chat"
+    if fast:
+        cache, cost = recurring_counts(counter), _role_cost(counter)
+    limit = cfg["limit"]
+    loads, dumps, bad_json = jsonl.loads, jsonl.dumps, jsonl.JSONDecodeError
+    lines: list[bytes] = []
+    msgs: list[int] = []
+    toks: list[int] = []
+    asst: list[int] = []
+    special: list[Special] = []
+    n = 0
+    parts = block.split(b"\n")
+    for lineno, raw in enumerate(parts, start=1):
+        raw = raw.rstrip(b"\r\n")
+        if lineno == 1 and start == 0 and raw.startswith(_BOM):
+            raw = raw[3:]  # a UTF-8 byte-order mark
+        if not raw.strip():
+            continue
+        n += 1
+        if fast:
+            try:
+                record = loads(raw)
+            except bad_json:
+                record = None
+            stats = _plain_chat(record, counter, cache, cost) if type(record) is dict else None
+            if stats is not None and (limit is None or stats[1] <= limit):
+                # the output is the record as it is: messages, then meta when there is one
+                lines.append(dumps(record) if next(iter(record)) == "messages" else
+                             dumps({"messages": record["messages"], "meta": record["meta"]}))
+                msgs.append(stats[0])
+                toks.append(stats[1])
+                asst.append(stats[2])
+                continue
+        _, line, problems, stats, prov, invalid = _one(cfg, counter, lineno, raw)
+        if line is not None:
+            lines.append(line)
+            msgs.append(stats[0])
+            toks.append(stats[1])
+            asst.append(stats[2])
+        if problems or line is None:
+            special.append((lineno, problems, prov, invalid))
+    return label, len(parts), n, b"\n".join(lines), msgs, toks, asst, special
 
 
 # ------------------------------------------------------------------------------------------------
@@ -301,11 +416,20 @@ def _input_files(art: Artifact) -> list[Path]:
     return files
 
 
-def _batches(cfg: dict[str, Any], art: Artifact, files: list[Path], size: int) -> Iterator[Item]:
+def _blocks(cfg: dict[str, Any], art: Artifact, files: list[Path], size: int) -> Iterator[Item]:
+    """The input files in blocks of whole lines of about ``size`` bytes (a longer line is a block)."""
     for path in files:
         label = art.label(path) if len(files) > 1 else None
-        for batch in jsonl.batched(jsonl.iter_lines(path), size):
-            yield cfg, label, batch
+        total = path.stat().st_size
+        start = 0
+        with open(path, "rb") as f:
+            while start < total:
+                end = start + size
+                if end < total:
+                    f.seek(end)
+                    end += len(f.readline())  # to the end of the line the cut falls in
+                yield cfg, label, str(path), start, min(end, total)
+                start = end
 
 
 @dataclass
@@ -316,12 +440,12 @@ class _Target:
     info: dict[str, Any]
     limit: Any  # models.Lookup
     price: Any  # models.Lookup
-    batch_size: int
+    block_bytes: int  # input per work item
 
 
 def _openai_target(params: Mapping[str, Any]) -> _Target:
     from tunepipe.data import models
-    from tunepipe.data.tokens import encoding_name_for_model, get_encoding
+    from tunepipe.data.tokens import encoding_name_for_model
 
     model = params["model"]
     encoding = params["encoding"] or encoding_name_for_model(model)
@@ -330,7 +454,7 @@ def _openai_target(params: Mapping[str, Any]) -> _Target:
     return _Target(cfg={"target": params["target"], "encoding": encoding, "limit": limit.value, "limit_model": model},
                    info={"target": params["target"], "model": model, "token_counter": f"tiktoken {encoding}"},
                    limit=limit, price=models.price_per_million(model, params["prices"]),
-                   batch_size=jsonl.BATCH_LINES)
+                   block_bytes=BLOCK_BYTES)
 
 
 def _hf_target(ctx: StageContext, inputs: Mapping[str, Any], params: Mapping[str, Any]) -> _Target:
@@ -358,7 +482,7 @@ def _hf_target(ctx: StageContext, inputs: Mapping[str, Any], params: Mapping[str
                         "limit_model": name},
                    info={"target": params["target"], "tokenizer": name, "token_counter": "the tokenizer itself",
                          "chat_template_sha256": hashlib.sha256(tok.chat_template.encode()).hexdigest()},
-                   limit=limit, price=models.Lookup(None, None), batch_size=256)
+                   limit=limit, price=models.Lookup(None, None), block_bytes=HF_BLOCK_BYTES)
 
 
 class _Tally:
@@ -373,7 +497,7 @@ class _Tally:
         self.first: list[dict[str, Any]] = []         # the first `shown` problems, for the report
         self.first_errors: list[dict[str, Any]] = []  # the first errors, for a failure message
         self.data_set: list[dict[str, Any]] = []      # problems of the whole data set
-        self.problems = self.records = self.invalid = self.clipped = self.over = 0
+        self.problems = self.records = self.written = self.invalid = self.clipped = self.over = 0
         self.dists = {k: Distribution() for k in ("messages", "tokens", "assistant")}
 
     def note(self, problem: dict[str, Any]) -> None:
@@ -385,12 +509,20 @@ class _Tally:
         if problem["severity"] == ERROR and len(self.first_errors) < FAIL_LIST:
             self.first_errors.append(problem)
 
-    def example(self, n_messages: int, tokens: int, assistant: int) -> None:
-        self.dists["messages"].add(n_messages)
-        self.dists["tokens"].add(tokens)
-        self.dists["assistant"].add(assistant)
-        self.clipped += tokens if self.limit is None else min(tokens, self.limit)
-        self.over += self.limit is not None and tokens > self.limit
+    def examples(self, messages: list[int], tokens: list[int], assistant: list[int]) -> None:
+        """The statistics of a batch of examples written (one entry per example in each list)."""
+        if not tokens:
+            return
+        self.written += len(tokens)
+        self.dists["messages"].add_many(messages)
+        self.dists["tokens"].add_many(tokens)
+        self.dists["assistant"].add_many(assistant)
+        limit = self.limit
+        if limit is None or max(tokens) <= limit:
+            self.clipped += sum(tokens)
+        else:
+            self.clipped += sum(min(t, limit) for t in tokens)
+            self.over += sum(1 for t in tokens if t > limit)
 
     def failure(self, input_name: str) -> str:
         from tunepipe.data.report import format_problem
@@ -479,16 +611,22 @@ class Format:
                 jsonl.Writer(ctx.output("rejects") / "rejects.jsonl") as rejects, \
                 jsonl.Writer(report_dir / "problems.jsonl") as problems_out:
             tally = _Tally(problems_out, params["list_problems"], t.limit.value)
-            for label, results in ordered_map(_work, _batches(t.cfg, art, files, t.batch_size), workers):
+            blocks = _blocks(t.cfg, art, files, t.block_bytes)
+            before: dict[str | None, int] = {}  # lines read so far, per file
+            for label, n_lines, n, blob, messages, tokens, assistant, special in ordered_map(_work, blocks, workers):
+                offset = before.get(label, 0)
+                before[label] = offset + n_lines
+                tally.records += n
+                if tokens:
+                    out.write_line(blob)  # the block's examples, one per line
+                    tally.examples(messages, tokens, assistant)
                 where = {"file": label} if label else {}
-                for lineno, line, problems, stats, prov, raw in results:
-                    tally.records += 1
+                for lineno, problems, prov, raw in special:
+                    lineno += offset
                     for category, message in problems:
                         tally.note({"record": lineno, **where, "source": prov, "severity": CATEGORIES[category][0],
                                     "category": category, "message": message})
-                    if line is not None:
-                        out.write_line(line)
-                        tally.example(*stats)
+                    if raw is None:
                         continue
                     tally.invalid += 1
                     if skip:
@@ -498,18 +636,18 @@ class Format:
                                        "example": _original(raw)})
                 ctx.check_cancelled()
                 ctx.progress(f"{tally.records:,} records")
-            if t.cfg["target"] != "hf-chat-template" and out.count < MIN_EXAMPLES:
+            if t.cfg["target"] != "hf-chat-template" and tally.written < MIN_EXAMPLES:
                 tally.data_set.append({
                     "record": None, "source": None, "severity": WARNING, "category": "too_few_examples",
-                    "message": f"{out.count} valid example(s); OpenAI needs at least {MIN_EXAMPLES} in a training "
-                               "file (50-100 good ones usually show clear gains)"})
+                    "message": f"{tally.written} valid example(s); OpenAI needs at least {MIN_EXAMPLES} in a "
+                               "training file (50-100 good ones usually show clear gains)"})
             for problem in tally.data_set:
                 tally.note(problem)
         if tally.invalid and not skip:
             raise StageInputError(tally.failure(input_name))
         report = _report(t, tally, params, input_name)
         write_report(report_dir, report)
-        ctx.log.info("format: %d records, %d written, %d invalid, %d problems", tally.records, out.count,
+        ctx.log.info("format: %d records, %d written, %d invalid, %d problems", tally.records, tally.written,
                      tally.invalid, tally.problems)
         headline = dict(report["headline"])
         del headline["records"]
