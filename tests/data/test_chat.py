@@ -319,3 +319,12 @@ def test_the_fast_path_accepts_only_examples_the_full_check_finds_no_problem_in(
             assert full == [], record
         assert validate(record, "chat") == full
     assert accepted > 100  # the fast path is really taken
+
+
+def test_a_role_that_is_not_a_string_is_an_unrecognized_role_not_a_crash() -> None:
+    from tunepipe.data.chat import is_plain_valid
+
+    for role in (["user"], {"name": "user"}, 1, None):
+        record = chat(SYSTEM, {"role": role, "content": "hi"}, REPLY)
+        assert not is_plain_valid(record)
+        assert [c for c, _ in validate(record, "chat")][0] in ("unrecognized_role", "message_missing_key")

@@ -64,3 +64,48 @@ def test_non_string_values_count_as_their_json_and_tools_are_counted() -> None:
     tools = [{"type": "function", "function": {"name": "f"}}]
     tools_tokens = len(enc.encode(json.dumps(tools, separators=(",", ":"))))
     assert count_chat_tokens(enc, CONVERSATION, tools) == count_chat_tokens(enc, CONVERSATION) + tools_tokens
+
+
+def test_the_encoding_snapshot_loads_the_same_encoding_and_a_damaged_one_is_ignored(tmp_path, monkeypatch) -> None:
+    import tiktoken
+
+    from tunepipe.data import tokens
+
+    tokens._seed()
+    monkeypatch.setattr(tokens, "_snapshot_path", lambda name: tmp_path / f"{name}.snapshot")
+    assert tokens._load_snapshot("cl100k_base") is None  # none yet
+    fresh = tokens._load_and_snapshot("cl100k_base")
+    again = tokens._load_snapshot("cl100k_base")
+    assert isinstance(again, tiktoken.Encoding) and again.name == "cl100k_base"
+    text = "Hello world, naïve café 🤖 12345678 \n\n  it's   DONE'S\t<|endoftext|>"
+    assert again.encode_ordinary(text) == fresh.encode_ordinary(text) == \
+        tiktoken.get_encoding("cl100k_base").encode_ordinary(text)
+    assert again.encode("<|endoftext|>", allowed_special="all") == [100257]
+    assert (again.n_vocab, again.max_token_value) == (fresh.n_vocab, fresh.max_token_value)
+    snapshot = tmp_path / "cl100k_base.snapshot"
+    data = bytearray(snapshot.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    snapshot.write_bytes(bytes(data))
+    assert tokens._load_snapshot("cl100k_base") is None  # the checksum catches it: load the usual way
+    snapshot.write_bytes(b"junk")
+    assert tokens._load_snapshot("cl100k_base") is None
+    assert tokens._load_snapshot("o200k_base") is None  # another encoding's file is not this one
+
+
+def test_recurring_strings_count_the_same_from_the_cache() -> None:
+    from tunepipe.data import tokens
+
+    enc = get_encoding("o200k_base")
+    system = {"role": "system", "content": "You are Marv, a chatbot that is also sarcastic."}
+    first = [count_message_tokens(enc, m) for m in (system, *CONVERSATION)]
+    assert system["content"] in tokens.recurring_counts(enc)
+    assert [count_message_tokens(enc, m) for m in (system, *CONVERSATION)] == first  # from the cache
+    assert first[0] == 3 + 1 + len(enc.encode(system["content"]))
+    cache = tokens.recurring_counts(enc)
+    cache.clear()
+    for i in range(tokens._RECURRING_ENTRIES + 10):  # the cache stays bounded
+        tokens.count_recurring(enc, cache, f"prompt {i}")
+    assert len(cache) <= tokens._RECURRING_ENTRIES
+    # a role that is not a string counts as its JSON, without crashing the cache
+    odd = {"role": ["user"], "content": "hi"}
+    assert count_message_tokens(enc, odd) == 3 + len(enc.encode('["user"]')) + len(enc.encode("hi"))

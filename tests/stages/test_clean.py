@@ -423,3 +423,83 @@ def test_unicode_forms_and_options() -> None:
 
 def test_dedupe_form_casefolds_and_collapses_whitespace() -> None:
     assert dedupe_form("  Straße\n\tIS   Big ") == "strasse is big"
+
+
+# --- the fused path and the blocks -----------------------------------------------------------------
+
+ASCII_PIECES = ["Paris", "is", "the", "capital", "OK", "I", "A", "CA", "IA", "Bearer", "eyJ", "AIza", "42", "2024",
+                "12345678", "4111 1111 1111 1111", "+44 20 7946 0958", "(555) 123-4567", "bob@example.com", "@",
+                "api_key=Zx8f9Qk2LmN4pR7sT1vW", "AKIAIOSFODNN7EXAMPLE", "sk-proj-Ab3dEf6hIj9kLm2nOp5qRs8tUv1wXy4z",
+                "token:", "-", "_", ".", "?", "x" * 30]
+
+
+def ascii_text(rng: random.Random) -> str:
+    words = [rng.choice(ASCII_PIECES) for _ in range(rng.choice([0, 1, 2, 5, 12]))]
+    text = rng.choice([" ", " ", " ", "", "  "]).join(words)
+    return rng.choice(["", "", " ", "  "]) + text + rng.choice(["", "", " "])
+
+
+@pytest.mark.parametrize("params", [{}, {"dedupe": "exact"}, {"dedupe_on": "prompt"}, {"whitespace": False},
+                                    {"redact": []}, {"redact": ["phone", "secret"]}, {"redact": ["email"]}])
+def test_the_fused_path_gives_what_the_full_path_gives(params: dict[str, Any]) -> None:
+    """Plain chat records: clean then dedupe_texts, and the fused path (where it applies), agree."""
+    from tunepipe.stages.clean import _config, _Worker
+
+    plugin = Clean()
+    worker = _Worker(_config(with_defaults(plugin.params_schema, params)))
+    rng = random.Random(7)
+    fused = 0
+    for _ in range(3000):
+        roles = [rng.choice(["system", "user", "assistant", "assistant", "tool", "user"])
+                 for _ in range(rng.randint(0, 4))]
+        record = {"messages": [{"role": r, "content": ascii_text(rng)} for r in roles]}
+        if rng.random() < 0.3:
+            record["meta"] = {"source": "a.jsonl", "line": 3}
+        line = json.dumps(record, ensure_ascii=False).encode()
+        if not line.isascii() or b"\\" in line:
+            continue  # _work takes the fused path only for such lines
+        got = worker.plain(json.loads(line))
+        cleaned, reason, changes = worker.clean(json.loads(line))
+        if got is None:
+            continue
+        fused += 1
+        want = (cleaned, reason, changes, *(worker.dedupe_texts(cleaned) if cleaned is not None else (None, None)))
+        assert got == want, record
+        assert list(got[2]) == list(changes)  # the same order of kinds of change, for changes.jsonl
+    assert fused > 900
+
+
+def test_blocks_number_and_skip_lines_as_iter_lines_does(tmp_path: Path) -> None:
+    from tunepipe.data import jsonl
+    from tunepipe.stages.clean import _config, _tasks
+
+    data = tmp_path / "data.jsonl"
+    lines = [b'{"messages": [{"role": "user", "content": "hi ' + str(i).encode() + b'"}]}' for i in range(50)]
+    body = b"\xef\xbb\xbf" + b"\n".join(lines[:10]) + b"\r\n\r\n  \n" + b"\n".join(lines[10:40]) + b"\r\r\n\n"
+    body += b"\n".join(lines[40:]) + b"x" * 300  # a long last line without a newline
+    data.write_bytes(body)
+    cfg = _config(with_defaults(Clean().params_schema, {}))
+    want = list(jsonl.iter_lines(data))
+    for size in (1, 7, 64, 1 << 20):
+        got = []
+        for _, _, before, block in _tasks(Artifact(data, "d", "data.jsonl"), cfg, size):
+            for lineno, raw in enumerate(block.split(b"\n"), start=before + 1):
+                got.append((lineno, raw))
+        numbered = [(n, r.rstrip(b"\r")) for n, r in got]
+        numbered = [(n, r[3:] if n == 1 and r.startswith(b"\xef\xbb\xbf") else r) for n, r in numbered]
+        assert [(n, r) for n, r in numbered if r.strip()] == want, size
+
+
+def test_small_blocks_give_the_same_output(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import tunepipe.stages.clean as clean_module
+
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in generated(600)), encoding="utf-8")
+    whole = run_direct(tmp_path / "whole", data, threads=1)
+    monkeypatch.setattr(clean_module, "BLOCK_BYTES", 5000)
+    small = run_direct(tmp_path / "small", data, threads=2)
+    whole_report = json.loads(whole.pop("report/report.json"))
+    small_report = json.loads(small.pop("report/report.json"))
+    for report in (whole_report, small_report):
+        del report["dedupe"]["index_bytes"]  # the index grows by blocks
+    assert whole == small and whole_report == small_report

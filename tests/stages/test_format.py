@@ -373,7 +373,7 @@ def test_hf_chat_template_from_a_tokenizer_folder_input(project, smollm2, monkey
 # both cores, same bytes
 
 
-def run_plugin(tmp: Path, records: Path, threads: int) -> dict[str, bytes]:
+def run_plugin(tmp: Path, records: Path, threads: int, name: str = "records.jsonl") -> dict[str, bytes]:
     outputs = {name: tmp / name for name in ("examples", "report", "rejects")}
     for folder in [*outputs.values(), tmp / "scratch"]:
         folder.mkdir(parents=True)
@@ -382,16 +382,19 @@ def run_plugin(tmp: Path, records: Path, threads: int) -> dict[str, bytes]:
     params = {"target": "openai-chat", "model": "gpt-4o-mini-2024-07-18", "encoding": None,
               "tokenizer": "smollm2-135m-instruct", "on_invalid": "skip", "epochs": None, "context_limits": {},
               "prices": {}, "list_problems": 20}
-    summary = Format().run(ctx, {"records": Artifact(records, "digest", "records.jsonl")}, params)
+    summary = Format().run(ctx, {"records": Artifact(records, "digest", name)}, params)
     files = {f"{p.parent.name}/{p.name}": p.read_bytes() for folder in outputs.values() for p in folder.iterdir()}
     return {**files, "summary": json.dumps(summary).encode()}
 
 
-def test_the_output_is_identical_with_one_and_two_workers(tmp_path) -> None:
+def test_the_output_is_identical_with_one_and_two_workers(tmp_path, monkeypatch) -> None:
+    from tunepipe.stages import format as format_stage
+
+    monkeypatch.setattr(format_stage, "BLOCK_BYTES", 1 << 16)  # 4,500 records in 18 blocks: both workers work
     kinds = [{"messages": MARV}, TOOL_CHAT, {"messages": SHORT}, {"messages": [SYSTEM, USER]},
              {"messages": [SYSTEM, {**USER, "weight": 1}, REPLY]}, "not json"]
     path = tmp_path / "records.jsonl"
-    with open(path, "w") as f:  # 4,500 records: three batches, so two workers really share the work
+    with open(path, "w") as f:
         for i in range(4500):
             r = kinds[i % len(kinds)]
             f.write((r if isinstance(r, str) else json.dumps({**r, "meta": {"source": "gen", "line": i}})) + "\n")
@@ -401,6 +404,92 @@ def test_the_output_is_identical_with_one_and_two_workers(tmp_path) -> None:
     assert one == two
     summary = json.loads(one["summary"])
     assert (summary["examples"], summary["invalid"]) == (2250, 2250)
+
+
+def test_records_are_numbered_per_file_as_read_line_by_line_whatever_the_block_size(tmp_path, monkeypatch) -> None:
+    """Workers read blocks of whole lines by byte offset; record numbers still count every line of a
+    file (blank ones too), a byte-order mark and CRLF endings are handled, a last line needs no newline."""
+    from tunepipe.data import jsonl
+    from tunepipe.data.chat import is_error, validate
+    from tunepipe.stages import format as format_stage
+
+    good = json.dumps({"messages": MARV})
+    long = json.dumps({"messages": [SYSTEM, {"role": "user", "content": "why? " * 400}, REPLY]})
+    bad = ['{"messages": [', json.dumps({"messages": [SYSTEM, USER]}), json.dumps([1, 2]),
+           json.dumps({"messages": [SYSTEM, {"role": ["user"], "content": "hi"}, REPLY]})]
+    folder = tmp_path / "recs"
+    folder.mkdir()
+    (folder / "a.jsonl").write_bytes(b"\xef\xbb\xbf" + "\r\n".join(
+        [good, "", bad[0], good, "   ", long, bad[1], good, "", "", bad[2], good]).encode() + b"\r\n\n")
+    (folder / "b.jsonl").write_bytes("\n".join([bad[3], good, long, "", bad[0]] + [good] * 20 + [bad[1]]).encode())
+    expected = []  # (file, record) of each invalid line, numbered as jsonl.iter_lines numbers them
+    for name in ("a.jsonl", "b.jsonl"):
+        for lineno, raw in jsonl.iter_lines(folder / name):
+            try:
+                record = jsonl.loads(raw)
+            except jsonl.JSONDecodeError:
+                expected.append((f"recs/{name}", lineno))
+                continue
+            if any(is_error(p) for p in validate(record, "chat")):
+                expected.append((f"recs/{name}", lineno))
+    assert len(expected) == 6
+    runs = []
+    for size, threads in ((1, 1), (7, 2), (100, 1), (3000, 2), (1 << 20, 1)):
+        monkeypatch.setattr(format_stage, "BLOCK_BYTES", size)
+        out = run_plugin(tmp_path / f"run{size}", folder, threads=threads, name="recs")
+        rejects = [json.loads(x) for x in out["rejects/rejects.jsonl"].splitlines()]
+        assert [(r["file"], r["record"]) for r in rejects] == expected, size
+        runs.append(out)
+    assert all(run == runs[0] for run in runs)
+    summary = json.loads(runs[0]["summary"])
+    assert (summary["examples"], summary["invalid"]) == (27, 6)
+    examples = [json.loads(x) for x in runs[0]["examples/examples.jsonl"].splitlines()]
+    assert examples[0] == {"messages": MARV} and len(examples) == 27
+
+
+def test_the_fast_path_agrees_with_the_full_check_and_count() -> None:
+    """Plain chat examples take a fused check-and-count: it must take every example is_plain_valid
+    accepts, and for each example it takes find the same problems as the full check (warnings only)
+    and count exactly as the full count does."""
+    import random
+
+    from tunepipe.data.chat import check_chat, is_error, is_plain_valid
+    from tunepipe.data.tokens import get_encoding, recurring_counts
+    from tunepipe.stages.format import _count_openai, _plain_chat, _role_cost
+
+    enc = get_encoding("o200k_base")
+    cache, cost = recurring_counts(enc), _role_cost(enc)
+    rng = random.Random(11)
+    pieces = [SYSTEM, USER, REPLY, {**REPLY, "weight": 0}, {**REPLY, "weight": 1}, {**REPLY, "weight": True},
+              {**REPLY, "weight": 2}, {**USER, "weight": 1}, {"role": "user", "content": " "},
+              {"role": "developer", "content": "x"}, {"role": "tool", "content": "x"}, {"role": "user", "content": 1},
+              {**USER, "name": "bob"}, {"role": "assistant"}, "text", {"role": "system", "content": "again"},
+              {"role": ["user"], "content": "hi"}, {"role": "system", "content": "You are Marv, again."},
+              {"content": "Why?", "role": "user"}, {"role": "assistant", "content": "No.", "name": "marv"}]
+    taken = clean = 0
+    for _ in range(8000):
+        turns = [SYSTEM] + [m for _ in range(rng.randint(0, 3)) for m in (USER, REPLY)]
+        turns = turns[rng.random() < 0.2:]  # some without a system message
+        if rng.random() < 0.1:
+            turns = [m for m in turns if m is not USER]  # some without a user message
+        if rng.random() < 0.1:
+            turns = [{**m, "weight": 0} if m is REPLY else m for m in turns]  # some with nothing to learn
+        messages = [rng.choice(pieces) if rng.random() < 0.1 else m for m in turns]
+        record: dict[str, Any] = {"messages": messages}
+        if rng.random() < 0.3:
+            record["meta"] = {"source": "x", "line": 1}
+        if rng.random() < 0.05:
+            record[rng.choice(["tools", "extra"])] = TOOLS
+        fast = _plain_chat(record, enc, cache, cost)
+        if is_plain_valid(record):
+            assert fast is not None and not fast[3], record
+            clean += 1
+        if fast is not None:
+            taken += 1
+            problems = check_chat(record) if messages else None
+            assert list(fast[3]) == problems and not any(is_error(p) for p in problems), record
+            assert fast[:3] == _count_openai(enc, record, "chat"), record
+    assert clean > 100 and taken > clean + 500  # both paths really taken
 
 
 # ------------------------------------------------------------------------------------------------

@@ -88,6 +88,12 @@ NAME_RE = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 
 Problem = tuple[str, str]
 
+# The warnings a chat example can have when each message is plain (role and content): the format
+# stage's fast path reports them with the very same words as check_chat.
+NO_TRAINED_ASSISTANT: Problem = ("no_trained_assistant_message", "every assistant message has weight 0")
+NO_SYSTEM: Problem = ("missing_system_message", "no system message")
+NO_USER: Problem = ("missing_user_message", "no user message")
+
 
 def severity(category: str) -> str:
     return CATEGORIES[category][0]
@@ -435,11 +441,11 @@ def check_chat(record: Mapping[str, Any]) -> list[Problem]:
     if "assistant" not in roles:
         out.append(("example_missing_assistant_message", "no assistant message: the example teaches nothing"))
     elif all(isinstance(m, dict) and m.get("weight") == 0 for m, r in zip(messages, roles) if r == "assistant"):
-        out.append(("no_trained_assistant_message", "every assistant message has weight 0"))
+        out.append(NO_TRAINED_ASSISTANT)
     if not any(r in SYSTEM_ROLES for r in roles):
-        out.append(("missing_system_message", "no system message"))
+        out.append(NO_SYSTEM)
     if "user" not in roles:
-        out.append(("missing_user_message", "no user message"))
+        out.append(NO_USER)
     if "functions" in record:
         out.append(("deprecated_function_calling", "top-level 'functions' is deprecated: use 'tools'"))
     _unknown_keys(record, CHAT_KEYS, out)

@@ -14,8 +14,10 @@ given ``num_perm`` and seed, applied to the 32-bit shingle hashes of :func:`shin
 equal ``datasketch.MinHash(num_perm, seed, hashfunc=int)`` updated with those hashes (a test checks
 it), but are computed for a batch of texts with a few numpy operations over the batch's bytes:
 one ``MinHash`` object per record with SHA-1 shingles costs about ten times more (140 µs a record
-here). The banding (``b`` bands of ``r`` rows) comes from datasketch's ``MinHashLSH`` optimiser
-with false negatives weighted 0.9: LSH proposes candidates generously, and each candidate is then
+here). The permutations are drawn here as datasketch draws them, and the banding (``b`` bands of
+``r`` rows) is the choice of datasketch's ``MinHashLSH`` optimiser with false negatives weighted
+0.9, computed here too (:func:`lsh_bands`): importing datasketch, and scipy with it, costs about a
+second of CPU per process. LSH proposes candidates generously, and each candidate is then
 verified against its stored signature, so a record is a near duplicate only when the estimated
 Jaccard similarity of its shingles with a kept record reaches the threshold. With 64 permutations
 and threshold 0.85 that is 7 bands of 9 rows: a pair at similarity 0.85 becomes a candidate with
@@ -28,21 +30,24 @@ keeps per indexed record: the exact key (8 bytes and a 4-byte id), each band key
 7 bands at 64 permutations: 84 bytes), the low 16 bits of each signature value for verification
 (128 bytes at 64 permutations; two different values then match by chance with probability
 2**-16), and its provenance (12 bytes). Keys live in sorted numpy runs merged like a
-log-structured merge tree (each run at least twice the size of the next), with at most 2**16
-recent keys per index in a dict, so a batch's lookups are a few ``searchsorted`` calls.
+log-structured merge tree (each run at least twice the size of the next), so a batch's lookups
+are a few ``searchsorted`` calls; each batch's new keys become one more run at its end (a dict
+holds only those that a later record of the same batch shares), and a batch is checked with a
+few vectorised lookups, only records that share a key with the index or an earlier record of
+the batch being checked one by one.
 
 Measured with tracemalloc (random signatures, in batches of 2,000 records):
 
 ==============  ===========  ==================  ===================
 permutations    records      bytes per record    peak (merges)
 ==============  ===========  ==================  ===================
-64              200,000      244                 351
-64              1,000,000    239                 279
-128             200,000      433                 655
+64              200,000      241                 282
+64              1,000,000    239                 243
+128             200,000      419                 484
 ==============  ===========  ==================  ===================
 
 ``max_index`` bounds the index (the clean stage's default, 1,000,000 records, is about 240 MB at
-64 permutations, 280 MB at the peak of a merge): beyond it, records are still checked against
+64 permutations, 245 MB at the peak of a merge): beyond it, records are still checked against
 everything indexed but not added; :attr:`Deduper.full` says when that happened. Exact
 deduplication alone (no signatures, no bands) costs 24 bytes per indexed record.
 """
@@ -325,14 +330,13 @@ class MinHasher:
 
 def band_keys(signatures: np.ndarray, bands: int, rows: int) -> np.ndarray:
     """(n, bands) uint64 keys: each band's ``rows`` values (and the band's number) hashed together."""
-    sig = signatures.astype(_U64)
-    out = np.empty((sig.shape[0], bands), dtype=_U64)
-    for b in range(bands):
-        h = np.full(sig.shape[0], _U64((b + 1) * 0x9E3779B97F4A7C15 % (1 << 64)), dtype=_U64)
-        for j in range(b * rows, (b + 1) * rows):
-            h = _mix64(h ^ sig[:, j])
-        out[:, b] = h
-    return out
+    n = signatures.shape[0]
+    sig = signatures[:, :bands * rows].astype(_U64).reshape(n, bands, rows)
+    seeds = np.array([(b + 1) * 0x9E3779B97F4A7C15 % (1 << 64) for b in range(bands)], dtype=_U64)
+    h = np.repeat(seeds[None, :], n, axis=0)
+    for j in range(rows):  # all bands at once, row by row
+        h = _mix64(h ^ sig[:, :, j])
+    return h
 
 
 def _merge(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -352,8 +356,9 @@ class KeyIndex:
     """A multimap from 64-bit keys to item ids: 12 bytes an entry once frozen.
 
     Recent entries live in a dict; :meth:`flush` freezes them into sorted numpy runs (merged so
-    that each run is at least twice the size of the next). Lookups against the frozen runs are
-    vectorised per batch (:meth:`frozen_lookup`); the dict answers for what was added since.
+    that each run is at least twice the size of the next), and :meth:`freeze` does so together
+    with entries given as arrays. Lookups against the frozen runs are vectorised per batch
+    (:meth:`frozen_lookup`); the dict answers for what was added since.
     """
 
     def __init__(self, flush_at: int = FLUSH_AT) -> None:

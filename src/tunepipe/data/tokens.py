@@ -113,9 +113,10 @@ def get_encoding(name: str) -> Any:
     import tiktoken
 
     _seed()
-    if name in _URLS:
-        return _load_snapshot(name) or _load_and_snapshot(name)
-    return tiktoken.get_encoding(name)
+    if name not in _URLS:
+        return tiktoken.get_encoding(name)
+    enc = _load_snapshot(name)
+    return _load_and_snapshot(name) if enc is None else enc
 
 
 def encoding_name_for_model(model: str) -> str:

@@ -23,25 +23,30 @@ provenance. Token counts are exact (tiktoken for OpenAI models, the tokenizer it
 ``hf-chat-template``); the report gives true percentiles, the examples over the model's training
 context, billable tokens, the cookbook's default epochs and a cost estimate.
 
-Streaming on all cores: records go in batches to worker processes (``ordered_map``) that validate,
-count and serialise them; results come back in input order, so the output does not depend on the
-number of workers. Memory is flat: at most a few batches are in flight, the statistics are
-histograms of distinct values (:class:`tunepipe.data.report.Distribution`: exact percentiles in
-memory that grows with the longest example, not with the number of examples), and the problems
-stream to ``problems.jsonl`` (only the first ``list_problems`` are kept for the report).
+Streaming on all cores: the input is cut into blocks of whole lines (byte ranges, ~1 MiB) that
+worker processes (``ordered_map``) read themselves, then validate, count and serialise; each block
+comes back compact (its output lines joined, three lists of numbers, the records with problems) and
+in input order, so the output does not depend on the number of workers. Most chat examples are
+plain (role and content only): they take a fused check-and-count that encodes each text once and
+counts a recurring system prompt once per process. Memory is flat: at most a few blocks are in
+flight, the statistics are histograms of distinct values (:class:`tunepipe.data.report.Distribution`:
+exact percentiles in memory that grows with the longest example, not with the number of examples),
+and the problems stream to ``problems.jsonl`` (only the first ``list_problems`` are kept for the
+report).
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tunepipe.data import jsonl
-from tunepipe.data.chat import CATEGORIES, ERROR, MIN_EXAMPLES, WARNING, Problem, is_error, provenance, validate
+from tunepipe.data.chat import CATEGORIES, ERROR, MIN_EXAMPLES, NO_SYSTEM, NO_TRAINED_ASSISTANT, NO_USER, WARNING, \
+    Problem, is_error, provenance, validate
 from tunepipe.data.parallel import ordered_map, worker_count
 from tunepipe.data.tokens import count_recurring, get_encoding, message_value_tokens, recurring_counts
 from tunepipe.errors import StageInputError
@@ -128,26 +133,26 @@ def _count_openai(enc: Any, record: dict[str, Any], kind: str) -> tuple[int, int
 
 
 def _plain_chat(record: dict[str, Any], enc: Any, cache: dict[str, int],
-                cost: Mapping[str, int]) -> tuple[int, int, int] | None:
-    """(messages, tokens, assistant tokens) of a plain valid chat example; None for any other record.
+                cost: Mapping[str, int]) -> tuple[int, int, int, Sequence[Problem]] | None:
+    """(messages, tokens, assistant tokens, problems) of a plain chat example; None for any other record.
 
-    The common case in one pass: the checks of :func:`tunepipe.data.chat.is_plain_valid` (the same
-    rules, so such a record has no problem at all) fused with the cookbook's count of
-    :func:`_count_openai`. ``cache``: the encoding's counts of recurring strings (system prompts);
-    ``cost``: 3 + the tokens of the role, per plain role. The tests check both equivalences; anything
-    else goes through the full check and count.
+    The common case in one pass, the check fused with the cookbook's count (:func:`_count_openai`).
+    Plain: only ``messages`` (and ``meta``); each message exactly role and content (an assistant
+    message may add a weight of 0 or 1); a non-blank string content; roles system (first only), user
+    (never two in a row) and assistant, at least one assistant message. Such an example has no error,
+    and at most the warnings the full check (:func:`tunepipe.data.chat.check_chat`) words the same
+    way: no system message, no user message, no trained assistant message. Anything else goes through
+    the full check and count; the tests check that both give the same. ``cache``: the encoding's
+    counts of recurring strings (system prompts); ``cost``: 3 + the tokens of the role, per plain role.
     """
     if len(record) != 1 and (len(record) != 2 or "meta" not in record):
         return None
     messages = record.get("messages")
     if type(messages) is not list or not messages:
         return None
-    first = messages[0]
-    if type(first) is not dict or first.get("role") != "system":
-        return None
     encode = enc.encode_ordinary
     prev = None
-    user = trained = False
+    system = user = replies = trained = False
     total = 3
     assistant = 0
     for m in messages:
@@ -166,6 +171,7 @@ def _plain_chat(record: dict[str, Any], enc: Any, cache: dict[str, int],
             user = True
             t = len(encode(content))
         elif role == "assistant":
+            replies = True
             t = len(encode(content))
             if m.get("weight", 1):
                 trained = True
@@ -173,14 +179,18 @@ def _plain_chat(record: dict[str, Any], enc: Any, cache: dict[str, int],
         else:  # system: only first, its content counted once per distinct prompt
             if prev is not None:
                 return None
+            system = True
             t = cache.get(content)
             if t is None:
                 t = count_recurring(enc, cache, content)
         total += cost[role] + t
         prev = role
-    if not (user and trained):
-        return None
-    return len(messages), total, assistant
+    if not replies:
+        return None  # an error (nothing to learn): the full check words it
+    if system and user and trained:
+        return len(messages), total, assistant, ()
+    problems = [p for p, ok in ((NO_TRAINED_ASSISTANT, trained), (NO_SYSTEM, system), (NO_USER, user)) if not ok]
+    return len(messages), total, assistant, problems
 
 
 def _template_message(m: dict[str, Any]) -> dict[str, Any]:
@@ -232,17 +242,22 @@ def _hf_tokens(tok: Any, text: str, spans: list[dict[str, int]]) -> tuple[int, i
 Result = tuple[int, bytes | None, list[Problem], tuple[int, int, int] | None, str | None, bytes | None]
 
 
-def _one(cfg: Mapping[str, Any], counter: Any, lineno: int, raw: bytes) -> Result:
+_UNPARSED = object()
+
+
+def _one(cfg: Mapping[str, Any], counter: Any, lineno: int, raw: bytes, record: Any = _UNPARSED) -> Result:
     """(line, output line or None, problems, (messages, tokens, assistant tokens), provenance, raw if invalid).
 
-    ``counter``: the tiktoken encoding (openai-* targets) or the Hugging Face tokenizer.
+    ``counter``: the tiktoken encoding (openai-* targets) or the Hugging Face tokenizer; ``record``:
+    the line parsed already, if it was.
     """
     target = cfg["target"]
     kind = "dpo" if target == "openai-dpo" else "chat"
-    try:
-        record = jsonl.loads(raw)
-    except jsonl.JSONDecodeError as e:
-        return lineno, None, [("invalid_json", f"not valid JSON ({e})")], None, None, raw
+    if record is _UNPARSED:
+        try:
+            record = jsonl.loads(raw)
+        except jsonl.JSONDecodeError as e:
+            return lineno, None, [("invalid_json", f"not valid JSON ({e})")], None, None, raw
     problems = validate(record, kind)
     prov = provenance(record)
     if any(is_error(p) for p in problems):
@@ -297,8 +312,9 @@ def _role_cost(enc: Any) -> dict[str, int]:
 def _work(item: Item) -> Batch:
     """One block of lines: validate, count and serialise each record (see :data:`Batch`).
 
-    Lines are numbered and skipped as :func:`tunepipe.data.jsonl.iter_lines` does. A plain valid chat
-    example (the common case) takes the fused fast path; every other record the full one (:func:`_one`).
+    Lines are numbered (within the block) and skipped as :func:`tunepipe.data.jsonl.iter_lines` does. A
+    plain chat example (the common case) takes the fused fast path (:func:`_plain_chat`); every other
+    record the full check and count (:func:`_one`).
     """
     cfg, label, path, start, end = item
     with open(path, "rb") as f:
@@ -330,21 +346,24 @@ def _work(item: Item) -> Batch:
         if not raw.strip():
             continue
         n += 1
+        record = _UNPARSED
         if fast:
             try:
                 record = loads(raw)
             except bad_json:
-                record = None
-            stats = _plain_chat(record, counter, cache, cost) if type(record) is dict else None
-            if stats is not None and (limit is None or stats[1] <= limit):
+                record = _UNPARSED  # _one words the error
+            plain = _plain_chat(record, counter, cache, cost) if type(record) is dict else None
+            if plain is not None and (limit is None or plain[1] <= limit):
                 # the output is the record as it is: messages, then meta when there is one
                 lines.append(dumps(record) if next(iter(record)) == "messages" else
                              dumps({"messages": record["messages"], "meta": record["meta"]}))
-                msgs.append(stats[0])
-                toks.append(stats[1])
-                asst.append(stats[2])
+                msgs.append(plain[0])
+                toks.append(plain[1])
+                asst.append(plain[2])
+                if plain[3]:
+                    special.append((lineno, plain[3], provenance(record), None))
                 continue
-        _, line, problems, stats, prov, invalid = _one(cfg, counter, lineno, raw)
+        _, line, problems, stats, prov, invalid = _one(cfg, counter, lineno, raw, record)
         if line is not None:
             lines.append(line)
             msgs.append(stats[0])
