@@ -123,7 +123,8 @@ PIECES = ["sk-proj-Ab3dEf6hIj9kLm2nOp5qRs8tUv1wXy4z", "AKIAIOSFODNN7EXAMPLE", "A
           "-----BEGIN RSA PRIVATE KEY-----\nMIIE\n-----END RSA PRIVATE KEY-----", "bob@example.com", "@", "x@y.co",
           "+44 20 7946 0958", "+1 (555) 123-4567", "(555) 123-4567", "555.123.4567", "06 12 34 56 78",
           "4111 1111 1111 1111", "4111111111111111", "1234567", "12345678", "0", " ", "\n", "-", "_", ":", "=",
-          "I", "A", "B", "J", "hello", "World", "é", "٣", "１２３４５６７８９", "Ｉ"]
+          "I", "A", "B", "J", "hello", "World", "é", "٣", "１２３４５６７８９", "Ｉ", "capital:", "Monkey = ", "KEY :",
+          "Token\t=", "passwd'=", 'secret"  :', "x7Fk2LmN4pR7sT1vWq9", "Aa1Bb2Cc3Dd4Ee5", "'", '"']
 
 
 def ungated(redactor: Redactor, text: str) -> tuple[str, dict[str, int]]:

@@ -430,17 +430,20 @@ def test_dedupe_form_casefolds_and_collapses_whitespace() -> None:
 ASCII_PIECES = ["Paris", "is", "the", "capital", "OK", "I", "A", "CA", "IA", "Bearer", "eyJ", "AIza", "42", "2024",
                 "12345678", "4111 1111 1111 1111", "+44 20 7946 0958", "(555) 123-4567", "bob@example.com", "@",
                 "api_key=Zx8f9Qk2LmN4pR7sT1vW", "AKIAIOSFODNN7EXAMPLE", "sk-proj-Ab3dEf6hIj9kLm2nOp5qRs8tUv1wXy4z",
-                "token:", "-", "_", ".", "?", "x" * 30]
+                "token:", "-", "_", ".", "?", "x" * 30, "\n", "\n\n", "\n\n\n", "a \nb", '"quoted"', "```", "\t", "\\"]
 
 
 def ascii_text(rng: random.Random) -> str:
-    words = [rng.choice(ASCII_PIECES) for _ in range(rng.choice([0, 1, 2, 5, 12]))]
-    text = rng.choice([" ", " ", " ", "", "  "]).join(words)
-    return rng.choice(["", "", " ", "  "]) + text + rng.choice(["", "", " "])
+    words = [rng.choice(ASCII_PIECES) if rng.random() < 0.3 else rng.choice(ASCII_PIECES[:5])
+             for _ in range(rng.choice([0, 1, 2, 5, 12]))]
+    text = rng.choices([" ", "", "  ", "\n"], weights=[80, 5, 5, 10])[0].join(words)
+    edge = ["", " ", "  ", "\n"], [70, 15, 5, 10]
+    return rng.choices(*edge)[0] + text + rng.choices(*edge)[0]
 
 
 @pytest.mark.parametrize("params", [{}, {"dedupe": "exact"}, {"dedupe_on": "prompt"}, {"whitespace": False},
-                                    {"redact": []}, {"redact": ["phone", "secret"]}, {"redact": ["email"]}])
+                                    {"redact": []}, {"redact": ["phone", "secret"]}, {"redact": ["email"]},
+                                    {"max_blank_lines": 0}, {"max_blank_lines": 2, "unicode_form": "none"}])
 def test_the_fused_path_gives_what_the_full_path_gives(params: dict[str, Any]) -> None:
     """Plain chat records: clean then dedupe_texts, and the fused path (where it applies), agree."""
     from tunepipe.stages.clean import _config, _Worker
@@ -448,7 +451,7 @@ def test_the_fused_path_gives_what_the_full_path_gives(params: dict[str, Any]) -
     plugin = Clean()
     worker = _Worker(_config(with_defaults(plugin.params_schema, params)))
     rng = random.Random(7)
-    fused = 0
+    fused = multiline = 0
     for _ in range(3000):
         roles = [rng.choice(["system", "user", "assistant", "assistant", "tool", "user"])
                  for _ in range(rng.randint(0, 4))]
@@ -456,17 +459,21 @@ def test_the_fused_path_gives_what_the_full_path_gives(params: dict[str, Any]) -
         if rng.random() < 0.3:
             record["meta"] = {"source": "a.jsonl", "line": 3}
         line = json.dumps(record, ensure_ascii=False).encode()
-        if not line.isascii() or b"\\" in line:
+        if not line.isascii():
             continue  # _work takes the fused path only for such lines
-        got = worker.plain(json.loads(line))
+        breaks = b"\\" in line
+        if breaks and line.count(b"\\") != line.count(b"\\n") + line.count(b'\\"'):
+            continue
+        got = worker.plain(json.loads(line), breaks)
         cleaned, reason, changes = worker.clean(json.loads(line))
         if got is None:
             continue
         fused += 1
+        multiline += breaks
         want = (cleaned, reason, changes, *(worker.dedupe_texts(cleaned) if cleaned is not None else (None, None)))
         assert got == want, record
         assert list(got[2]) == list(changes)  # the same order of kinds of change, for changes.jsonl
-    assert fused > 900
+    assert fused > 900 and multiline > 150
 
 
 def test_blocks_number_and_skip_lines_as_iter_lines_does(tmp_path: Path) -> None:

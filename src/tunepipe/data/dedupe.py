@@ -636,7 +636,7 @@ class Deduper:
         return (self._exact.nbytes + self._bands.nbytes + self.provenance.nbytes
                 + sum(c.nbytes for c in self._sig_chunks))
 
-    def check(self, exact_keys: Sequence[int] | None, bands: np.ndarray | None, sigs: np.ndarray | None,
+    def check(self, exact_keys: Sequence[int] | np.ndarray | None, bands: np.ndarray | None, sigs: np.ndarray | None,
               has_sig: Sequence[bool] | None, provenance: Sequence[tuple[str, str, Any]]) -> list[Duplicate | None]:
         """For each record of a batch, in order, the kept record it duplicates, or None (it is kept).
 

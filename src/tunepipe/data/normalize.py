@@ -79,18 +79,21 @@ class TextCleaner:
         self.whitespace = whitespace
         self.max_blank_lines = max_blank_lines
         self._blank_run = re.compile("\n{%d,}" % (max_blank_lines + 2))
+        self._blank_min = "\n" * (max_blank_lines + 2)  # the shortest run to shrink
         self._blank_repl = "\n" * (max_blank_lines + 1)
 
     def clean(self, text: str) -> tuple[str, int]:
         """The cleaned text and the change flags (0 when nothing changed)."""
         flags = 0
-        if "\r" in text or "\x85" in text or "\u2028" in text or "\u2029" in text:
+        if "\r" in text or (not text.isascii() and ("\x85" in text or "\u2028" in text or "\u2029" in text)):
             text = _NEWLINES.sub("\n", text)
             flags |= WHITESPACE
         if self.form != "none" and not text.isascii() and not unicodedata.is_normalized(self.form, text):
             text = unicodedata.normalize(self.form, text)
             flags |= UNICODE
-        if not text.isprintable() and _CONTROL.search(text):  # isprintable: a fast path for one-line texts
+        # isprintable: a fast path for one-line texts; without their line breaks and tabs, for the others
+        if not text.isprintable() and not text.replace("\n", "").replace("\t", "").isprintable() \
+                and _CONTROL.search(text):
             text = _CONTROL.sub("", text)
             flags |= CONTROL
         if self.whitespace:
@@ -100,11 +103,20 @@ class TextCleaner:
                 flags |= WHITESPACE
         return text, flags
 
+    def only_trims(self, text: str) -> bool:
+        """Whether :meth:`clean` changes a text of printable ASCII and line breaks only by trimming it.
+
+        True when it has no run of spaces, space before a line break or run of blank lines to
+        shrink (then code fences change nothing either). Several such texts may be tested at
+        once, joined by a character that is none of these (NUL).
+        """
+        return not self.whitespace or not ("  " in text or " \n" in text or self._blank_min in text)
+
     def _prose(self, text: str) -> str:
         if "  " in text or "\t" in text or " \n" in text or (not text.isascii() and _ODD_SPACE.search(text)):
             text = _TRAILING.sub("", text)
             text = _INNER.sub(" ", text)
-        if "\n\n" in text:
+        if self._blank_min in text:
             text = self._blank_run.sub(self._blank_repl, text)
         return text
 

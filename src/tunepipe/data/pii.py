@@ -183,7 +183,6 @@ _SUBS: dict[str, tuple[re.Pattern[str], _Replace]] = {
 # tests several texts joined at once).
 _TOKEN_HINT = re.compile(r"sk-|_live_|_test_|AKIA|ASIA|ABIA|ACCA|ghp_|gho_|ghu_|ghs_|ghr_|github_pat_|xox|"
                          r"hooks\.slack\.com|AIza|hf_|eyJ|Bearer|PRIVATE KEY")
-_NAME_HINTS = ("api", "key", "token", "secret", "passw")
 _NUMBER_HINT = re.compile(r"\d[\d ().-]{7,}\d")  # phones and cards have at least nine digits and separators
 MIN_DIGITS = 8  # a phone has at least 8 digits (international), a card 13
 # The characters the cheap tests look at in an ASCII text, which one bytes.translate keeps
@@ -198,25 +197,29 @@ def _hints(text: str) -> tuple[bool, bool, bool]:
     Every secret pattern needs ':' or '=' (a name and its value, https://), '-' or '_' (PEM
     blocks, most token prefixes), or one of the prefixes without them: AWS key ids (AKIA, ASIA,
     ABIA: "IA"; ACCA: "CA"), Google keys (AIza), JWTs (eyJ) or Bearer. A phone has at least
-    :data:`MIN_DIGITS` digits, a card more. In an ASCII text one ``bytes.translate`` keeps the
+    :data:`MIN_DIGITS` digits, a card more. One ``bytes.translate`` of the text's UTF-8 keeps the
     characters these tests need (two letters adjacent in the text stay adjacent), so a text is
     scanned once rather than once per test. Each test holds for any part of a text when it
     fails for the whole (:meth:`Redactor.may_redact` tests texts joined by newlines).
     """
-    if text.isascii():
-        kept = text.encode("ascii").translate(None, _NOT_MARKS)
-        if not kept:
-            return False, False, False
-        marks = kept.decode("ascii")  # str tests: ``bytes in bytes`` first tries the needle as an int
-        secret = (":" in marks or "=" in marks or "-" in marks or "_" in marks
-                  or ("IA" in marks and "IA" in text) or ("CA" in marks and "CA" in text)
-                  or ("AI" in marks and "AIza" in text) or ("J" in marks and "eyJ" in text)
-                  or ("B" in marks and "Bearer" in text))
-        numbers = len(kept) >= MIN_DIGITS and len(kept.translate(None, _NOT_DIGITS)) >= MIN_DIGITS
-        return secret, "@" in marks, numbers
-    secret = (":" in text or "=" in text or "-" in text or "_" in text or "IA" in text or "CA" in text
-              or "AIza" in text or "eyJ" in text or "Bearer" in text)
-    return secret, "@" in text, True  # other decimal digits match \d too: the patterns decide
+    ascii = text.isascii()
+    # UTF-8 keeps ASCII characters as single bytes and writes no other character with them
+    kept = (text.encode("ascii") if ascii else text.encode("utf-8", "surrogatepass")).translate(None, _NOT_MARKS)
+    if not kept:
+        return False, False, not ascii
+    marks = kept.decode("ascii")  # str tests: ``bytes in bytes`` first tries the needle as an int
+    secret = (":" in marks or "=" in marks or "-" in marks or "_" in marks
+              or ("IA" in marks and "IA" in text) or ("CA" in marks and "CA" in text)
+              or ("AI" in marks and "AIza" in text) or ("J" in marks and "eyJ" in text)
+              or ("B" in marks and "Bearer" in text))
+    # other decimal digits match \d too: in a non-ASCII text, the patterns decide
+    numbers = not ascii or (len(kept) >= MIN_DIGITS and len(kept.translate(None, _NOT_DIGITS)) >= MIN_DIGITS)
+    return secret, "@" in marks, numbers
+
+
+_NAME_HINTS = ("api", "key", "token", "secret", "passw")
+# every secret name ends with one of these, and "name: value" needs it right before the ':' or '='
+_ASSIGN_HINT = re.compile(r"(?:key|token|secret|password|passwd)[\"']?[ \t]*[:=]", re.I)
 
 
 def _may_hold_secret(text: str) -> bool:
@@ -225,7 +228,8 @@ def _may_hold_secret(text: str) -> bool:
     if ":" not in text and "=" not in text:
         return False
     lower = text.lower()
-    return any(h in lower for h in _NAME_HINTS)
+    # the name hints (a word such as "capital" has "api") then a name right before the ':' or '='
+    return any(h in lower for h in _NAME_HINTS) and _ASSIGN_HINT.search(text) is not None
 
 
 class Redactor:

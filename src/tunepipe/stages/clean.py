@@ -209,23 +209,25 @@ class _Worker:
 
     # -- records
 
-    def plain(self, record: dict[str, Any]) -> tuple[Any, ...] | None:
+    def plain(self, record: dict[str, Any], breaks: bool = False) -> tuple[Any, ...] | None:
         """The fused path for a plain chat record: what :meth:`clean` then :meth:`dedupe_texts` give.
 
-        Only for a record whose JSON line is ASCII without a backslash or DEL (:func:`_work` checks
-        the line): its texts are then printable ASCII on one line, so there is no Unicode form,
-        control character, line break or tab to fix, and with no run of spaces either, cleaning a
-        text is trimming it (what :class:`TextCleaner` does to such a text) and its comparison form
-        is its lower case. Redaction runs only when :meth:`Redactor.may_redact` says one of the texts
-        may hold something. None when the record needs the full path: messages that are not exactly
-        a role and a text, or a run of spaces somewhere.
+        Only for a record whose JSON line is ASCII without DEL, and without a backslash, or with
+        ``breaks`` only the escapes of line breaks and quotes (:func:`_work` checks the line): its
+        texts are then printable ASCII and line breaks, so there is no Unicode form, control
+        character, carriage return or tab to fix; with no run of spaces, space before a line break
+        or run of blank lines to shrink either, cleaning a text is trimming it (what
+        :class:`TextCleaner` then does), and its comparison form is its lower case, line breaks
+        as spaces. Redaction runs only when :meth:`Redactor.may_redact` says one of the texts may
+        hold something. None when the record needs the full path: messages that are not exactly a
+        role and a text, or whitespace to tidy inside a text.
         """
         msgs = record["messages"]
         if type(msgs) is not list or not msgs:
             return None
         roles = []
         texts = []
-        edges = False  # a text is empty, or starts or ends with a space
+        edges = False  # a text is empty, or starts or ends with whitespace
         for m in msgs:
             if type(m) is not dict or len(m) != 2:
                 return None
@@ -234,11 +236,11 @@ class _Worker:
                 return None
             roles.append(m["role"])
             texts.append(text)
-            if not text or text[0] == " " or text[-1] == " ":
+            if not text or text[0] in " \n" or text[-1] in " \n":
                 edges = True
-        joined = "\n".join(texts)
+        joined = "\x00".join(texts)  # no text holds NUL: it would be escaped
         trim = self.cfg.whitespace
-        if trim and "  " in joined:
+        if trim and ("  " in joined or (breaks and not self.cleaner.only_trims(joined))):
             return None
         redactor = self.redactor
         if redactor is not None and not redactor.may_redact(joined):
@@ -247,11 +249,13 @@ class _Worker:
         if trim and not edges and redactor is None:  # nothing to change: the common case
             if "assistant" not in roles:
                 return None, NO_ASSISTANT, {}, None, None
-            forms = joined.lower().split("\n")  # one per text: no text holds a line break
+            forms = joined.lower().split("\x00")
             keys = []
             near = []
             for role, form in zip(roles, forms):
                 if role in wanted:
+                    if breaks and "\n" in form:
+                        form = " ".join(form.split())
                     keys.append(f"{role}\x1f{form}")
                     near.append(form)
             return record, None, {}, "\x1e".join(keys), "\n".join(near)
@@ -263,7 +267,7 @@ class _Worker:
             if len(cleaned) != len(text):
                 changes["whitespace"] = changes.get("whitespace", 0) + 1
                 changed = True
-            lower = trim
+            lower = trim and "\n" not in cleaned
             if redactor is not None:
                 cleaned, counts = redactor.redact(cleaned)
                 if counts:
@@ -425,8 +429,9 @@ BLOCK_BYTES = 1 << 20  # input per work item: about 1,600 chat records, few roun
 def _work(task: Task) -> Batch:
     """Clean one block of lines of one file (numbered and skipped as :func:`jsonl.iter_lines` does).
 
-    A chat record whose line is ASCII without a backslash or DEL (the common case) takes the fused
-    path (:meth:`_Worker.plain`); every other record the full one, which gives the same result.
+    A chat record whose line is ASCII without DEL, and without escapes other than line breaks and
+    quotes (the common case), takes the fused path (:meth:`_Worker.plain`); every other record the
+    full one, which gives the same result.
     """
     cfg, label, before, block = task
     w = _worker(cfg)
@@ -457,8 +462,11 @@ def _work(task: Task) -> Batch:
             source, key, pos = _position(record, label, lineno)
             where = (sources.setdefault(source, source), key, pos)
             fused = None
-            if "messages" in record and raw.isascii() and _BACKSLASH not in raw and _DEL not in raw:
-                fused = w.plain(record)
+            if "messages" in record and raw.isascii() and _DEL not in raw:
+                if _BACKSLASH not in raw:
+                    fused = w.plain(record)
+                elif raw.count(b"\\") == raw.count(b"\\n") + raw.count(b'\\"'):  # no other escape
+                    fused = w.plain(record, breaks=True)
             if fused is None:
                 cleaned, reason, changes = w.clean(record)
                 key_text = near_text = None
@@ -560,16 +568,17 @@ def _write_kept(out: Any, lines: bytes, lengths: Sequence[int], dups: list[int])
     """Write the kept lines of a block but the duplicates (runs of lines at once); how many were written."""
     if not lengths:
         return 0
-    data = lines + b"\n"
     if not dups:
-        out.write(data)
+        out.write(lines)
+        out.write(b"\n")
         return len(lengths)
-    ends = list(accumulate(n + 1 for n in lengths))  # where each line ends, its newline included
-    view = memoryview(data)
+    ends = list(accumulate(n + 1 for n in lengths))  # where each line ends, with the newline after it
+    view = memoryview(lines)
     first = 0  # the first line of the current run
     for d in [*dups, len(lengths)]:
         if d > first:
-            out.write(view[ends[first - 1] if first else 0:ends[d - 1]])
+            out.write(view[ends[first - 1] if first else 0:ends[d - 1] - 1])
+            out.write(b"\n")
         first = d + 1
     return len(lengths) - len(dups)
 
@@ -607,7 +616,7 @@ class Clean:
                 verdicts: list[Duplicate | None] = []
                 dups: list[int] = []  # kept records found to be duplicates
                 if cfg.dedupe != "none" and wheres:
-                    verdicts = deduper.check(np.frombuffer(keys, dtype="<u8").tolist(), bands, sigs, has, wheres)
+                    verdicts = deduper.check(np.frombuffer(keys, dtype="<u8"), bands, sigs, has, wheres)
                     if verdicts.count(None) != len(verdicts):
                         dups = [i for i, v in enumerate(verdicts) if v is not None]
                 records_out += _write_kept(out, lines, lengths, dups)
