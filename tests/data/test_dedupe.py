@@ -251,7 +251,8 @@ def test_batch_check_equals_checking_one_record_at_a_time(seed: int) -> None:
     rng = np.random.default_rng(seed)
     near = seed % 4 != 3
     max_index = [10**6, 150, 400, 10**6][seed % 4]
-    dedupe = Deduper(near=near, threshold=0.75, num_perm=8, bands=4, max_index=max_index, flush_at=[8, 64, 1 << 16][seed % 3])
+    dedupe = Deduper(near=near, threshold=0.75, num_perm=8, bands=4, max_index=max_index,
+                     flush_at=[8, 64, 1 << 16][seed % 3])
     ref = OneByOne(0.75, max_index, near)
     protos = rng.integers(0, 1 << 16, (40, 8), dtype=np.uint16)
     for batch in range(12):

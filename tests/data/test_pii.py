@@ -114,17 +114,16 @@ def test_long_texts_without_personal_data_come_back_unchanged() -> None:
 
 # --- the cheap tests never change an answer --------------------------------------------------------
 
-PIECES = ["sk-proj-Ab3dEf6hIj9kLm2nOp5qRs8tUv1wXy4z", "AKIAIOSFODNN7EXAMPLE", "ACCAIOSFODNN7EXAMPLE", "AKIA", "IA", "CA",
-          "AIzaSyD9tSrke72PouQMnMXxa7eZSW0jkFMBWYz", "AIzaSyD-9tSrke72PouQMnMX-a7eZSW0jkFMBWY", JWT, "eyJ", ".",
-          "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.abc",
-          "Bearer 8f2a9c1e7b3d4f6a0e5c", "Bearer", "api_key=", "token: ", "password=", "Zx8f9Qk2LmN4pR7sT1vW",
+PIECES = ["sk-proj-Ab3dEf6hIj9kLm2nOp5qRs8tUv1wXy4z", "AKIAIOSFODNN7EXAMPLE", "ACCAIOSFODNN7EXAMPLE", "AKIA",
+          "IA", "CA", "AIzaSyD9tSrke72PouQMnMXxa7eZSW0jkFMBWYz", "AIzaSyD-9tSrke72PouQMnMX-a7eZSW0jkFMBWY", JWT, "eyJ",
+          ".", "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.abc", "Bearer 8f2a9c1e7b3d4f6a0e5c", "Bearer", "api_key=", "token: ", "password=", "Zx8f9Qk2LmN4pR7sT1vW",
           "ghp_1a2B3c4D5e6F7g8H9i0J1k2L3m4N5o6P7q8R", "https://hooks.slack.com/services/T0/B0/xyz",
           "xoxb-123456789012-1234567890123-AbCdEfGhIjKlMnOpQrStUvWx", "hf_abcdefghijklmnopqrstuvwxyz123456",
           "-----BEGIN RSA PRIVATE KEY-----\nMIIE\n-----END RSA PRIVATE KEY-----", "bob@example.com", "@", "x@y.co",
           "+44 20 7946 0958", "+1 (555) 123-4567", "(555) 123-4567", "555.123.4567", "06 12 34 56 78",
           "4111 1111 1111 1111", "4111111111111111", "1234567", "12345678", "0", " ", "\n", "-", "_", ":", "=",
-          "I", "A", "B", "J", "hello", "World", "é", "٣", "１２３４５６７８９", "Ｉ", "capital:", "Monkey = ", "KEY :",
-          "Token\t=", "passwd'=", 'secret"  :', "x7Fk2LmN4pR7sT1vWq9", "Aa1Bb2Cc3Dd4Ee5", "'", '"']
+          "I", "A", "B", "J", "hello", "World", "é", "٣", "１２３４５６７８９", "Ｉ", "capital:", "Monkey = ",
+          "KEY :", "Token\t=", "passwd'=", 'secret"  :', "x7Fk2LmN4pR7sT1vWq9", "Aa1Bb2Cc3Dd4Ee5", "'", '"']
 
 
 def ungated(redactor: Redactor, text: str) -> tuple[str, dict[str, int]]:
@@ -154,8 +153,8 @@ def ungated(redactor: Redactor, text: str) -> tuple[str, dict[str, int]]:
 def test_cheap_tests_never_change_the_answer(kinds: tuple[str, ...]) -> None:
     rng = random.Random(len(kinds))
     redactor = Redactor(kinds)
-    texts = ["".join(rng.choice(PIECES) if rng.random() < 0.7 else rng.choice(" .,;()") for _ in range(rng.randint(0, 10)))
-             for _ in range(3000)]
+    texts = ["".join(rng.choice(PIECES) if rng.random() < 0.7 else rng.choice(" .,;()")
+                     for _ in range(rng.randint(0, 10))) for _ in range(3000)]
     for text in texts:
         assert redactor.redact(text) == ungated(redactor, text), text
     for i in range(0, len(texts), 3):  # may_redact of texts joined by newlines: False only if none changes

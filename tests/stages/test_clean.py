@@ -510,3 +510,17 @@ def test_small_blocks_give_the_same_output(tmp_path: Path, monkeypatch: pytest.M
     for report in (whole_report, small_report):
         del report["dedupe"]["index_bytes"]  # the index grows by blocks
     assert whole == small and whole_report == small_report
+
+
+def test_kept_lines_are_written_around_the_duplicates() -> None:
+    import io
+
+    from tunepipe.stages.clean import _write_kept
+
+    lines = [b'{"a":1}', b'{"b":22}', b"{}", b'{"d":4444}', b'{"e":5}']
+    for dups in ([], [0], [4], [1, 2], [0, 1, 2, 3, 4], [0, 2, 4], [3]):
+        out = io.BytesIO()
+        assert _write_kept(out, b"\n".join(lines), [len(x) for x in lines], dups) == len(lines) - len(dups)
+        assert out.getvalue() == b"".join(x + b"\n" for i, x in enumerate(lines) if i not in dups)
+    out = io.BytesIO()
+    assert _write_kept(out, b"", [], []) == 0 and out.getvalue() == b""

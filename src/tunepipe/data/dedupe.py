@@ -41,13 +41,13 @@ Measured with tracemalloc (random signatures, in batches of 2,000 records):
 ==============  ===========  ==================  ===================
 permutations    records      bytes per record    peak (merges)
 ==============  ===========  ==================  ===================
-64              200,000      241                 282
-64              1,000,000    239                 243
-128             200,000      419                 484
+64              200,000      241                 316
+64              1,000,000    239                 247
+128             200,000      419                 536
 ==============  ===========  ==================  ===================
 
 ``max_index`` bounds the index (the clean stage's default, 1,000,000 records, is about 240 MB at
-64 permutations, 245 MB at the peak of a merge): beyond it, records are still checked against
+64 permutations, 250 MB at the peak of a merge): beyond it, records are still checked against
 everything indexed but not added; :attr:`Deduper.full` says when that happened. Exact
 deduplication alone (no signatures, no bands) costs 24 bytes per indexed record.
 """
@@ -340,16 +340,14 @@ def band_keys(signatures: np.ndarray, bands: int, rows: int) -> np.ndarray:
 
 
 def _merge(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Merge two sorted runs (keys, ids); for equal keys the older run ``a`` comes first."""
-    pos = np.searchsorted(a[0], b[0], side="right") + np.arange(len(b[0]))
-    n = len(a[0]) + len(b[0])
-    keys = np.empty(n, dtype=_U64)
-    ids = np.empty(n, dtype=np.uint32)
-    rest = np.ones(n, dtype=bool)
-    rest[pos] = False
-    keys[pos], ids[pos] = b
-    keys[rest], ids[rest] = a
-    return keys, ids
+    """Merge two sorted runs (keys, ids); for equal keys the older run ``a`` comes first.
+
+    A stable sort of the two runs end to end: numpy's timsort finds the two runs and merges them
+    in one pass (about twice as fast as placing ``b`` with ``searchsorted`` for runs of millions).
+    """
+    keys = np.concatenate([a[0], b[0]])
+    order = np.argsort(keys, kind="stable")
+    return keys[order], np.concatenate([a[1], b[1]])[order]
 
 
 class KeyIndex:
