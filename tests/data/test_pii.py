@@ -116,7 +116,8 @@ def test_long_texts_without_personal_data_come_back_unchanged() -> None:
 
 PIECES = ["sk-proj-Ab3dEf6hIj9kLm2nOp5qRs8tUv1wXy4z", "AKIAIOSFODNN7EXAMPLE", "ACCAIOSFODNN7EXAMPLE", "AKIA",
           "IA", "CA", "AIzaSyD9tSrke72PouQMnMXxa7eZSW0jkFMBWYz", "AIzaSyD-9tSrke72PouQMnMX-a7eZSW0jkFMBWY", JWT, "eyJ",
-          ".", "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.abc", "Bearer 8f2a9c1e7b3d4f6a0e5c", "Bearer", "api_key=", "token: ", "password=", "Zx8f9Qk2LmN4pR7sT1vW",
+          ".", "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.abc", "Bearer 8f2a9c1e7b3d4f6a0e5c", "Bearer", "api_key=",
+          "token: ", "password=", "Zx8f9Qk2LmN4pR7sT1vW",
           "ghp_1a2B3c4D5e6F7g8H9i0J1k2L3m4N5o6P7q8R", "https://hooks.slack.com/services/T0/B0/xyz",
           "xoxb-123456789012-1234567890123-AbCdEfGhIjKlMnOpQrStUvWx", "hf_abcdefghijklmnopqrstuvwxyz123456",
           "-----BEGIN RSA PRIVATE KEY-----\nMIIE\n-----END RSA PRIVATE KEY-----", "bob@example.com", "@", "x@y.co",

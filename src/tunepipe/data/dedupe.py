@@ -60,6 +60,7 @@ from array import array
 from collections.abc import Sequence
 from itertools import repeat
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -191,6 +192,7 @@ def shingle_hashes(text: str, size: int) -> list[int]:
     return out
 
 
+@lru_cache(maxsize=None)
 def _datasketch_2() -> bool:
     """Whether datasketch 2.0 or later is installed (its affine32 scheme), without importing it."""
     from importlib.metadata import PackageNotFoundError, version
@@ -203,16 +205,23 @@ def _datasketch_2() -> bool:
 
 
 class _Powers:
-    """BASE**i and BASE**-i mod 2**64 for i < n, grown on demand."""
+    """BASE**i and BASE**-i mod 2**64 for i < n, grown on demand (one table per process, see :data:`_POWERS`)."""
 
     def __init__(self) -> None:
-        self.up = self.down = np.ones(0, dtype=_U64)
+        self.tables = (np.ones(0, dtype=_U64), np.ones(0, dtype=_U64))  # (up, down), replaced together
 
-    def need(self, n: int) -> None:
-        if n > len(self.up):
-            n = max(n, 1 << 20)
-            self.up = np.cumprod(np.concatenate([[_U64(1)], np.full(n - 1, _BASE, dtype=_U64)]), dtype=_U64)
-            self.down = np.cumprod(np.concatenate([[_U64(1)], np.full(n - 1, _BASE_INV, dtype=_U64)]), dtype=_U64)
+    def need(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """(up, down), at least ``n`` long."""
+        tables = self.tables
+        if n > len(tables[0]):
+            n = max(n, (1 << 20) + 1)
+            up = np.cumprod(np.concatenate([[_U64(1)], np.full(n - 1, _BASE, dtype=_U64)]), dtype=_U64)
+            down = np.cumprod(np.concatenate([[_U64(1)], np.full(n - 1, _BASE_INV, dtype=_U64)]), dtype=_U64)
+            self.tables = tables = (up, down)
+        return tables
+
+
+_POWERS = _Powers()  # shared by every MinHasher of the process
 
 
 class MinHasher:
@@ -239,7 +248,7 @@ class MinHasher:
         self._b = gen.randint(0, 1 << 32, num_perm, dtype=np.uint32)
         self._chunk_bytes = chunk_bytes
         self._chunk = chunk
-        self._powers = _Powers()
+        _POWERS.need(chunk_bytes + 1)  # once per process (forked workers inherit the tables)
 
     def signatures(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """(signatures, has_words): one row of ``num_perm`` uint32 per text; False for a text without words."""
@@ -267,7 +276,7 @@ class MinHasher:
         lengths = np.fromiter(map(len, docs), dtype=np.int64, count=len(docs))
         doc_start = np.zeros(len(docs), dtype=np.int64)
         np.cumsum(lengths[:-1] + 1, out=doc_start[1:])
-        self._powers.need(len(buf) + 1)
+        up, down = _POWERS.need(len(buf) + 1)
         word = np.frombuffer(data.translate(_WORD_TABLE), dtype=np.int8)
         edges = np.diff(word, prepend=np.int8(0), append=np.int8(0))
         starts = np.flatnonzero(edges == 1)
@@ -275,8 +284,8 @@ class MinHasher:
         if not len(starts):
             return np.zeros(0, dtype=np.uint32), np.zeros(0, dtype=np.int64)
         prefix = np.zeros(len(buf) + 1, dtype=_U64)
-        np.cumsum(buf * self._powers.up[:len(buf)], out=prefix[1:])
-        words = (prefix[ends] - prefix[starts]) * self._powers.down[starts]
+        np.cumsum(buf * up[:len(buf)], out=prefix[1:])
+        words = (prefix[ends] - prefix[starts]) * down[starts]
         words = _mix64(words + (ends - starts).astype(_U64) * _U64(_GOLDEN))
         # words per text (a word never spans the separator between two texts), and each word's text
         counts = np.diff(np.searchsorted(starts, doc_start), append=len(starts))

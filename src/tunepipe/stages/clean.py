@@ -600,10 +600,7 @@ class Clean:
                           num_perm=cfg.num_perm, bands=cfg.bands, max_index=params["max_index"])
         workers = worker_count(ctx.threads)
         ctx.log.info("cleaning with %d worker process(es); %s", workers, cfg)
-        if cfg.min_tokens is not None or cfg.max_tokens is not None:
-            from tunepipe.data.tokens import get_encoding
-
-            get_encoding(cfg.encoding)  # load it once here: forked workers inherit it
+        _worker(cfg)  # built once here (token encoding, MinHash tables): forked workers inherit it
         tally = _Tally()
         records_out = 0
         with open(ctx.output("records") / "records.jsonl", "wb", buffering=1 << 20) as out, \
