@@ -129,22 +129,11 @@ PIECES = ["sk-proj-Ab3dEf6hIj9kLm2nOp5qRs8tUv1wXy4z", "AKIAIOSFODNN7EXAMPLE", "A
 
 def ungated(redactor: Redactor, text: str) -> tuple[str, dict[str, int]]:
     """What redact gives with no cheap test at all: every chosen pattern applied, in order."""
-    from tunepipe.data.pii import _SUBS
+    from tunepipe.data.pii import apply_kind
 
     counts: dict[str, int] = {}
     for kind in redactor.kinds:
-        pattern, fn = _SUBS[kind]
-        n = 0
-
-        def replace(m: Any) -> str:
-            nonlocal n
-            out = fn(m)
-            if out is None:
-                return m.group(0)
-            n += 1
-            return out
-
-        text = pattern.sub(replace, text)
+        text, n = apply_kind(kind, text)
         if n:
             counts[kind] = n
     return text, counts

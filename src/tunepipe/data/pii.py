@@ -275,18 +275,23 @@ class Redactor:
                     numbers = _NUMBER_HINT.search(text) is not None
                 if not numbers:
                     continue
-            pattern, fn = _SUBS[kind]
-            n = 0
-
-            def replace(m: re.Match[str]) -> str:
-                nonlocal n
-                out = fn(m)
-                if out is None:
-                    return m.group(0)
-                n += 1
-                return out
-
-            text = pattern.sub(replace, text)
+            text, n = apply_kind(kind, text)
             if n:
                 counts[kind] = n
         return text, counts
+
+
+def apply_kind(kind: str, text: str) -> tuple[str, int]:
+    """Replace every match of one kind (no pre-check): the text and how many were replaced."""
+    pattern, fn = _SUBS[kind]
+    n = 0
+
+    def replace(m: re.Match[str]) -> str:
+        nonlocal n
+        out = fn(m)
+        if out is None:
+            return m.group(0)
+        n += 1
+        return out
+
+    return pattern.sub(replace, text), n
