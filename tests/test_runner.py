@@ -339,3 +339,32 @@ def test_results_are_reused_across_projects_sharing_a_cache(project, monkeypatch
     result = project.ok("run", "two/p.yaml")
     assert project.calls() == ["a"]  # the second project reused the first one's result
     assert "a         cached" in result.stderr
+
+
+def test_a_cached_rerun_of_the_data_stages_imports_no_heavy_library(project) -> None:
+    """Planning a cached rerun reads records and fingerprints code; it never imports what the stages
+    use to do their work (numpy, tiktoken, datasketch, torch, ...)."""
+    import shutil
+    import subprocess
+    import sys
+
+    shutil.copytree(Path(__file__).parents[1] / "pipelines" / "data", project.root / "data")
+    project.spec("""\
+        stages:
+          ingest: {uses: ingest, inputs: {data: [data/marv.jsonl, data/marv.csv]},
+                   with: {on_error: skip, sources: [{match: "*.csv", map: {user: "{question}", assistant: "{answer}"}}]}}
+          clean: {uses: clean, inputs: {records: ingest.records}, with: {dedupe: near}}
+          format: {uses: format, inputs: {records: clean.records}}
+          split: {uses: split, inputs: {examples: format.examples}, with: {validation: 0.15}}
+          train: {uses: train, inputs: {train: split.train}, with: {backend: openai}}
+        """)
+    project.ok("run", "p.yaml", "split")
+    probe = ("import sys\nfrom tunepipe.cli import cli\ntry:\n    cli(['run', '-q', 'p.yaml', 'split'])\n"
+             "except SystemExit as e:\n    assert e.code == 0, e.code\n"
+             "print(sorted({m.split('.')[0] for m in sys.modules}))")
+    out = subprocess.run([sys.executable, "-c", probe], cwd=project.root, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    loaded = set(json.loads(out.stdout.strip().replace("'", '"')))
+    heavy = {"numpy", "tiktoken", "datasketch", "regex", "torch", "transformers", "peft", "openai", "pyarrow",
+             "jsonschema", "networkx", "yaml"}
+    assert loaded.isdisjoint(heavy), sorted(loaded & heavy)

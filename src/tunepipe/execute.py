@@ -111,7 +111,8 @@ def _run_locked(job: StageJob, store: LocalStore, registry: Registry, cancel: th
         folder.mkdir()
     logger, handler = _stage_logger(job)
     ctx = StageContext(stage=job.stage, key=job.key, outputs=outputs, scratch=store.scratch(job.key),
-                       log=logger, threads=job.threads, _cancel=cancel, _progress=progress)
+                       log=logger, threads=job.threads, _cancel=cancel, _progress=progress,
+                       _shared=store.shared)
     inputs: dict[str, Any] = {}
     for name, refs in job.inputs.items():
         arts = [Artifact(Path(p), d, n) for p, d, n in refs]

@@ -17,7 +17,7 @@ from tunepipe.cache.atomic import canonical_json
 from tunepipe.cache.fingerprint import code_fingerprint, load_memo, save_memo
 from tunepipe.cache.keys import diff, key_parts, stage_key
 from tunepipe.cache.store import LocalStore
-from tunepipe.errors import UserError
+from tunepipe.errors import TunepipeError, UserError
 from tunepipe.plugins import Artifact
 from tunepipe.records import PipelineState
 from tunepipe.redact import find_secret
@@ -39,6 +39,7 @@ class StagePlan:
     reasons: list[str] = field(default_factory=list)
     inputs: dict[str, list[Artifact]] = field(default_factory=dict)
     record: dict[str, Any] | None = None
+    notes: list[str] = field(default_factory=list)  # the plugin's preview (dry run), e.g. a cost estimate
 
     def to_json(self) -> dict[str, Any]:
         return {"stage": self.name, "state": self.state, "key": self.key, "reasons": self.reasons,
@@ -162,16 +163,33 @@ class Planner:
                     reasons[i] = f"input {input_name} ({', '.join(x.text for x in refs)}) changed" + r[len(prefix):]
         return reasons
 
-    def plan(self, selected: list[str], forced: set[str]) -> list[StagePlan]:
-        """Plan every selected stage, in order, without running anything."""
+    def plan(self, selected: list[str], forced: set[str], preview: bool = False) -> list[StagePlan]:
+        """Plan every selected stage, in order, without running anything (``preview``: also ask
+        each stage that would run what it would do, for ``--dry-run``)."""
         upstream: dict[str, dict[str, str]] = {}
         plans = []
         for name in selected:
             p = self.prepare(name, upstream, name in forced)
             if p.state == CACHED and p.record is not None:
                 upstream[name] = p.record["outputs"]
+            elif p.state == RUN and preview:
+                p.notes = self.preview(p)
             plans.append(p)
         return plans
+
+    def preview(self, plan: StagePlan) -> list[str]:
+        """What the plugin says about a stage that would run on inputs that exist (``preview``)."""
+        spec = self.pipeline.stages[plan.name]
+        hook = getattr(self.registry.load(spec.uses).plugin, "preview", None)
+        if hook is None:
+            return []
+        inputs = {k: (v if spec.multiple.get(k) else (v[0] if v else None)) for k, v in plan.inputs.items()}
+        try:
+            return [str(line) for line in hook(inputs, spec.params)]
+        except TunepipeError as e:
+            return [f"(no preview: {e})"]
+        except Exception as e:  # noqa: BLE001 - a preview must never break planning
+            return [f"(no preview: {type(e).__name__}: {e})"]
 
 
 def stage_record(plan: StagePlan, outputs: Mapping[str, str], summary: Mapping[str, Any], duration: float,

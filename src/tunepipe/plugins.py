@@ -53,6 +53,17 @@ class Artifact:
         return sorted(p for p in self.path.rglob("*") if p.is_file())
 
 
+@dataclass(frozen=True)
+class ParamProblem:
+    """A problem a plugin finds across its parameters (what JSON Schema cannot say), for
+    ``check_params``. ``path`` is inside ``with:`` (e.g. ``("openai", "suffix")``); the spec error
+    points at that line of the pipeline file."""
+
+    path: tuple[str | int, ...]
+    message: str
+    hint: str = ""
+
+
 class Cancelled(Exception):
     """Raised by :meth:`StageContext.check_cancelled` when the run is being stopped (Ctrl-C)."""
 
@@ -63,7 +74,9 @@ class StageContext:
 
     Each output is a private, empty folder; the runner publishes it only after ``run`` returns.
     ``scratch`` survives a crash of this very stage run (same key): keep checkpoints or remote
-    job ids there to resume. ``log`` writes to the stage's log file.
+    job ids there to resume. ``shared(area)`` is a folder of the cache for derived files any stage
+    may reuse across runs (a model converted once); name files by content and publish them by
+    rename. ``log`` writes to the stage's log file.
     """
 
     stage: str
@@ -74,6 +87,15 @@ class StageContext:
     threads: int = 1
     _cancel: threading.Event = field(default_factory=threading.Event, repr=False)
     _progress: Callable[[str], None] | None = field(default=None, repr=False)
+    _shared: Callable[[str], Path] | None = field(default=None, repr=False)
+
+    def shared(self, area: str) -> Path:
+        """A cache folder for derived files reused across stages and runs (e.g. ``models``)."""
+        if self._shared is None:
+            path = self.scratch / "shared" / area  # a context without a cache (tests): stay private
+            path.mkdir(parents=True, exist_ok=True)
+            return path
+        return self._shared(area)
 
     def output(self, name: str) -> Path:
         """The folder to write output ``name`` into."""
@@ -116,6 +138,13 @@ class StagePlugin(Protocol):
 
     ``run`` reads its inputs, writes each output into ``ctx.output(name)``, and returns a small
     JSON-able summary (counts, metrics) that the runner shows and records.
+
+    Optional methods (looked up with ``getattr``; a plugin without them works):
+        ``check_params(params) -> Sequence[ParamProblem]``: cross-field checks on the parameters
+            (defaults applied) after they pass the schema; reported by ``validate`` and ``run``
+            like schema errors, with file and line.
+        ``preview(inputs, params) -> list[str]``: lines ``run --dry-run`` shows for the stage
+            when its inputs already exist (e.g. a cost estimate); must not change anything.
     """
 
     name: str

@@ -120,6 +120,7 @@ def plan_lines(plans: list[StagePlan], width: int) -> list[tuple[str, str]]:
             out.append((f"✓ {p.name:<{width}}  cached", "cyan"))
         elif p.state == "run":
             out.append((f"▶ {p.name:<{width}}  will run: {'; '.join(p.reasons)}", "yellow"))
+            out.extend((f"  {'':<{width}}  {note}", "bright_black") for note in p.notes)
         else:
             out.append((f"… {p.name:<{width}}  will run if its inputs change ({'; '.join(p.reasons)})", "yellow"))
     return out

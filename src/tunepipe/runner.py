@@ -104,7 +104,7 @@ def run(pipeline: Pipeline, store: LocalStore, registry: Registry, opts: RunOpti
     if not opts.dry_run:
         store.sweep_leftovers(say=reporter.message)
     if opts.dry_run:
-        plans = planner.plan(selected, forced)
+        plans = planner.plan(selected, forced, preview=True)
         reporter.plan(plans)
         stages = {p.name: StageOutcome(p.name, p.state, p.key, reasons=p.reasons) for p in plans}
         outcome = RunOutcome(pipeline.name, stages, "planned", time.monotonic() - t_start)

@@ -341,3 +341,26 @@ def test_analyses_are_remembered_across_runs_but_not_for_files_just_edited(tmp_p
     fp.load_memo(memo)
     st = mod.stat()
     assert (str(mod), st.st_size, st.st_mtime_ns) in fp._by_file
+
+
+def test_fingerprinting_imports_nothing(make_pkg) -> None:
+    """Following ``from PKG.sub.heavy import name`` must not run ``PKG.sub``'s code: a cached
+    rerun would pay for the heavy libraries that code imports (numpy, torch)."""
+    pkg = make_pkg()
+    pkg.write("sub/__init__.py", "raise RuntimeError('imported sub')\n")
+    pkg.write("sub/heavy.py", "raise RuntimeError('imported heavy')\nX = 1\n")
+    pkg.write("plugin.py", "from PKG.sub.heavy import X\n")
+    first = pkg.fp()
+    assert not any(m.startswith(f"{pkg.name}.") for m in sys.modules)
+    pkg.write("sub/heavy.py", "raise RuntimeError('imported heavy')\nX = 2\n")
+    assert pkg.fp() != first  # and the module was still followed
+
+
+def test_namespace_subpackages_are_followed(make_pkg) -> None:
+    """A folder without ``__init__.py`` inside the plugin's package is still its own code."""
+    pkg = make_pkg()
+    pkg.write("ns/helper.py", "RATE = 1\n")
+    pkg.write("plugin.py", "from PKG.ns.helper import RATE\n")
+    before = pkg.fp()
+    pkg.write("ns/helper.py", "RATE = 2\n")
+    assert pkg.fp() != before

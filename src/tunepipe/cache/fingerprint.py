@@ -59,13 +59,47 @@ def save_memo(file: Path) -> None:
 
 
 def _origin(module: str) -> Path | None:
-    try:
-        spec = importlib.util.find_spec(module)
-    except Exception:  # finding a submodule runs its parent package, which may fail in any way
+    """The source file of ``module`` (None for a namespace package, an extension, a name that is
+    no module), found without importing anything."""
+    found = _locate(module)
+    return found if isinstance(found, Path) else None
+
+
+def _locate(module: str) -> Path | list[str] | None:
+    """A module's source file, or a namespace package's folders.
+
+    ``importlib.util.find_spec("a.b.c")`` imports ``a.b`` (and so numpy, torch, ... when ``a.b``
+    imports them), which a cached rerun must not pay for: submodules are looked up as files in
+    their parent package's folders instead (``from x import name`` also asks about ``x.name``).
+    """
+    parent, _, last = module.rpartition(".")
+    if not parent:
+        try:
+            spec = importlib.util.find_spec(module)
+        except Exception:  # noqa: BLE001 - a broken finder or a half-installed package
+            return None
+        if spec is None:
+            return None
+        if spec.origin and spec.origin.endswith(".py"):
+            return Path(spec.origin)
+        if spec.origin is None and spec.submodule_search_locations is not None:
+            return list(spec.submodule_search_locations)  # a namespace package
         return None
-    if spec is None or not spec.origin or not spec.origin.endswith(".py"):
+    package = _locate(parent)
+    if isinstance(package, Path):
+        if package.name != "__init__.py":
+            return None  # the parent is a module: ``last`` is one of its attributes
+        folders = [package.parent]
+    elif package:
+        folders = [Path(f) for f in package]
+    else:
         return None
-    return Path(spec.origin)
+    for folder in folders:
+        for candidate in (folder / f"{last}.py", folder / last / "__init__.py"):
+            if candidate.is_file():
+                return candidate
+    subfolders = [str(f / last) for f in folders if (f / last).is_dir()]
+    return subfolders or None
 
 
 def _package_of(module: str, path: Path) -> str:

@@ -7,6 +7,7 @@ Layout under the cache root::
     locks/                 per-key locks and their owner files
     tmp/<key>.<pid>.<n>/   a running stage's private output folders (never read by others)
     scratch/<key>/         a stage's checkpoints; survives a crash of that key, removed on success
+    shared/<area>/         derived files reused by any stage (e.g. a packaged model converted once)
     state/<pipeline>.json  the last key of each stage of a pipeline (for status and --explain)
     runs/<pipeline>/       run records and stage logs
     compiled/              validated specs (see tunepipe.spec)
@@ -51,6 +52,7 @@ class Store(Protocol):
     def staging(self, key: str) -> Path: ...
     def clear_staging(self, key: str) -> None: ...
     def scratch(self, key: str) -> Path: ...
+    def shared(self, area: str) -> Path: ...
     def publish(self, folder: Path) -> str: ...
     def lock(self, key: str, what: str, say: Callable[[str], None]) -> KeyLock: ...
 
@@ -173,6 +175,13 @@ class LocalStore:
 
     def scratch(self, key: str) -> Path:
         path = self.root / "scratch" / key
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def shared(self, area: str) -> Path:
+        """A folder for derived files any stage may reuse (content-named by its writer, who writes
+        under a temporary name and renames, so a reader never sees half a file)."""
+        path = self.root / "shared" / area
         path.mkdir(parents=True, exist_ok=True)
         return path
 

@@ -69,11 +69,15 @@ def compile_document(doc: Document, path: Path, registry: Registry, overrides: t
             continue
         where = lambda rel, n=name, u=loaded.uses: (  # noqa: E731
             f"stage '{n}' (plugin {u})" + (f" parameter '{'.'.join(map(str, rel))}'" if rel else ""))
-        problems.extend(schema.check(doc, params, loaded.plugin.params_schema, base, where, noun="parameter"))
+        found = schema.check(doc, params, loaded.plugin.params_schema, base, where, noun="parameter")
+        problems.extend(found)
         problems.extend(_secret_problems(doc, params, base))
+        full = schema.with_defaults(loaded.plugin.params_schema, params)
+        if not found:
+            problems.extend(_plugin_problems(doc, name, loaded, full, base))
         inputs, multiple = _inputs(doc, name, raw, loaded, plugins, stage_names, resolver, path.parent, problems)
         stages[name] = StageSpec(
-            name=name, uses=loaded.uses, params=schema.with_defaults(loaded.plugin.params_schema, params),
+            name=name, uses=loaded.uses, params=full,
             inputs=inputs, multiple=multiple, outputs=tuple(loaded.plugin.outputs),
             position=doc.position(("stages", name), key=True))
     problems.extend(resolver.problems)
@@ -85,6 +89,21 @@ def compile_document(doc: Document, path: Path, registry: Registry, overrides: t
     order = graph.topological_order(g, list(raw_stages))
     name = data.get("name") or path.stem
     return Pipeline(name=name, path=path, stages={n: stages[n] for n in order}, overrides=overrides)
+
+
+def _plugin_problems(doc: Document, stage: str, loaded: LoadedPlugin, params: dict[str, Any],
+                     base: JsonPath) -> list[Problem]:
+    """The plugin's own cross-field checks (``check_params``), placed at the named parameter."""
+    check = getattr(loaded.plugin, "check_params", None)
+    if check is None:
+        return []
+    try:
+        found = list(check(params))
+    except Exception as e:  # noqa: BLE001 - a broken plugin must not crash validation
+        return [doc.problem(("stages", stage, "uses"), f"plugin '{loaded.uses}' failed to check its parameters: "
+                            f"{type(e).__name__}: {e}", "this is a bug in the plugin: report it to its authors")]
+    return [doc.problem(base + tuple(p.path), f"stage '{stage}' (plugin {loaded.uses}) parameter "
+                        f"'{'.'.join(map(str, p.path))}': {p.message}", p.hint) for p in found]
 
 
 def _secret_problems(doc: Document, value: Any, path: JsonPath) -> list[Problem]:

@@ -35,18 +35,18 @@ from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from itertools import accumulate
 from dataclasses import dataclass
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from tunepipe.data import jsonl
-from tunepipe.data.dedupe import Deduper, Duplicate, band_keys, lsh_bands
 from tunepipe.data.normalize import FORMS, TextCleaner, dedupe_form, flag_names
 from tunepipe.data.parallel import ordered_map, worker_count
 from tunepipe.data.pii import KINDS, Redactor
 from tunepipe.data.tokens import OFFLINE_ENCODINGS
 from tunepipe.errors import StageInputError, UserError
 from tunepipe.plugins import Artifact, Port, StageContext
+
+if TYPE_CHECKING:  # numpy and the dedupe index load when the stage runs, not to plan a cached rerun
+    from tunepipe.data.dedupe import Deduper, Duplicate
 
 # Reasons a record is dropped (the keys of report.json's "dropped_by_reason").
 EMPTY = "empty conversation"
@@ -498,6 +498,8 @@ def _work(task: Task) -> Batch:
         lines.append(dumps(cleaned))
     bands = sigs = has = None
     if w.hasher is not None:
+        from tunepipe.data.dedupe import band_keys
+
         full, has_words = w.hasher.signatures(near_texts)
         bands = band_keys(full, cfg.bands, cfg.rows)
         sigs = (full & 0xFFFF).astype("uint16")
@@ -551,6 +553,8 @@ def _config(params: Mapping[str, Any]) -> Config:
         encoding = by_model
     bands = rows = 0
     if params["dedupe"] == "near":
+        from tunepipe.data.dedupe import lsh_bands
+
         bands, rows = lsh_bands(params["near_threshold"], params["num_perm"])
     return Config(form=params["unicode_form"], whitespace=params["whitespace"],
                   max_blank_lines=params["max_blank_lines"], redact=tuple(k for k in KINDS if k in params["redact"]),
@@ -595,6 +599,10 @@ class Clean:
     packages: tuple[str, ...] = ("datasketch", "tiktoken")
 
     def run(self, ctx: StageContext, inputs: Mapping[str, Any], params: Mapping[str, Any]) -> dict[str, Any]:
+        import numpy as np
+
+        from tunepipe.data.dedupe import Deduper
+
         cfg = _config(params)
         deduper = Deduper(exact=cfg.dedupe != "none", near=cfg.dedupe == "near", threshold=params["near_threshold"],
                           num_perm=cfg.num_perm, bands=cfg.bands, max_index=params["max_index"])
