@@ -74,3 +74,26 @@ def test_the_live_view_is_chosen_only_for_an_interactive_terminal(monkeypatch) -
 def test_summaries_are_short_and_readable() -> None:
     assert format_summary({"records": 12345, "loss": 0.123456, "ok": True, "name": "x", "more": 1}) == \
         "records=12,345  loss=0.1235  ok=true  name=x"
+
+
+def test_plain_lines_show_a_long_stage_s_progress_now_and_then(monkeypatch) -> None:
+    import io
+
+    import tunepipe.progress as P
+
+    clock = [100.0]
+    monkeypatch.setattr(P.time, "monotonic", lambda: clock[0])
+    out = io.StringIO()
+    reporter = LineReporter(out, verbosity=0)
+    reporter.progress("train", "step 1/100")  # a short stage never prints its notes
+    clock[0] += 5
+    reporter.progress("train", "step 5/100")
+    assert out.getvalue() == ""
+    clock[0] += P.QUIET_PROGRESS_S
+    reporter.progress("train", "step 40/100 loss 1.23")
+    clock[0] += 1
+    reporter.progress("train", "step 41/100")
+    assert out.getvalue() == "      train: step 40/100 loss 1.23\n"
+    quiet = io.StringIO()
+    LineReporter(quiet, verbosity=-1).progress("train", "step 1")
+    assert quiet.getvalue() == ""

@@ -122,6 +122,27 @@ def test_added_and_removed_parameters_invalidate(project) -> None:
     assert 'because parameter tags removed (was ["x"])' in result.stderr
 
 
+def test_dry_run_shows_a_plugin_s_preview_of_a_stage_whose_inputs_exist(project) -> None:
+    project.write("in.txt", "four")
+    project.write("broken.txt", "broken")
+    project.spec(f"""\
+        stages:
+          a: {{uses: {L}, inputs: {{src: in.txt}}}}
+          b: {{uses: {L}, inputs: {{src: a.out}}}}
+          c: {{uses: {L}, inputs: {{src: broken.txt}}}}
+        """)
+    result = project.ok("run", "p.yaml", "--dry-run")
+    assert project.calls() == []
+    lines = result.stderr.splitlines()
+    at = lines.index(next(x for x in lines if x.startswith("  ▶ a ")))
+    assert lines[at + 1].strip() == "would measure 4 characters"
+    assert not any("would measure" in x for x in lines[at + 2:] if "b " in x)  # b's input does not exist yet
+    assert "(no preview: ValueError: cannot preview this)" in result.stderr  # a broken preview never stops a plan
+    assert "would measure" not in project.ok("status", "p.yaml").output  # status never runs previews
+    project.ok("run", "p.yaml")
+    assert "would measure" not in project.ok("run", "p.yaml", "--dry-run").stderr  # cached: nothing to preview
+
+
 def test_defaults_are_part_of_the_key_and_the_record(project) -> None:
     project.spec(f"stages:\n  a:\n    uses: {E}\n")
     project.ok("run", "p.yaml")
@@ -304,7 +325,9 @@ def test_secrets_never_reach_keys_records_or_logs(project, monkeypatch: pytest.M
     assert "p.yaml:4:18: error: this value holds the secret in $OPENAI_API_KEY" in result.stderr
     assert secret not in result.output
     project.spec(f"stages:\n  a:\n    uses: tp_testplugins:Leaky\n")
-    project.ok("run", "p.yaml")
+    result = project.ok("run", "p.yaml")
+    assert "a: estimated cost $0.12 (key <OPENAI_API_KEY>)" in result.stderr  # ctx.say: a line of its own
+    assert secret not in result.output
     everything = b"".join(p.read_bytes() for p in project.cache.rglob("*") if p.is_file())
     assert secret.encode() not in everything
     assert b"<OPENAI_API_KEY>" in everything  # the plugin's log line, redacted

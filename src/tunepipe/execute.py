@@ -98,13 +98,13 @@ def execute(job: StageJob, store: LocalStore, registry: Registry, cancel: thread
         if rec is not None:  # another process computed it while we waited for the lock
             return StageResult(job.stage, "cached", rec["outputs"], rec.get("summary", {}), log_path="")
         store.clear_staging(job.key)
-        return _run_locked(job, store, registry, cancel, progress)
+        return _run_locked(job, store, registry, cancel, progress, say)
     finally:
         lock.release()
 
 
 def _run_locked(job: StageJob, store: LocalStore, registry: Registry, cancel: threading.Event,
-                progress: Callable[[str], None]) -> StageResult:
+                progress: Callable[[str], None], say: Callable[[str], None]) -> StageResult:
     staging = store.staging(job.key)
     outputs = {name: staging / name for name in job.outputs}
     for folder in outputs.values():
@@ -112,7 +112,7 @@ def _run_locked(job: StageJob, store: LocalStore, registry: Registry, cancel: th
     logger, handler = _stage_logger(job)
     ctx = StageContext(stage=job.stage, key=job.key, outputs=outputs, scratch=store.scratch(job.key),
                        log=logger, threads=job.threads, _cancel=cancel, _progress=progress,
-                       _shared=store.shared)
+                       _shared=store.shared, _say=lambda text: say(f"{job.stage}: {redact(text)}"))
     inputs: dict[str, Any] = {}
     for name, refs in job.inputs.items():
         arts = [Artifact(Path(p), d, n) for p, d, n in refs]

@@ -88,6 +88,15 @@ class StageContext:
     _cancel: threading.Event = field(default_factory=threading.Event, repr=False)
     _progress: Callable[[str], None] | None = field(default=None, repr=False)
     _shared: Callable[[str], Path] | None = field(default=None, repr=False)
+    _say: Callable[[str], None] | None = field(default=None, repr=False)
+
+    def say(self, text: str) -> None:
+        """Tell the user something they must see now, as its own line of the run's output (and
+        the log): a cost estimate before a paid job starts, "resuming from step 40". Use
+        :meth:`progress` for what changes every second."""
+        self.log.info("%s", text)
+        if self._say is not None:
+            self._say(text)
 
     def shared(self, area: str) -> Path:
         """A cache folder for derived files reused across stages and runs (e.g. ``models``)."""

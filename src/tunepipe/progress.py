@@ -21,6 +21,8 @@ from tunepipe.spec.model import Pipeline
 _STYLE = {"cached": ("✓", "cyan"), "done": ("✓", "green"), "running": ("▶", "yellow"),
           "failed": ("✗", "red"), "skipped": ("-", "bright_black"), "cancelled": ("✗", "yellow"),
           "waiting": ("·", "bright_black")}
+QUIET_PROGRESS_S = 30.0
+
 _ANSI = {"cyan": "36", "green": "32", "yellow": "33", "red": "31", "bright_black": "90", "bold": "1"}
 
 
@@ -93,10 +95,18 @@ class LineReporter:
                 self._print(f"      log: {o.log_path}")
 
     def progress(self, stage: str, note: str) -> None:
-        if self.verbosity < 1:
+        """-v: every progress note, at most one a second. Default: nothing for a stage's first
+        ``QUIET_PROGRESS_S`` seconds, then a note that often, so a long training run in CI or a
+        pipe shows it is alive without flooding the log of short stages."""
+        if self.verbosity < 0:
             return
         now = time.monotonic()
-        if now - self._last_progress.get(stage, 0.0) >= 1.0:
+        if self.verbosity >= 1:
+            every = 1.0
+        else:
+            every = QUIET_PROGRESS_S
+            self._last_progress.setdefault(stage, now)  # the first note starts the clock
+        if now - self._last_progress.get(stage, 0.0) >= every:
             self._last_progress[stage] = now
             self._print(f"      {stage}: {note}")
 

@@ -78,6 +78,13 @@ class Length:
         (ctx.output("out") / "len.txt").write_text(str(n), encoding="utf-8")
         return {"length": n}
 
+    def preview(self, inputs: Mapping[str, Any], params: Mapping[str, Any]) -> list[str]:
+        """What --dry-run shows: computed from the input that exists (a cost estimate, say)."""
+        text = read_all(inputs["src"])
+        if text == "broken":
+            raise ValueError("cannot preview this")
+        return [f"would measure {len(text)} characters"]
+
 
 class Fail:
     name = "fail"
@@ -186,6 +193,7 @@ class Leaky:
     def run(self, ctx: StageContext, inputs: Mapping[str, Any], params: Mapping[str, Any]) -> dict[str, Any]:
         spy(ctx)
         ctx.log.info("calling the API with key %s", os.environ["OPENAI_API_KEY"])
+        ctx.say(f"estimated cost $0.12 (key {os.environ['OPENAI_API_KEY']})")
         (ctx.output("out") / "x").write_text("x")
         return {"used_key": os.environ["OPENAI_API_KEY"][:3]}
 

@@ -45,7 +45,10 @@ LOCAL_ONLY = ("learning_rate", "lora", "max_seq_length", "gradient_accumulation"
               "weight_decay", "max_grad_norm", "eval_every", "save_every", "merge", "device", "threads")
 
 def _auto_or(kind: dict[str, Any], description: str) -> dict[str, Any]:
-    return {"anyOf": [kind, {"const": "auto"}, {"type": "null"}], "default": None, "description": description}
+    """A number (with the bounds in ``kind``), "auto", or null; one schema rather than an anyOf so
+    that a wrong value gets the plain message ("0 is less than the minimum of 1")."""
+    return {**kind, "type": [kind["type"], "string", "null"], "pattern": "^auto$", "default": None,
+            "description": description}
 
 
 _LORA = {
@@ -69,10 +72,10 @@ _OPENAI = {
         "method": {"enum": ["supervised", "dpo"], "default": "supervised",
                    "description": "supervised on chat examples, or dpo on preference pairs (format target "
                                   "openai-dpo)."},
-        "learning_rate_multiplier": {"anyOf": [{"type": "number", "exclusiveMinimum": 0}, {"const": "auto"}],
-                                     "default": "auto"},
-        "beta": {"anyOf": [{"type": "number", "exclusiveMinimum": 0}, {"const": "auto"}], "default": "auto",
-                 "description": "DPO only: how strongly the model is held to the reference."},
+        "learning_rate_multiplier": {"type": ["number", "string"], "exclusiveMinimum": 0, "pattern": "^auto$",
+                                     "default": "auto", "description": "A number or auto (the API's choice)."},
+        "beta": {"type": ["number", "string"], "exclusiveMinimum": 0, "pattern": "^auto$", "default": "auto",
+                 "description": "DPO only: how strongly the model is held to the reference (or auto)."},
         "suffix": {"type": ["string", "null"], "maxLength": 64, "default": None,
                    "description": "Part of the fine-tuned model's name (default: derived from the stage)."},
         "api_key_env": {"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_]*$", "default": "OPENAI_API_KEY",
