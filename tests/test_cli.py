@@ -288,6 +288,16 @@ def test_show_lists_artifact_files_with_sizes_and_record_counts(project) -> None
     assert info["summary"] == {"records": 2, "rejected": 1, "files": 1, "rejected_by_reason": {"bad_json": 1}}
 
 
+def test_show_prints_the_plugin_s_own_account_of_its_results(project) -> None:
+    project.write("in.txt", "four")
+    project.spec("stages:\n  a: {uses: 'tp_testplugins:Length', inputs: {src: in.txt}}\n")
+    project.ok("run", "p.yaml")
+    out = project.ok("show", "p.yaml", "a").stdout.splitlines()
+    folder = json.loads(project.ok("show", "p.yaml", "a", "--json").stdout)["outputs"]["out"]["path"]
+    assert out[2:6] == ["  summary: length=4", "  length table:", "  | chars | 4 |", f"  report: {folder}/len.txt"]
+    assert json.loads(project.ok("show", "p.yaml", "a", "--json").stdout)["details"].startswith("length table:")
+
+
 def test_show_of_a_stale_stage_says_why(chain) -> None:
     chain.ok("run", "p.yaml")
     chain.spec(SPEC.replace('text: "-a"', 'text: "-x"'))

@@ -74,9 +74,22 @@ def stage_artifacts(session: Session, stage: str) -> dict[str, Any]:
         folder = session.store.object_path(digest)
         files = sorted(p for p in folder.rglob("*") if p.is_file())
         outputs[name] = {"digest": digest, "path": str(folder), "files": [_file_info(f, folder) for f in files]}
+    details = _details(session, stage, {n: Path(o["path"]) for n, o in outputs.items()}, record.get("summary", {}))
     return {"stage": stage, "key": record["key"], "current": current,
             "stale_because": [] if current else plan.reasons, "created": record.get("created"),
-            "duration_s": record.get("duration_s"), "summary": record.get("summary", {}), "outputs": outputs}
+            "duration_s": record.get("duration_s"), "summary": record.get("summary", {}), "outputs": outputs,
+            "details": details}
+
+
+def _details(session: Session, stage: str, outputs: dict[str, Path], summary: dict[str, Any]) -> str:
+    """The plugin's own account of its results (optional ``describe`` hook), e.g. a metrics table."""
+    hook = getattr(session.registry.load(session.pipeline.stages[stage].uses).plugin, "describe", None)
+    if hook is None:
+        return ""
+    try:
+        return str(hook(outputs, summary))
+    except Exception as e:  # noqa: BLE001 - show must still show where the artifacts are
+        return f"(no details: {type(e).__name__}: {e})"
 
 
 def describe_artifacts(info: dict[str, Any]) -> str:
@@ -84,6 +97,8 @@ def describe_artifacts(info: dict[str, Any]) -> str:
     lines = [f"stage {info['stage']}: {state}", f"  key {info['key']}"]
     if info["summary"]:
         lines.append("  summary: " + ", ".join(f"{k}={json.dumps(v)}" for k, v in info["summary"].items()))
+    if info.get("details"):
+        lines.extend("  " + line if line else "" for line in info["details"].splitlines())
     for name, out in info["outputs"].items():
         lines.append(f"  output {name}: {out['path']}")
         for f in out["files"]:

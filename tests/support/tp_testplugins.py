@@ -85,6 +85,11 @@ class Length:
             raise ValueError("cannot preview this")
         return [f"would measure {len(text)} characters"]
 
+    def describe(self, outputs: Mapping[str, Any], summary: Mapping[str, Any]) -> str:
+        """What `pipeline show` adds: read from the published artifact."""
+        n = (outputs["out"] / "len.txt").read_text(encoding="utf-8")
+        return f"length table:\n| chars | {n} |\nreport: {outputs['out'] / 'len.txt'}"
+
 
 class Fail:
     name = "fail"
