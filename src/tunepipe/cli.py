@@ -57,6 +57,7 @@ def cli() -> None:
     pipeline run pipelines/sarcasm.yaml        run what changed
     pipeline status pipelines/sarcasm.yaml     what is fresh, what is stale, and why
     pipeline dag pipelines/sarcasm.yaml        the stage graph
+    pipeline init my-project                   start a new project
     """
 
 
@@ -88,6 +89,8 @@ def run(file: str, stages: tuple[str, ...], overrides: tuple[str, ...], cache_di
 
     signal.signal(signal.SIGTERM, _interrupt)  # stop like Ctrl-C: finished stages are kept
     session = open_session(file, overrides, cache_dir)
+    stages = tuple(session.pipeline.expand_names(stages))  # a matrix stage as written: all its branches
+    force = tuple(session.pipeline.expand_names(force))
     opts = RunOptions(targets=stages, force_all="*" in force, force=[f for f in force if f != "*"], jobs=jobs,
                       keep_going=keep_going, dry_run=dry_run, explain=explain, argv=sys.argv[1:])
     reporter = make_reporter(verbosity=-1 if quiet else (1 if verbose else 0), explain=explain)
@@ -132,7 +135,7 @@ def status(file: str, stages: tuple[str, ...], overrides: tuple[str, ...], cache
     from tunepipe.session import open_session
 
     session = open_session(file, overrides, cache_dir)
-    selected = resolve_selection(session.pipeline, stages, ())
+    selected = resolve_selection(session.pipeline, session.pipeline.expand_names(stages), ())
     planner = Planner(session.pipeline, session.store, session.registry)
     plans = planner.plan(selected, set())
     planner.save()
@@ -173,16 +176,65 @@ def dag(file: str, overrides: tuple[str, ...], fmt: str | None) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print every plugin with its full parameter schema as JSON.")
 @_errors
 def stages_cmd(names: tuple[str, ...], as_json: bool) -> None:
-    """List installed stage plugins with their inputs, outputs and parameters."""
+    """List installed stage plugins: package, inputs, outputs, parameters.
+
+    With NAMEs (an installed name or package.module:Name), show each in full, with an example
+    stage to paste into a pipeline.
+    """
     from tunepipe.describe import describe_plugin, plugin_json
     from tunepipe.registry import Registry
 
-    registry = Registry(search_paths=[Path.cwd()])  # so a project's own `module:Name` plugins are found
+    here = [Path.cwd()]
+    registry = Registry(search_paths=here)  # so a project's own `module:Name` plugins are found
     loaded = [registry.load(n) for n in (names or registry.names())]
     if as_json:
-        click.echo(json.dumps([plugin_json(lp) for lp in loaded], indent=2))
+        click.echo(json.dumps([plugin_json(lp, here) for lp in loaded], indent=2))
     else:
-        click.echo("\n\n".join(describe_plugin(lp) for lp in loaded))
+        click.echo("\n\n".join(describe_plugin(lp, here, full=bool(names)) for lp in loaded))
+
+
+@cli.command("schema")
+@click.option("-o", "--output", metavar="FILE", type=click.Path(dir_okay=False),
+              help="Write the schema to FILE (default: print it).")
+@_errors
+def schema_cmd(output: str | None) -> None:
+    """Write the JSON Schema of pipeline files, with every installed plugin's parameters.
+
+    \b
+    Point your editor at it with a first line in the pipeline file:
+      # yaml-language-server: $schema=pipeline.schema.json
+    """
+    from tunepipe.registry import Registry
+    from tunepipe.spec.export import export_schema
+
+    text = json.dumps(export_schema(Registry(search_paths=[Path.cwd()])), indent=2) + "\n"
+    if output is None:
+        click.echo(text, nl=False)
+        return
+    from tunepipe.cache.atomic import write_bytes
+
+    Path(output).absolute().parent.mkdir(parents=True, exist_ok=True)
+    write_bytes(Path(output), text.encode("utf-8"))
+    click.echo(f"wrote {output}", err=True)
+
+
+@cli.command("init")
+@click.argument("directory", default=".", type=click.Path(file_okay=False))
+@_errors
+def init_cmd(directory: str) -> None:
+    """Start a project in DIRECTORY (default: here): a commented pipeline, sample data, a .gitignore
+    and the editor schema. Never overwrites a file."""
+    from tunepipe.registry import Registry
+    from tunepipe.scaffold import init_project
+    from tunepipe.spec.export import export_schema
+
+    target = Path(directory)
+    schema_text = json.dumps(export_schema(Registry()), indent=2) + "\n"
+    written = init_project(target, schema_text)
+    for p in written:
+        click.echo(f"created {p}")
+    spec = target / "pipeline.yaml"
+    click.echo(f"next: pipeline run {spec}", err=True)
 
 
 @cli.command()

@@ -122,14 +122,43 @@ def _quote(text: str) -> str:
     return '"' + text.replace('"', '\\"') + '"'
 
 
+def _groups(stages: Mapping[str, StageSpec]) -> dict[str, list[str]]:
+    """Matrix stages as written -> their branches (in order)."""
+    out: dict[str, list[str]] = {}
+    for n, spec in stages.items():
+        if spec.group:
+            out.setdefault(spec.group, []).append(n)
+    return out
+
+
+def _matrix_label(stages: Mapping[str, StageSpec], group: str, members: list[str]) -> str:
+    keys: dict[str, None] = {}
+    for m in members:
+        keys.update(dict.fromkeys(stages[m].matrix))
+    return f"{group} (matrix: {', '.join(keys)}; {len(members)} branches)"
+
+
 def render_dot(stages: Mapping[str, StageSpec], name: str) -> str:
+    """Graphviz DOT; the branches of a matrix stage are drawn in a box (a cluster) named after it."""
     lines = [f"digraph {_quote(name)} {{", "  rankdir=LR;", "  node [shape=box];"]
     files = sorted({src for src, _, _ in _edges(stages) if src.startswith("file:")})
     for f in files:
         lines.append(f"  {_quote(f)} [shape=note, label={_quote(f[5:])}];")
-    for n, spec in stages.items():
-        label = n + "\\n(" + spec.uses + ")"
-        lines.append(f"  {_quote(n)} [label={_quote(label)}];")
+    groups = _groups(stages)
+    grouped = {m for members in groups.values() for m in members}
+
+    def node(n: str, indent: str = "  ") -> str:
+        label = n + "\\n(" + stages[n].uses + ")"
+        return f"{indent}{_quote(n)} [label={_quote(label)}];"
+
+    for i, (group, members) in enumerate(groups.items()):
+        lines.append(f"  subgraph {_quote(f'cluster_{i}')} {{")
+        lines.append(f"    label={_quote(_matrix_label(stages, group, members))};")
+        lines.extend(node(m, "    ") for m in members)
+        lines.append("  }")
+    for n in stages:
+        if n not in grouped:
+            lines.append(node(n))
     for src, dst, label in _edges(stages):
         lines.append(f"  {_quote(src)} -> {_quote(dst)} [label={_quote(label)}];")
     lines.append("}")
@@ -137,14 +166,22 @@ def render_dot(stages: Mapping[str, StageSpec], name: str) -> str:
 
 
 def render_mermaid(stages: Mapping[str, StageSpec]) -> str:
+    """A Mermaid flowchart; the branches of a matrix stage are drawn in a subgraph named after it."""
     ids: dict[str, str] = {}
 
     def node_id(n: str) -> str:
         return ids.setdefault(n, f"n{len(ids)}")
 
     lines = ["flowchart LR"]
+    groups = _groups(stages)
+    grouped = {m for members in groups.values() for m in members}
+    for i, (group, members) in enumerate(groups.items()):
+        lines.append(f'  subgraph g{i}["{_matrix_label(stages, group, members)}"]')
+        lines.extend(f'    {node_id(m)}["{m} ({stages[m].uses})"]' for m in members)
+        lines.append("  end")
     for n, spec in stages.items():
-        lines.append(f'  {node_id(n)}["{n} ({spec.uses})"]')
+        if n not in grouped:
+            lines.append(f'  {node_id(n)}["{n} ({spec.uses})"]')
     for src, _, _ in _edges(stages):
         if src.startswith("file:") and src not in ids:
             lines.append(f'  {node_id(src)}[/"{src[5:]}"/]')

@@ -81,9 +81,11 @@ class Reporter(Protocol):
 
 
 def resolve_selection(pipeline: Pipeline, targets: Sequence[str], force: Sequence[str]) -> list[str]:
-    """The targets and what they need; unknown names are a user error with a suggestion."""
+    """The targets and what they need; unknown names are a user error with a suggestion. A matrix
+    stage's written name stands for all its branches."""
     import difflib
 
+    targets, force = pipeline.expand_names(list(targets)), pipeline.expand_names(list(force))
     for name in list(targets) + list(force):
         if name not in pipeline.stages:
             close = difflib.get_close_matches(name, list(pipeline.stages), n=1)
@@ -98,7 +100,7 @@ def run(pipeline: Pipeline, store: LocalStore, registry: Registry, opts: RunOpti
     """Run (or, with ``dry_run``, only plan) the selected stages."""
     t_start = time.monotonic()
     selected = resolve_selection(pipeline, opts.targets, opts.force)
-    forced = set(selected) if opts.force_all else set(opts.force)
+    forced = set(selected) if opts.force_all else set(pipeline.expand_names(list(opts.force)))
     planner = Planner(pipeline, store, registry)
     reporter.start(pipeline, selected, str(store.root))
     if not opts.dry_run:

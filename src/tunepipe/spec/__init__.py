@@ -3,13 +3,16 @@
 A validated spec is stored under the cache's ``compiled/`` folder, keyed by the spec's bytes,
 its path, the ``-S`` overrides and a stamp of the validation code itself. A rerun of an
 unchanged spec reuses it after checking that each plugin's identity, version and parameter
-schema are unchanged, so it imports neither jsonschema nor networkx (together ~0.35 s here).
+schema are unchanged and that every included file still has the content it was validated
+with (by size and mtime, else by its SHA-256), so it imports neither yaml, jsonschema nor
+networkx (together ~0.35 s here).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 from tunepipe import __version__
@@ -18,7 +21,7 @@ from tunepipe.spec.model import InputRef, Pipeline, StageSpec
 
 __all__ = ["InputRef", "Pipeline", "StageSpec", "load_pipeline", "check_files"]
 
-_FORMAT = 1
+_FORMAT = 2
 
 
 def check_files(pipeline: Pipeline) -> None:
@@ -78,7 +81,7 @@ def load_pipeline(path: Path, registry: Registry, overrides: tuple[str, ...] = (
     doc = load_text(decode(raw, display or str(path)), display or str(path)) if raw is not None else \
         load_file(path, display)
     pipeline = compile_document(doc, path, registry, overrides)
-    if compiled_dir is not None and fingerprint:
+    if compiled_dir is not None and fingerprint and pipeline.sources is not None:
         stamps = {s.uses: _plugin_stamp(registry, s.uses) for s in pipeline.stages.values()}
         _store(compiled_dir / f"{fingerprint}.json", {"pipeline": pipeline.to_json(), "plugins": stamps})
     return pipeline
@@ -90,12 +93,32 @@ def _reuse(file: Path, registry: Registry) -> Pipeline | None:
     except (OSError, ValueError):
         return None
     try:
+        if stored["pipeline"].get("sources", []) is None or not _sources_unchanged(stored["pipeline"]["sources"]):
+            return None
         for uses, stamp in stored["plugins"].items():
             if _plugin_stamp(registry, uses) != stamp:
                 return None
         return Pipeline.from_json(stored["pipeline"])
     except Exception:  # a plugin that no longer loads, an old format: validate from scratch
         return None
+
+
+def _sources_unchanged(sources: list[list]) -> bool:
+    """Whether every included file still holds what it held at validation (stat first, then bytes)."""
+    for path, size, mtime_ns, digest in sources:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return False
+        if st.st_size == size and st.st_mtime_ns == mtime_ns:
+            continue
+        try:
+            with open(path, "rb") as f:
+                if hashlib.sha256(f.read()).hexdigest() != digest:
+                    return False
+        except OSError:
+            return False
+    return True
 
 
 def _store(file: Path, payload: dict) -> None:

@@ -32,7 +32,7 @@ def file_problem(ref: InputRef, root: Path, stage_names: list[str], stage: str, 
                 f"and no such file", f"did you mean stage '{close[0]}'? stages: {', '.join(stage_names)}")
     what = "no file matches the pattern" if GLOB_CHARS & set(ref.text) else "the file does not exist"
     return (f"input '{input_name}' of stage '{stage}': {what} '{ref.text}' (looked in {root})",
-            "paths are relative to the pipeline file; to read a stage's output write 'stage.output'")
+            "paths are relative to the file they are written in; to read a stage's output write 'stage.output'")
 
 
 def check_files(pipeline: Pipeline) -> None:

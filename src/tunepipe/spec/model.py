@@ -44,6 +44,8 @@ class StageSpec:
     multiple: dict[str, bool]  # input name -> the plugin port takes a list
     outputs: tuple[str, ...]
     position: Position
+    group: str = ""  # for a branch of a matrix stage: the stage as written (``train``)
+    matrix: dict[str, str] = field(default_factory=dict)  # its matrix values, as labels in the name
 
     def upstream(self) -> list[str]:
         """Names of the stages this one reads from (in first-use order, no repeats)."""
@@ -58,13 +60,15 @@ class StageSpec:
         p = self.position
         return {"name": self.name, "uses": self.uses, "params": self.params,
                 "inputs": {k: [r.to_json() for r in v] for k, v in self.inputs.items()},
-                "multiple": self.multiple, "outputs": list(self.outputs), "pos": [p.source, p.line, p.column]}
+                "multiple": self.multiple, "outputs": list(self.outputs), "pos": [p.source, p.line, p.column],
+                "group": self.group, "matrix": self.matrix}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> StageSpec:
         return cls(name=d["name"], uses=d["uses"], params=d["params"],
                    inputs={k: [InputRef.from_json(r) for r in v] for k, v in d["inputs"].items()},
-                   multiple=d["multiple"], outputs=tuple(d["outputs"]), position=Position(*d["pos"]))
+                   multiple=d["multiple"], outputs=tuple(d["outputs"]), position=Position(*d["pos"]),
+                   group=d.get("group", ""), matrix=d.get("matrix", {}))
 
 
 @dataclass
@@ -75,6 +79,8 @@ class Pipeline:
     path: Path  # the spec file, absolute
     stages: dict[str, StageSpec]  # in topological order
     overrides: tuple[str, ...] = field(default=())
+    # the included files as [path, size, mtime_ns, sha256] (None: one cannot be checked cheaply)
+    sources: tuple[list[Any], ...] | None = field(default=())
 
     @property
     def root(self) -> Path:
@@ -84,6 +90,22 @@ class Pipeline:
     @property
     def order(self) -> list[str]:
         return list(self.stages)
+
+    def groups(self) -> dict[str, list[str]]:
+        """Matrix stages as written (``train``) -> their branches, in order."""
+        out: dict[str, list[str]] = {}
+        for name, s in self.stages.items():
+            if s.group:
+                out.setdefault(s.group, []).append(name)
+        return out
+
+    def expand_names(self, names: list[str] | tuple[str, ...]) -> list[str]:
+        """Stage names with the name of a matrix stage as written replaced by all its branches."""
+        groups = self.groups()
+        out: list[str] = []
+        for n in names:
+            out.extend(groups[n] if n in groups and n not in self.stages else [n])
+        return out
 
     def deps(self) -> dict[str, list[str]]:
         return {name: s.upstream() for name, s in self.stages.items()}
@@ -97,10 +119,13 @@ class Pipeline:
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "path": str(self.path), "overrides": list(self.overrides),
-                "stages": [s.to_json() for s in self.stages.values()]}
+                "stages": [s.to_json() for s in self.stages.values()],
+                "sources": None if self.sources is None else [list(x) for x in self.sources]}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Pipeline:
         stages = [StageSpec.from_json(s) for s in d["stages"]]
+        sources = d.get("sources", [])
         return cls(name=d["name"], path=Path(d["path"]), overrides=tuple(d["overrides"]),
-                   stages={s.name: s for s in stages})
+                   stages={s.name: s for s in stages},
+                   sources=None if sources is None else tuple(list(x) for x in sources))

@@ -3,6 +3,10 @@
 A value that is exactly ``${vars.x}`` takes the variable's type (a number stays a number);
 inside a longer string it is formatted as text. ``$${`` writes a literal ``${``. Variables may
 use other variables; a loop is an error.
+
+Templates (``${params.x}``) and matrix stages (``${matrix.x}``) use the same syntax; they are
+substituted first, by :func:`interpolate`, which leaves every other reference (and ``$${``) as
+written for the final ``${vars...}`` pass.
 """
 
 from __future__ import annotations
@@ -10,12 +14,66 @@ from __future__ import annotations
 import difflib
 import json
 import re
+from collections.abc import Callable, Collection
 from typing import Any
 
 from tunepipe.errors import Position, Problem
 from tunepipe.spec.yamlpos import Document, JsonPath, load_text
 
 _REF = re.compile(r"\$\$\{|\$\{([^}]*)\}")
+
+
+def interpolate(text: str, namespaces: Collection[str], lookup: Callable[[str], Any],
+                not_text: Callable[[str, Any], None]) -> tuple[Any, str | None]:
+    """Substitute the ``${ns....}`` references whose namespace is in ``namespaces``.
+
+    Returns ``(value, expr)``: ``expr`` is the reference when ``text`` was exactly one substituted
+    reference (the value then keeps its type), else None. Other references and ``$${`` stay as
+    written. ``not_text(expr, value)`` is told about a list or mapping placed inside a string.
+    """
+    whole = _REF.fullmatch(text)
+    if whole and whole.group(0) != "$${":
+        expr = whole.group(1).strip()
+        if expr.split(".")[0] in namespaces:
+            return lookup(expr), expr
+        return text, None
+
+    def sub(m: re.Match[str]) -> str:
+        if m.group(0) == "$${":
+            return m.group(0)
+        expr = m.group(1).strip()
+        if expr.split(".")[0] not in namespaces:
+            return m.group(0)
+        value = lookup(expr)
+        if isinstance(value, (dict, list)):
+            not_text(expr, value)
+            return ""
+        return value if isinstance(value, str) else json.dumps(value)
+
+    return _REF.sub(sub, text), None
+
+
+def has_reference(value: Any, namespace: str) -> bool:
+    """Whether a ``${namespace....}`` reference occurs anywhere in ``value``."""
+    if isinstance(value, dict):
+        return any(has_reference(v, namespace) for v in value.values())
+    if isinstance(value, list):
+        return any(has_reference(v, namespace) for v in value)
+    if isinstance(value, str) and "${" in value:
+        return any(m.group(0) != "$${" and m.group(1).strip().split(".")[0] == namespace
+                   for m in _REF.finditer(value))
+    return False
+
+
+def escape(value: Any) -> Any:
+    """Write every ``${`` of already-resolved text as ``$${`` (so a later pass keeps it literal)."""
+    if isinstance(value, dict):
+        return {k: escape(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [escape(v) for v in value]
+    if isinstance(value, str) and "${" in value:
+        return value.replace("${", "$${")
+    return value
 
 
 class VarResolver:
@@ -57,6 +115,18 @@ class VarResolver:
 
     def _lookup(self, expr: str, path: JsonPath, chain: tuple[str, ...]) -> Any:
         parts = expr.split(".")
+        if parts[0] == "matrix":
+            self.problems.append(self.doc.problem(
+                path, f"'${{{expr}}}' is used where there is no matrix",
+                "${matrix.KEY} works in a stage that has its own `matrix:` (in `with`, `inputs` and `params`); "
+                "a template's `stage:` sees only ${params.NAME}: pass the value as a parameter"))
+            return None
+        if parts[0] == "params":
+            self.problems.append(self.doc.problem(
+                path, f"'${{{expr}}}' is used outside a template",
+                "${params.NAME} works only inside a template's `stage:` (see `templates:`); "
+                "elsewhere use ${vars.NAME}"))
+            return None
         if parts[0] != "vars" or len(parts) < 2 or not all(parts):
             self.problems.append(self.doc.problem(
                 path, f"'${{{expr}}}' is not a variable reference",
@@ -143,6 +213,9 @@ def apply_overrides(doc: Document, overrides: tuple[str, ...]) -> list[Problem]:
         else:
             close = difflib.get_close_matches(parts[0], list(stages) + ["vars"], n=1)
             hint = f"did you mean '{close[0]}'? " if close else ""
+            if "@" in parts[0]:
+                hint = (f"an override changes a stage as written in the file: -S {parts[0].split('@')[0]}.PARAM=VALUE "
+                        "sets it for every branch of its matrix; ")
             problems.append(Problem(pos, f"the override names no stage '{parts[0]}'",
                                     f"{hint}stages: {', '.join(stages)}".strip()))
             continue

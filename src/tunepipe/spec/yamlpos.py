@@ -58,13 +58,28 @@ class _Loader(Reader, Scanner, Parser, Composer, _Core12Resolver):
 
 @dataclass
 class Document:
-    """Loaded YAML: the data, the text (for excerpts), and node positions by JSON path."""
+    """Loaded YAML: the data, the text (for excerpts), and node positions by JSON path.
+
+    A pipeline assembled from several files (``include:``) is one Document whose positions name
+    the file each value was written in; ``texts`` holds every file's text (for excerpts), ``via``
+    the chain of ``include:`` lines through which a file was reached, and ``bases`` the folder
+    relative paths written in that file are resolved against.
+    """
 
     source: str
     text: str
     data: Any
     values: dict[JsonPath, Position] = field(default_factory=dict)
     keys: dict[JsonPath, Position] = field(default_factory=dict)
+    texts: dict[str, str] = field(default_factory=dict)
+    via: dict[str, tuple[Position, ...]] = field(default_factory=dict)
+    bases: dict[str, Path] = field(default_factory=dict)
+
+    def excerpt(self, pos: Position) -> tuple[str, ...]:
+        """The offending line with a caret, then the include chain that reached its file."""
+        text = self.text if pos.source == self.source else self.texts.get(pos.source, "")
+        lines = excerpt_at(text, pos) if text else ()
+        return lines + tuple(f"  included from {p}" for p in self.via.get(pos.source, ()))
 
     def position(self, path: JsonPath, *, key: bool = False) -> Position:
         """The position of the node at ``path`` (of its key if ``key``), or of its nearest parent."""
@@ -80,7 +95,10 @@ class Document:
 
     def problem(self, path: JsonPath, message: str, hint: str = "", *, key: bool = False) -> Problem:
         pos = self.position(path, key=key)
-        return Problem(pos, message, hint, excerpt_at(self.text, pos))
+        return Problem(pos, message, hint, self.excerpt(pos))
+
+    def problem_at(self, pos: Position, message: str, hint: str = "") -> Problem:
+        return Problem(pos, message, hint, self.excerpt(pos))
 
 
 def _pos(source: str, mark: yaml.Mark) -> Position:
