@@ -65,6 +65,15 @@ class Project:
         return subprocess.Popen([sys.executable, "-m", "tunepipe", *args], cwd=self.root, env=full_env, **options)
 
 
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Path:
+    """A tiny random Llama on the real SmolLM2 tokenizer (built once, kept in pytest's cache)."""
+    from tiny_model import tiny_model_dir
+
+    cache = getattr(request.config, "cache", None)  # None with -p no:cacheprovider
+    return tiny_model_dir(tmp_path_factory, cache=cache.mkdir("tunepipe-hf") if cache is not None else None)
+
+
 @pytest.fixture
 def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Project:
     monkeypatch.chdir(tmp_path)

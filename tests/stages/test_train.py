@@ -129,4 +129,4 @@ def test_the_stage_is_listed_with_both_backends(project) -> None:
     data = json.loads(project.ok("stages", "--json").stdout)
     train = next(s for s in data if s["name"] == "train")
     assert train["params_schema"]["properties"]["backend"]["enum"] == ["local", "openai"]
-    assert set(train["inputs"]) == {"train", "validation"} and set(train["outputs"]) == {"model"}
+    assert set(train["inputs"]) == {"train", "validation", "base_model"} and set(train["outputs"]) == {"model"}

@@ -110,9 +110,9 @@ class Train:
                         "description": "local: transformers + PEFT on this machine (offline); openai: the "
                                        "OpenAI fine-tuning API."},
             "model": {"type": ["string", "null"], "minLength": 1, "default": None,
-                      "description": "local: a packaged model (smollm2-135m-instruct, the default), a Hugging "
-                                     "Face model id in the local HF cache, or a folder; openai: a model that "
-                                     "can be fine-tuned (default gpt-4o-mini-2024-07-18)."},
+                      "description": "local: a packaged model (smollm2-135m-instruct, the default) or a Hugging "
+                                     "Face model id in the local HF cache (a folder: the base_model input); "
+                                     "openai: a model that can be fine-tuned (default gpt-4o-mini-2024-07-18)."},
             "epochs": _auto_or({"type": "integer", "minimum": 1}, "Passes over the training data (local default 3; "
                                "openai default auto)."),
             "batch_size": _auto_or({"type": "integer", "minimum": 1}, "Examples per step (local default 8; "
@@ -148,7 +148,9 @@ class Train:
         },
     }
     inputs = {"train": Port("training examples: split.train (train.jsonl) or a JSONL file"),
-              "validation": Port("validation examples: split.validation (for validation loss)", optional=True)}
+              "validation": Port("validation examples: split.validation (for validation loss)", optional=True),
+              "base_model": Port("local: a folder holding a Hugging Face model to start from (instead of "
+                                 "model:); its content enters the cache key", optional=True)}
     outputs = {"model": Port("model.json (a model reference the evaluate stage loads or calls), metrics.json, "
                              "loss.csv; local: adapter/, tokenizer/ (with the chat template), merged/")}
     packages: tuple[str, ...] = ("torch", "transformers", "peft")
@@ -161,6 +163,15 @@ class Train:
             ctx.log.info("the validation input is empty: no validation loss")
             validation = None
         out = ctx.output("model")
+        base: Artifact | None = inputs.get("base_model")
+        if base is not None:
+            if p["backend"] != "local":
+                raise UserError(f"stage '{ctx.stage}': the base_model input is a local model folder, for "
+                                "backend: local; OpenAI fine-tunes the model named by model:")
+            if not base.path.is_dir():
+                raise UserError(f"stage '{ctx.stage}': base_model ({base.name}) must be a folder holding a "
+                                "Hugging Face model (config.json and weights)")
+            p["model"] = str(base.path)
         if p["backend"] == "local":
             from tunepipe.hf.trainer import train_local
 
@@ -215,8 +226,15 @@ def check_params(params: Mapping[str, Any]) -> list[ParamProblem]:
                              "remove it; the OpenAI backend's settings go under openai: (e.g. "
                              "learning_rate_multiplier)")
                 for k in LOCAL_ONLY if params.get(k, defaults[k]) != defaults[k]]
-    return [ParamProblem(("openai", k), "only applies to backend: openai", "remove it or set backend: openai")
-            for k, v in (params.get("openai") or {}).items() if v != defaults["openai"].get(k)]
+    problems = [ParamProblem(("openai", k), "only applies to backend: openai", "remove it or set backend: openai")
+                for k, v in (params.get("openai") or {}).items() if v != defaults["openai"].get(k)]
+    model = params.get("model") or ""
+    if model.startswith(("./", "../", "~", ".\\", "..\\")):
+        problems.append(ParamProblem(("model",), f"'{model}' is a relative folder, which would be read from "
+                                     "wherever pipeline runs",
+                                     "give the folder as an input instead: inputs: {base_model: " + model + "} "
+                                     "(relative to this file; its content then enters the cache key)"))
+    return problems
 
 
 def _jsonl(art: Artifact | None, port: str, stage: str) -> Path | None:

@@ -1,0 +1,87 @@
+"""Helpers of the local backend's tests (imported by the test modules; fixtures are in conftest)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+
+class Notes:
+    """The progress notes a run showed."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def __call__(self, note: str) -> None:
+        self.lines.append(note)
+
+
+def make_ctx(root: Path, name: str = "train", shared: Path | None = None, threads: int = 1) -> Any:
+    """A StageContext like the runner's: scratch and shared folders on disk, a logger, notes."""
+    from tunepipe.plugins import StageContext
+
+    scratch = root / "scratch"
+    scratch.mkdir(parents=True, exist_ok=True)
+    shared_root = shared if shared is not None else root / "shared"
+
+    def area(a: str) -> Path:
+        p = shared_root / a
+        p.mkdir(parents=True, exist_ok=True)
+        return p
+
+    log = logging.getLogger(f"tunepipe.test.{name}.{root.name}")
+    log.setLevel(logging.INFO)
+    notes = Notes()
+    ctx = StageContext(stage=name, key="k" * 16, outputs={"model": root / "out"}, scratch=scratch, log=log,
+                       threads=threads, _progress=notes, _shared=area)
+    ctx.notes = notes  # type: ignore[attr-defined]  # read back in tests
+    return ctx
+
+
+SYSTEM = "Marv is a factual chatbot that is also sarcastic."
+QA = [
+    ("What's the capital of France?", "Paris, as if everyone doesn't know that already."),
+    ("Who wrote 'Romeo and Juliet'?", "Oh, just some guy named William Shakespeare."),
+    ("How far is the Moon?", "Around 384,400 kilometers. Pack a lunch."),
+    ("What is 2 + 2?", "Four. Did you need a calculator for that?"),
+    ("Who painted the Mona Lisa?", "Leonardo da Vinci, in case you were wondering."),
+    ("What is the boiling point of water?", "100 degrees Celsius at sea level. Shocking, I know."),
+    ("How many legs does a spider have?", "Eight. Count them if you dare."),
+    ("What's the largest ocean?", "The Pacific. It's rather hard to miss."),
+]
+
+
+def chat(q: str, a: str, **extra: Any) -> dict[str, Any]:
+    return {"messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": q},
+                         {"role": "assistant", "content": a}], **extra}
+
+
+def chats(n: int, offset: int = 0) -> list[dict[str, Any]]:
+    out = []
+    for i in range(n):
+        q, a = QA[(i + offset) % len(QA)]
+        out.append(chat(f"{q} (#{i + offset})", a))
+    return out
+
+
+def write_jsonl(path: Path, records: Iterable[Mapping[str, Any] | str]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        f.writelines((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in records)
+    return path
+
+
+def params(model: Path | str, **over: Any) -> dict[str, Any]:
+    """The train stage's parameters with the schema's defaults, tuned small for the tiny model."""
+    base: dict[str, Any] = {
+        "model": str(model), "epochs": 2, "batch_size": 2, "learning_rate": 5e-3, "seed": 7,
+        "lora": {"r": 4, "alpha": 8, "dropout": 0.1, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]},
+        "max_seq_length": 256, "gradient_accumulation": 1, "schedule": "linear", "warmup": 0.1,
+        "weight_decay": 0.0, "max_grad_norm": 1.0, "eval_every": 0, "save_every": 0, "merge": False,
+        "device": "cpu", "threads": 1,
+    }
+    base.update(over)
+    return base
