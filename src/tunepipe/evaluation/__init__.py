@@ -1,0 +1,20 @@
+"""The evaluate stage's parts: the fine-tuned model against its base on held-out examples.
+
+* :mod:`~tunepipe.evaluation.examples`: held-out examples -> (prompt messages, reference reply).
+* :mod:`~tunepipe.evaluation.generate`: replies from a local model (batched, left padding, the
+  artifact's chat template, the same decoding and seed for base and tuned).
+* :mod:`~tunepipe.evaluation.remote`: replies from an OpenAI model (bounded concurrency, retries,
+  rate limits; usage and latency recorded).
+* :mod:`~tunepipe.evaluation.store`: replies kept per side (resume after a crash, reuse across runs).
+* :mod:`~tunepipe.evaluation.metrics` and :mod:`~tunepipe.evaluation.semantic`: per-example scores
+  (definitions in :data:`tunepipe.evaluation.metrics.DEFINITIONS`).
+* :mod:`~tunepipe.evaluation.judge`: an optional OpenAI judge scoring replies against a rubric.
+* :mod:`~tunepipe.evaluation.bootstrap`: aggregate numbers with percentile-bootstrap intervals,
+  paired for the base-vs-tuned differences.
+* :mod:`~tunepipe.evaluation.gates`: regression gates (``tuned.rouge_l - base.rouge_l >= 0.05``).
+* :mod:`~tunepipe.evaluation.report_html` / :mod:`~tunepipe.evaluation.report_md`: the reports.
+* :mod:`~tunepipe.evaluation.run`: the stage's run, tying these together.
+
+Heavy libraries (torch, transformers, sentence-transformers, rouge-score, sacrebleu, openai, numpy)
+are imported inside functions only: planning and validating a pipeline never loads them.
+"""
