@@ -8,7 +8,7 @@ import re
 import urllib.request
 
 import pytest
-from conftest import MODEL, Ctx, chaos_client, chat_example, make_params, write_jsonl
+from openai_helpers import MODEL, Ctx, chaos_client, chat_example, make_params, write_jsonl
 
 from tunepipe.errors import StageFailed, UserError
 from tunepipe.openai_ft.backend import train_openai

@@ -12,7 +12,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import KEY, Ctx, make_params
+from openai_helpers import KEY, Ctx, make_params
 
 from tunepipe.openai_ft.backend import train_openai
 from tunepipe.openai_ft.state import load

@@ -10,7 +10,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import MODEL, chat_example, dpo_example, make_params, write_jsonl
+from openai_helpers import MODEL, chat_example, dpo_example, make_params, write_jsonl
 
 from tunepipe.errors import StageFailed, UserError
 from tunepipe.openai_ft import config, results, state

@@ -111,6 +111,8 @@ def test_train_then_evaluate_locally_through_the_cli(project: Any, tiny_model: P
     assert "loss-chart" in (report / "report.html").read_text()  # the train artifact's loss curve
     shown = project.ok("show", "p.yaml", "evaluate").stdout
     assert "report.html" in shown and "gates=" in shown
+    assert "  | metric | base | tuned | Δ tuned − base | |" in shown  # the headline table
+    assert "  - PASS `tuned.rouge_l <= 1`" in shown and f"  report: {report / 'report.html'}" in shown
 
     # a gate that cannot hold: exit 1, the gate and its numbers, and where the report went
     spec(["tuned.length_ratio >= 0", "tuned.rouge_l - base.rouge_l >= 0.9"])

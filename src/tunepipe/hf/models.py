@@ -12,6 +12,7 @@ A model spec is one of:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -20,7 +21,7 @@ import shutil
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -199,6 +200,26 @@ def _complete(dest: Path) -> bool:
     return (dest / CONVERTED_MARKER).is_file() and (dest / "config.json").is_file()
 
 
+@contextlib.contextmanager
+def _no_tqdm() -> Iterator[None]:
+    """transformers' GGUF reader draws a tqdm bar straight onto the terminal (not through its
+    logging switch, and tqdm reads TQDM_DISABLE only when imported), which would tear the run's
+    stage view: give that module a silent tqdm while converting."""
+    import functools
+
+    import transformers.modeling_gguf_pytorch_utils as gguf_utils
+
+    original = getattr(gguf_utils, "tqdm", None)
+    if original is None:
+        yield
+        return
+    gguf_utils.tqdm = functools.partial(original, disable=True)
+    try:
+        yield
+    finally:
+        gguf_utils.tqdm = original
+
+
 def convert_gguf(gguf: Path, out: Path, say: Callable[[str], None] | None = None) -> None:
     """Dequantize a GGUF chat model into a float32 Hugging Face folder (model + tokenizer).
 
@@ -212,9 +233,10 @@ def convert_gguf(gguf: Path, out: Path, say: Callable[[str], None] | None = None
         say(f"converting {gguf.name} to a Hugging Face model (once)")
     folder, name = str(gguf.parent), gguf.name
     try:
-        tok = AutoTokenizer.from_pretrained(folder, gguf_file=name, local_files_only=True)
-        loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, local_files_only=True,
-                                                      dtype=torch.float32)
+        with _no_tqdm():
+            tok = AutoTokenizer.from_pretrained(folder, gguf_file=name, local_files_only=True)
+            loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, local_files_only=True,
+                                                          dtype=torch.float32)
     except (OSError, ValueError, KeyError, RuntimeError) as e:
         raise UserError(f"cannot read the GGUF model {gguf}: {e}. It must be a chat model of an "
                         "architecture transformers can dequantize (llama, mistral, qwen2, ...)") from None

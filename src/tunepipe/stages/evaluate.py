@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from tunepipe.plugins import ParamProblem, Port, StageContext
@@ -146,6 +147,14 @@ class Evaluate:
 
     def check_params(self, params: Mapping[str, Any]) -> list[ParamProblem]:
         return check_params(params)
+
+    def describe(self, outputs: Mapping[str, Path], summary: Mapping[str, Any]) -> str:
+        """For ``pipeline show``: report.md up to its worst-regressions list (the headline table
+        and the gates), and where the HTML report is."""
+        folder = outputs["report"]
+        text = (folder / "report.md").read_text(encoding="utf-8")
+        head = text.split("\n## Worst regressions", 1)[0].split("\n## Generation", 1)[0].rstrip()
+        return f"{head}\n\nreport: {folder / 'report.html'}"
 
 
 def check_params(params: Mapping[str, Any]) -> list[ParamProblem]:
