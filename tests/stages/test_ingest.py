@@ -179,8 +179,8 @@ def test_an_unknown_on_error_value_is_a_spec_error(project) -> None:
 def test_the_shipped_sarcasm_pipeline_runs(project) -> None:
     # the pipeline and its data belong to the main job and change with it: check what ingest guarantees
     shutil.copytree(PIPELINES, project.root / "pipelines", ignore=shutil.ignore_patterns(".tunepipe"))
-    result = project.ok("run", "pipelines/sarcasm.yaml")
-    assert "pipeline sarcasm:" in result.stderr and "ingest    done" in result.stderr
+    result = project.ok("run", "pipelines/sarcasm.yaml", "ingest")  # the whole job: tests/test_shipped_pipelines.py
+    assert "pipeline sarcasm: 1 stage" in result.stderr and "ingest    done" in result.stderr
     info = json.loads(project.ok("show", "pipelines/sarcasm.yaml", "ingest", "--json").stdout)
     folder = Path(info["outputs"]["records"]["path"])
     assert folder.is_relative_to(project.root / "pipelines" / ".tunepipe")
