@@ -24,6 +24,12 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     tp_testplugins.CALLS.clear()
 
 
+def _default_sigint() -> None:
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Project:
     """A pipeline project in a temporary folder, run through the real CLI."""
 
@@ -61,7 +67,10 @@ class Project:
     def subprocess(self, *args: str, env: dict[str, str] | None = None, **kw) -> subprocess.Popen:
         """``pipeline ARGS`` as a separate process (for kill -9 and concurrency tests)."""
         full_env = {**os.environ, "PYTHONPATH": str(SUPPORT), "NO_COLOR": "1", **(env or {})}
-        options = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True, **kw}
+        # Ctrl-C must reach the child even when the test run itself was started in the background,
+        # where the shell ignores SIGINT and children would inherit that.
+        options = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True,
+                   "preexec_fn": _default_sigint, **kw}
         return subprocess.Popen([sys.executable, "-m", "tunepipe", *args], cwd=self.root, env=full_env, **options)
 
 
