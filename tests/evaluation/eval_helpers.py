@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
-import logging
 import shutil
 import struct
 import zlib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
+
+import stage_ctx
 
 SYSTEM = "Marv is a factual chatbot that is also sarcastic."
 QA = [
@@ -39,36 +40,9 @@ def write_jsonl(path: Path, records: Iterable[Mapping[str, Any] | str]) -> Path:
     return path
 
 
-class Notes:
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-
-    def __call__(self, note: str) -> None:
-        self.lines.append(note)
-
-
 def make_ctx(root: Path, name: str = "evaluate", shared: Path | None = None) -> Any:
-    """A StageContext like the runner's: output, scratch and shared folders on disk, a logger."""
-    from tunepipe.plugins import StageContext
-
-    scratch = root / "scratch"
-    scratch.mkdir(parents=True, exist_ok=True)
-    out = root / "out"
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
-    shared_root = shared if shared is not None else root / "shared"
-
-    def area(a: str) -> Path:
-        p = shared_root / a
-        p.mkdir(parents=True, exist_ok=True)
-        return p
-
-    log = logging.getLogger(f"tunepipe.test.{name}.{root.name}")
-    log.setLevel(logging.INFO)
-    ctx = StageContext(stage=name, key="k" * 16, outputs={"report": out}, scratch=scratch, log=log, threads=1,
-                       _progress=Notes(), _shared=area)
-    return ctx
+    """A StageContext like the runner's, with the evaluate stage's output ``report``."""
+    return stage_ctx.make_ctx(root, name, "report", shared)
 
 
 def params(**over: Any) -> dict[str, Any]:

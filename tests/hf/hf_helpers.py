@@ -3,42 +3,16 @@
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-
-class Notes:
-    """The progress notes a run showed."""
-
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-
-    def __call__(self, note: str) -> None:
-        self.lines.append(note)
+import stage_ctx
 
 
 def make_ctx(root: Path, name: str = "train", shared: Path | None = None, threads: int = 1) -> Any:
-    """A StageContext like the runner's: scratch and shared folders on disk, a logger, notes."""
-    from tunepipe.plugins import StageContext
-
-    scratch = root / "scratch"
-    scratch.mkdir(parents=True, exist_ok=True)
-    shared_root = shared if shared is not None else root / "shared"
-
-    def area(a: str) -> Path:
-        p = shared_root / a
-        p.mkdir(parents=True, exist_ok=True)
-        return p
-
-    log = logging.getLogger(f"tunepipe.test.{name}.{root.name}")
-    log.setLevel(logging.INFO)
-    notes = Notes()
-    ctx = StageContext(stage=name, key="k" * 16, outputs={"model": root / "out"}, scratch=scratch, log=log,
-                       threads=threads, _progress=notes, _shared=area)
-    ctx.notes = notes  # type: ignore[attr-defined]  # read back in tests
-    return ctx
+    """A StageContext like the runner's, with the train stage's output ``model``."""
+    return stage_ctx.make_ctx(root, name, "model", shared, threads)
 
 
 SYSTEM = "Marv is a factual chatbot that is also sarcastic."
