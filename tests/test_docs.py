@@ -33,3 +33,14 @@ def test_the_documented_plugin_runs_in_the_documented_pipeline(project) -> None:
         assert len(reply.split()) <= 12
     listing = project.ok("stages", "tp_shortreplies:ShortReplies").stdout
     assert "max_words: integer = 20" in listing
+
+
+def test_ci_runs_exactly_the_readme_s_test_command() -> None:
+    root = Path(__file__).parents[1]
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    block = readme.split("# install and run the tests", 1)[1].split("```", 1)[0]
+    command = [line for line in block.splitlines()[1:] if line.strip()][0].strip()
+    ci = [line for line in (root / ".ci" / "run").read_text(encoding="utf-8").splitlines()
+          if line.strip() and not line.startswith(("#", "set ", "cd "))]
+    assert ci == [command]
+    assert command.endswith(".venv/bin/python -m pytest")  # not `|| true`: a failure or no tests fails CI
