@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import stage_ctx
+from marv_qa import QA as MARV_QA
+from marv_qa import SYSTEM, chat  # noqa: F401  (the tests import them from here)
 
 
 def make_ctx(root: Path, name: str = "train", shared: Path | None = None, threads: int = 1) -> Any:
@@ -15,22 +17,7 @@ def make_ctx(root: Path, name: str = "train", shared: Path | None = None, thread
     return stage_ctx.make_ctx(root, name, "model", shared, threads)
 
 
-SYSTEM = "Marv is a factual chatbot that is also sarcastic."
-QA = [
-    ("What's the capital of France?", "Paris, as if everyone doesn't know that already."),
-    ("Who wrote 'Romeo and Juliet'?", "Oh, just some guy named William Shakespeare."),
-    ("How far is the Moon?", "Around 384,400 kilometers. Pack a lunch."),
-    ("What is 2 + 2?", "Four. Did you need a calculator for that?"),
-    ("Who painted the Mona Lisa?", "Leonardo da Vinci, in case you were wondering."),
-    ("What is the boiling point of water?", "100 degrees Celsius at sea level. Shocking, I know."),
-    ("How many legs does a spider have?", "Eight. Count them if you dare."),
-    ("What's the largest ocean?", "The Pacific. It's rather hard to miss."),
-]
-
-
-def chat(q: str, a: str, **extra: Any) -> dict[str, Any]:
-    return {"messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": q},
-                         {"role": "assistant", "content": a}], **extra}
+QA = MARV_QA[:6]
 
 
 def chats(n: int, offset: int = 0) -> list[dict[str, Any]]:
