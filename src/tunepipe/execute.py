@@ -17,13 +17,23 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-from tunepipe.cache.store import LocalStore
+from tunepipe.cache.store import Store
 from tunepipe.errors import TunepipeError, UserError
 from tunepipe.plugins import Artifact, Cancelled, StageContext
 from tunepipe.redact import redact
 from tunepipe.registry import Registry
+
+
+class InputRef(NamedTuple):
+    """One input artifact as plain data. ``stored``: a published stage output, which a worker on
+    another node finds by ``digest`` in its store (``path`` is where the driver sees it)."""
+
+    path: str
+    digest: str
+    name: str
+    stored: bool = False
 
 
 @dataclass
@@ -35,12 +45,14 @@ class StageJob:
     key: str
     parts: dict[str, Any]
     params: dict[str, Any]
-    inputs: dict[str, list[tuple[str, str, str]]]  # input -> [(path, digest, name)]
+    inputs: dict[str, list[InputRef]]
     multiple: dict[str, bool]
     outputs: list[str]
     log_path: str
     threads: int = 1
     force: bool = False  # run even if the key is already recorded (--force)
+    engine: str = "local"  # where it runs: "local" (this machine) or "ray" (a Ray task); see StageContext
+    resources: dict[str, Any] = field(default_factory=dict)  # what the stage asks for: cpus, gpus, memory
 
 
 @dataclass
@@ -53,6 +65,8 @@ class StageResult:
     error: str = ""
     user_error: bool = False
     log_path: str = ""
+    node: str = ""  # which node ran it (a Ray node id; empty on the local executor)
+    attempts: int = 1  # how many times it was started (a cluster retries a task whose node died)
 
 
 def crashpoint(name: str) -> None:
@@ -77,18 +91,18 @@ def _stage_logger(job: StageJob) -> tuple[logging.Logger, logging.Handler]:
     return logger, handler
 
 
-def _file_identity(inputs: dict[str, list[tuple[str, str, str]]], store_root: Path) -> dict[str, tuple[int, int]]:
+def _file_identity(inputs: dict[str, list[InputRef]]) -> dict[str, tuple[int, int]]:
     out = {}
     for refs in inputs.values():
-        for path, _, _ in refs:
+        for path, _, _, stored in refs:
             p = Path(path)
-            if store_root not in p.parents and p.is_file():
+            if not stored and p.is_file():
                 st = p.stat()
                 out[path] = (st.st_size, st.st_mtime_ns)
     return out
 
 
-def execute(job: StageJob, store: LocalStore, registry: Registry, cancel: threading.Event,
+def execute(job: StageJob, store: Store, registry: Registry, cancel: threading.Event,
             progress: Callable[[str], None], say: Callable[[str], None]) -> StageResult:
     """Run ``job`` unless another process already has (then reuse its result)."""
     lock = store.lock(job.key, f"stage '{job.stage}'", say)
@@ -103,7 +117,7 @@ def execute(job: StageJob, store: LocalStore, registry: Registry, cancel: thread
         lock.release()
 
 
-def _run_locked(job: StageJob, store: LocalStore, registry: Registry, cancel: threading.Event,
+def _run_locked(job: StageJob, store: Store, registry: Registry, cancel: threading.Event,
                 progress: Callable[[str], None], say: Callable[[str], None]) -> StageResult:
     staging = store.staging(job.key)
     outputs = {name: staging / name for name in job.outputs}
@@ -112,12 +126,13 @@ def _run_locked(job: StageJob, store: LocalStore, registry: Registry, cancel: th
     logger, handler = _stage_logger(job)
     ctx = StageContext(stage=job.stage, key=job.key, outputs=outputs, scratch=store.scratch(job.key),
                        log=logger, threads=job.threads, _cancel=cancel, _progress=progress,
-                       _shared=store.shared, _say=lambda text: say(f"{job.stage}: {redact(text)}"))
+                       _shared=store.shared, _say=lambda text: say(f"{job.stage}: {redact(text)}"),
+                       engine=job.engine)
     inputs: dict[str, Any] = {}
     for name, refs in job.inputs.items():
-        arts = [Artifact(Path(p), d, n) for p, d, n in refs]
+        arts = [Artifact(store.fetch(d) if stored else Path(p), d, n) for p, d, n, stored in refs]
         inputs[name] = arts if job.multiple.get(name) else (arts[0] if arts else None)
-    before = _file_identity(job.inputs, store.root)
+    before = _file_identity(job.inputs)
     started = time.time()
     t0 = time.monotonic()
     result = StageResult(job.stage, "failed", log_path=job.log_path)

@@ -77,6 +77,10 @@ class StageContext:
     job ids there to resume. ``shared(area)`` is a folder of the cache for derived files any stage
     may reuse across runs (a model converted once); name files by content and publish them by
     rename. ``log`` writes to the stage's log file.
+
+    ``engine`` says where the stage runs: ``"local"`` (the local executor) or ``"ray"`` (a task on
+    a Ray cluster, connected to it): a plugin may then spread its work over the cluster (Ray Data
+    blocks, Ray Train workers). Its artifacts must not depend on the engine.
     """
 
     stage: str
@@ -85,6 +89,7 @@ class StageContext:
     scratch: Path
     log: logging.Logger
     threads: int = 1
+    engine: str = "local"
     _cancel: threading.Event = field(default_factory=threading.Event, repr=False)
     _progress: Callable[[str], None] | None = field(default=None, repr=False)
     _shared: Callable[[str], Path] | None = field(default=None, repr=False)

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 from tunepipe.cache.store import LocalStore
 from tunepipe.errors import UserError
-from tunepipe.execute import StageJob, StageResult
+from tunepipe.execute import InputRef, StageJob, StageResult
 from tunepipe.executor import Executor, LocalExecutor
 from tunepipe.graph import select
 from tunepipe.plan import CACHED, Planner, StagePlan
@@ -193,7 +193,9 @@ class _Scheduler:
                 job = StageJob(
                     stage=name, uses=self.pipeline.stages[name].uses, key=plan.key or "", parts=plan.parts or {},
                     params=self.pipeline.stages[name].params,
-                    inputs={k: [(str(a.path), a.digest, a.name) for a in v] for k, v in plan.inputs.items()},
+                    inputs={k: [InputRef(str(a.path), a.digest, a.name,
+                                              a.path == self.store.object_path(a.digest)) for a in v]
+                            for k, v in plan.inputs.items()},
                     multiple=self.pipeline.stages[name].multiple, outputs=list(self.pipeline.stages[name].outputs),
                     log_path=str(self.record.log_path(name)), threads=self.threads, force=name in self.forced)
                 self.reporter.stage(StageOutcome(name, "running", plan.key, reasons=plan.reasons))

@@ -49,10 +49,24 @@ class Store(Protocol):
     def record(self, key: str) -> dict[str, Any] | None: ...
     def put_record(self, key: str, record: dict[str, Any]) -> None: ...
     def object_path(self, digest: str) -> Path: ...
+    def fetch(self, digest: str) -> Path: ...
+    def location(self) -> str: ...
     def staging(self, key: str) -> Path: ...
     def clear_staging(self, key: str) -> None: ...
     def scratch(self, key: str) -> Path: ...
     def shared(self, area: str) -> Path: ...
+    def fetch(self, digest: str) -> Path:
+        """The local folder of a published object (a remote store downloads it first)."""
+        path = self.object_path(digest)
+        if not path.is_dir():
+            raise CacheError(f"the cache has no object {digest[:12]} (was it removed by 'cache gc'?); "
+                             "run the pipeline again to recompute it")
+        return path
+
+    def location(self) -> str:
+        """How another process (a cluster worker) opens this same cache: ``open_store(location)``."""
+        return str(self.root)
+
     def publish(self, folder: Path) -> str: ...
     def lock(self, key: str, what: str, say: Callable[[str], None]) -> KeyLock: ...
 
@@ -138,6 +152,18 @@ class LocalStore:
     # objects -------------------------------------------------------------------------------
     def object_path(self, digest: str) -> Path:
         return _shard(self.root / "objects", digest)
+
+    def fetch(self, digest: str) -> Path:
+        """The local folder of a published object (a remote store downloads it first)."""
+        path = self.object_path(digest)
+        if not path.is_dir():
+            raise CacheError(f"the cache has no object {digest[:12]} (was it removed by 'cache gc'?); "
+                             "run the pipeline again to recompute it")
+        return path
+
+    def location(self) -> str:
+        """How another process (a cluster worker) opens this same cache: ``open_store(location)``."""
+        return str(self.root)
 
     def publish(self, folder: Path) -> str:
         """Move a finished output folder into the store under its digest; returns the digest."""
