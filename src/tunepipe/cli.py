@@ -69,8 +69,12 @@ def _interrupt(_signum: int, _frame: Any) -> None:
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.argument("stages", nargs=-1)
 @_spec_options
-@click.option("-j", "--jobs", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Run up to N independent stages at once.")
+@click.option("-j", "--jobs", type=click.IntRange(min=1), default=None,
+              help="Run up to N independent stages at once (default: 1; with Ray: as many as the cluster fits).")
+@click.option("--executor", type=click.Choice(["local", "ray"]), default=None,
+              help="Where stages run: this machine, or one Ray task each (default: the file's `executor:`, else local).")
+@click.option("--address", metavar="ADDR", default=None,
+              help="The Ray cluster: HOST:PORT of its head, 'auto' or 'local' (implies --executor ray).")
 @click.option("--force", "force", multiple=True, is_flag=False, flag_value="*", metavar="[STAGE]",
               help="Rerun even if cached: all selected stages, or (repeatable --force=STAGE) the named ones.")
 @click.option("-n", "--dry-run", is_flag=True, help="Show the plan (cached or to run, and why); run nothing.")
@@ -79,8 +83,8 @@ def _interrupt(_signum: int, _frame: Any) -> None:
 @click.option("-q", "--quiet", is_flag=True, help="Print only failures and the result line.")
 @click.option("-v", "--verbose", is_flag=True, help="Print reasons, progress notes and the cache folder.")
 @_errors
-def run(file: str, stages: tuple[str, ...], overrides: tuple[str, ...], cache_dir: str | None, jobs: int,
-        force: tuple[str, ...], dry_run: bool, explain: bool, keep_going: bool, quiet: bool, verbose: bool) -> None:
+def run(file: str, stages: tuple[str, ...], overrides: tuple[str, ...], cache_dir: str | None, jobs: int | None,
+        executor: str | None, address: str | None, force: tuple[str, ...], dry_run: bool, explain: bool, keep_going: bool, quiet: bool, verbose: bool) -> None:
     """Run the pipeline FILE (or only STAGES and what they need), reusing cached results."""
     from tunepipe.progress import make_reporter
     from tunepipe.runner import RunOptions
@@ -92,7 +96,7 @@ def run(file: str, stages: tuple[str, ...], overrides: tuple[str, ...], cache_di
     stages = tuple(session.pipeline.expand_names(stages))  # a matrix stage as written: all its branches
     force = tuple(session.pipeline.expand_names(force))
     opts = RunOptions(targets=stages, force_all="*" in force, force=[f for f in force if f != "*"], jobs=jobs,
-                      keep_going=keep_going, dry_run=dry_run, explain=explain, argv=sys.argv[1:])
+                      executor=executor or "", address=address or "", keep_going=keep_going, dry_run=dry_run, explain=explain, argv=sys.argv[1:])
     reporter = make_reporter(verbosity=-1 if quiet else (1 if verbose else 0), explain=explain)
     outcome = run_pipeline(session.pipeline, session.store, session.registry, opts, reporter)
     if dry_run:
@@ -259,16 +263,23 @@ def cache() -> None:
 
 
 def _store(file: str | None, cache_dir: str | None) -> Any:
-    """The existing cache of FILE or --cache-dir; maintenance never creates one."""
-    from tunepipe.cache.store import LocalStore
+    """The existing cache of FILE or --cache-dir; maintenance never creates one. A cache on object
+    storage prints what verify / gc do there (``store.say``)."""
     from tunepipe.errors import UserError
-    from tunepipe.session import cache_root
+    from tunepipe.session import cache_location, open_store
 
-    root = cache_root(Path(file) if file else None, cache_dir)
-    if not (root / "objects").is_dir():
-        raise UserError(f"there is no tunepipe cache at {root}: name the pipeline file "
-                        "(its cache is .tunepipe next to it), or pass --cache-dir / set TUNEPIPE_CACHE")
-    return LocalStore(root)
+    location = cache_location(Path(file) if file else None, cache_dir)
+    hint = ("name the pipeline file (its cache is .tunepipe next to it), or pass --cache-dir / set "
+            "TUNEPIPE_CACHE")
+    if "://" not in location:
+        if not (Path(location) / "objects").is_dir():
+            raise UserError(f"there is no tunepipe cache at {location}: {hint}")
+        return open_store(location)
+    store = open_store(location)
+    if not store.is_cache():
+        raise UserError(f"there is no tunepipe cache at {store.location()} (no tunepipe-cache.json there): {hint}")
+    store.say = lambda text: click.echo(text, err=True)
+    return store
 
 
 @cache.command()
@@ -280,7 +291,7 @@ def verify(file: str | None, cache_dir: str | None, repair: bool) -> None:
     """Recompute every artifact's digest; report corruption (exit 1 if any)."""
     store = _store(file, cache_dir)
     r = store.verify(repair=repair)
-    click.echo(f"checked {r.objects} artifacts and {r.records} records in {store.root}")
+    click.echo(f"checked {r.objects} artifacts and {r.records} records in {store.location()}")
     for d in r.corrupt:
         click.echo(f"corrupt: artifact {d} no longer matches its digest{' (removed)' if repair else ''}")
     for key, d in r.missing:

@@ -199,7 +199,7 @@ def stage_artifacts(session: Session, stage: str) -> dict[str, Any]:
                         f"run `pipeline run {spec} {stage}` first")
     outputs = {}
     for name, digest in record["outputs"].items():
-        folder = session.store.object_path(digest)
+        folder = session.store.fetch(digest)
         files = sorted(p for p in folder.rglob("*") if p.is_file())
         outputs[name] = {"digest": digest, "path": str(folder), "files": [_file_info(f, folder) for f in files]}
     details = _details(session, stage, {n: Path(o["path"]) for n, o in outputs.items()}, record.get("summary", {}))

@@ -66,7 +66,9 @@ class StageResult:
     user_error: bool = False
     log_path: str = ""
     node: str = ""  # which node ran it (a Ray node id; empty on the local executor)
+    node_ip: str = ""
     attempts: int = 1  # how many times it was started (a cluster retries a task whose node died)
+    lost_on: list[str] = field(default_factory=list)  # nodes of earlier attempts, lost mid-stage
 
 
 def crashpoint(name: str) -> None:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Protocol
 
-from tunepipe.cache.store import LocalStore
+from tunepipe.cache.store import Store
 from tunepipe.execute import StageJob, StageResult, execute
 from tunepipe.registry import Registry
 
@@ -25,7 +25,7 @@ class Executor(Protocol):
 class LocalExecutor:
     """Runs up to ``jobs`` stages at once on threads."""
 
-    def __init__(self, jobs: int, store: LocalStore, registry: Registry, cancel: threading.Event,
+    def __init__(self, jobs: int, store: Store, registry: Registry, cancel: threading.Event,
                  progress: Callable[[str, str], None], say: Callable[[str], None]) -> None:
         self._pool = ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="tunepipe-stage")
         self.store, self.registry, self.cancel = store, registry, cancel

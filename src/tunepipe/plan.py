@@ -16,7 +16,7 @@ from typing import Any
 from tunepipe.cache.atomic import canonical_json
 from tunepipe.cache.fingerprint import code_fingerprint, load_memo, save_memo
 from tunepipe.cache.keys import diff, key_parts, stage_key
-from tunepipe.cache.store import LocalStore
+from tunepipe.cache.store import Store
 from tunepipe.errors import TunepipeError, UserError
 from tunepipe.plugins import Artifact
 from tunepipe.records import PipelineState
@@ -66,7 +66,7 @@ def _package_versions(names: Iterable[str]) -> dict[str, str]:
 class Planner:
     """Computes keys and reasons; shared by the runner, ``status`` and ``--dry-run``."""
 
-    def __init__(self, pipeline: Pipeline, store: LocalStore, registry: Registry) -> None:
+    def __init__(self, pipeline: Pipeline, store: Store, registry: Registry) -> None:
         self.pipeline = pipeline
         self.store = store
         self.registry = registry
@@ -183,8 +183,11 @@ class Planner:
         hook = getattr(self.registry.load(spec.uses).plugin, "preview", None)
         if hook is None:
             return []
-        inputs = {k: (v if spec.multiple.get(k) else (v[0] if v else None)) for k, v in plan.inputs.items()}
         try:
+            fetched = {k: [Artifact(self.store.fetch(a.digest), a.digest, a.name)
+                           if a.path == self.store.object_path(a.digest) else a for a in v]
+                       for k, v in plan.inputs.items()}  # a remote cache downloads stored inputs first
+            inputs = {k: (v if spec.multiple.get(k) else (v[0] if v else None)) for k, v in fetched.items()}
             return [str(line) for line in hook(inputs, spec.params)]
         except TunepipeError as e:
             return [f"(no preview: {e})"]
@@ -199,5 +202,5 @@ def stage_record(plan: StagePlan, outputs: Mapping[str, str], summary: Mapping[s
             "summary": dict(summary), "duration_s": round(duration, 4), "created": started}
 
 
-def artifact_paths(store: LocalStore, outputs: Mapping[str, str]) -> dict[str, Path]:
+def artifact_paths(store: Store, outputs: Mapping[str, str]) -> dict[str, Path]:
     return {name: store.object_path(d) for name, d in outputs.items()}

@@ -159,6 +159,9 @@ class StagePlugin(Protocol):
             like schema errors, with file and line.
         ``preview(inputs, params) -> list[str]``: lines ``run --dry-run`` shows for the stage
             when its inputs already exist (e.g. a cost estimate); must not change anything.
+        ``resources(params) -> dict``: what the stage's own Ray task asks a cluster for (``cpus``,
+            ``gpus``, ``memory`` in bytes) before the spec's ``resources:``; e.g. train with
+            ``workers > 1`` returns ``{"cpus": 0}``: it only coordinates its Ray Train workers.
         ``describe(outputs, summary) -> str``: what ``pipeline show STAGE`` prints about finished
             results beyond the file list (e.g. a metrics table and the report's path); ``outputs``
             maps output names to their (read-only) folders.

@@ -83,6 +83,8 @@ class LineReporter:
         line = f"  {self._c(mark, color)} {o.name:<{self.width}}  {o.status:<9}{dur}"
         if o.status in ("done", "cached") and o.summary:
             line += "  " + format_summary(o.summary)
+        if o.node:
+            line += f"  [node {o.node[:8]}" + (f", attempt {o.attempts}]" if o.attempts > 1 else "]")
         if o.status == "skipped" and o.reasons:
             line += f"  ({o.reasons[0]})"
         self._print(line.rstrip())
@@ -175,6 +177,8 @@ class LiveReporter:
                     tail = self._notes.get(o.name, "")
                 elif o.status in ("done", "failed"):
                     dur, tail = f"{o.duration:6.2f}s", format_summary(o.summary)
+                    if o.node:
+                        tail += f"  [node {o.node[:8]}" + (f", attempt {o.attempts}]" if o.attempts > 1 else "]")
                 else:
                     dur, tail = " " * 7, format_summary(o.summary) if o.status == "cached" else (
                         o.reasons[0] if o.reasons else "")

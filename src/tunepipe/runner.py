@@ -7,6 +7,8 @@ reproduces identical bytes stops the cascade.
 
 from __future__ import annotations
 
+import functools
+import math
 import os
 import threading
 import time
@@ -15,8 +17,8 @@ from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from tunepipe.cache.store import LocalStore
-from tunepipe.errors import UserError
+from tunepipe.cache.store import Store
+from tunepipe.errors import TunepipeError, UserError
 from tunepipe.execute import InputRef, StageJob, StageResult
 from tunepipe.executor import Executor, LocalExecutor
 from tunepipe.graph import select
@@ -33,7 +35,9 @@ class RunOptions:
     targets: Sequence[str] = ()
     force_all: bool = False
     force: Sequence[str] = ()
-    jobs: int = 1
+    jobs: int | None = None  # stages at once; default 1 locally, all ready ones on Ray
+    executor: str = ""  # local | ray; default: the pipeline file's, else local
+    address: str = ""  # the Ray cluster (HOST:PORT, auto, local); default: the file's, $RAY_ADDRESS, local
     keep_going: bool = False
     dry_run: bool = False
     explain: bool = False
@@ -51,6 +55,8 @@ class StageOutcome:
     error: str = ""
     user_error: bool = False
     log_path: str = ""
+    node: str = ""  # the cluster node that ran it (Ray executor)
+    attempts: int = 1
 
 
 @dataclass
@@ -80,6 +86,15 @@ class Reporter(Protocol):
     def finish(self, outcome: RunOutcome) -> None: ...
 
 
+def stage_resources(registry: Registry, uses: str, params: dict[str, Any],
+                    given: dict[str, Any]) -> dict[str, Any]:
+    """What a stage asks a cluster for: the plugin's own default (optional ``resources(params)``
+    hook, e.g. a training coordinator needs no CPU of its own), then the spec's ``resources:``."""
+    hook = getattr(registry.load(uses).plugin, "resources", None)
+    base = dict(hook(params) or {}) if callable(hook) else {}
+    return {**base, **given}
+
+
 def resolve_selection(pipeline: Pipeline, targets: Sequence[str], force: Sequence[str]) -> list[str]:
     """The targets and what they need; unknown names are a user error with a suggestion. A matrix
     stage's written name stands for all its branches."""
@@ -95,8 +110,19 @@ def resolve_selection(pipeline: Pipeline, targets: Sequence[str], force: Sequenc
     return select(pipeline.deps(), pipeline.order, targets or pipeline.order)
 
 
-def run(pipeline: Pipeline, store: LocalStore, registry: Registry, opts: RunOptions, reporter: Reporter,
-        executor_factory: Callable[..., Executor] = LocalExecutor) -> RunOutcome:
+def executor_setting(pipeline: Pipeline, opts: RunOptions) -> tuple[str, dict[str, Any]]:
+    """Which executor runs the stages and its options: the command line, then the file, then local.
+    ``--address`` alone means Ray."""
+    given = pipeline.executor
+    kind = opts.executor or ("ray" if opts.address else given.get("type", "local"))
+    if kind != "ray":
+        return "local", {}
+    address = opts.address or (given.get("address", "") if given.get("type") == "ray" else "")
+    return "ray", {"address": address or None, "max_retries": given.get("max_retries", 3)}
+
+
+def run(pipeline: Pipeline, store: Store, registry: Registry, opts: RunOptions, reporter: Reporter,
+        executor_factory: Callable[..., Executor] | None = None) -> RunOutcome:
     """Run (or, with ``dry_run``, only plan) the selected stages."""
     t_start = time.monotonic()
     selected = resolve_selection(pipeline, opts.targets, opts.force)
@@ -112,14 +138,23 @@ def run(pipeline: Pipeline, store: LocalStore, registry: Registry, opts: RunOpti
         outcome = RunOutcome(pipeline.name, stages, "planned", time.monotonic() - t_start)
         planner.save()
         return outcome
+    kind, options = executor_setting(pipeline, opts)
+    if executor_factory is None:
+        if kind == "ray":
+            from tunepipe.cluster.ray_executor import RayExecutor
+
+            executor_factory = functools.partial(RayExecutor, **options)
+        else:
+            executor_factory = LocalExecutor
+    jobs = opts.jobs or (len(selected) if kind == "ray" else 1)  # on Ray, the cluster's resources limit
     return _Scheduler(pipeline, store, registry, opts, reporter, planner, selected, forced,
-                      executor_factory).run(t_start)
+                      executor_factory, kind, jobs).run(t_start)
 
 
 class _Scheduler:
-    def __init__(self, pipeline: Pipeline, store: LocalStore, registry: Registry, opts: RunOptions,
+    def __init__(self, pipeline: Pipeline, store: Store, registry: Registry, opts: RunOptions,
                  reporter: Reporter, planner: Planner, selected: list[str], forced: set[str],
-                 executor_factory: Callable[..., Executor]) -> None:
+                 executor_factory: Callable[..., Executor], engine: str, jobs: int) -> None:
         self.pipeline, self.store, self.registry, self.opts = pipeline, store, registry, opts
         self.reporter, self.planner = reporter, planner
         self.selected, self.forced = selected, forced
@@ -131,9 +166,11 @@ class _Scheduler:
         self.cancel = threading.Event()
         self.stopping = False
         self.record = RunRecord(store.root, pipeline.path, pipeline.name, list(opts.argv))
-        self.threads = max(1, (os.cpu_count() or 1) // max(1, opts.jobs))
-        self.executor = executor_factory(opts.jobs, store, registry, self.cancel, reporter.progress,
-                                         reporter.message)
+        self.engine, self.jobs = engine, jobs
+        self.threads = max(1, (os.cpu_count() or 1) // max(1, jobs))
+        self.record.data["executor"] = engine
+        self._factory = executor_factory
+        self._executor: Executor | None = None  # made at the first stage to run: a cached run starts no cluster
 
     def run(self, t_start: float) -> RunOutcome:
         status = "ok"
@@ -145,6 +182,9 @@ class _Scheduler:
                 done, _ = wait(list(self.running), timeout=0.2, return_when=FIRST_COMPLETED)
                 for fut in done:
                     self._finished(self.running.pop(fut), fut.result())
+        except TunepipeError:  # e.g. the cluster cannot be reached: the record must not stay "running"
+            self.record.finish("failed")
+            raise
         except KeyboardInterrupt:
             status = "interrupted"
             self.cancel.set()
@@ -152,7 +192,8 @@ class _Scheduler:
             for plan in self.running.values():
                 self._set(StageOutcome(plan.name, "cancelled", plan.key, error="interrupted"))
         finally:
-            self.executor.shutdown()
+            if self._executor is not None:
+                self._executor.shutdown()
         for name in self.pending:
             if name not in self.outcomes:
                 self._set(StageOutcome(name, "skipped", reasons=["the run stopped before it"]))
@@ -180,7 +221,7 @@ class _Scheduler:
                     continue
                 if not all(d in self.outputs for d in self.deps[name]):
                     continue
-                if len(self.running) >= max(1, self.opts.jobs):
+                if len(self.running) >= max(1, self.jobs):
                     return
                 self.pending.remove(name)
                 progressed = True
@@ -190,24 +231,37 @@ class _Scheduler:
                     self._set(StageOutcome(name, "cached", plan.key, summary=plan.record.get("summary", {})),
                               write=False, parts=plan.parts)
                     continue
+                spec = self.pipeline.stages[name]
+                resources = stage_resources(self.registry, spec.uses, spec.params, spec.resources)
                 job = StageJob(
-                    stage=name, uses=self.pipeline.stages[name].uses, key=plan.key or "", parts=plan.parts or {},
-                    params=self.pipeline.stages[name].params,
+                    stage=name, uses=spec.uses, key=plan.key or "", parts=plan.parts or {},
+                    params=spec.params,
                     inputs={k: [InputRef(str(a.path), a.digest, a.name,
                                               a.path == self.store.object_path(a.digest)) for a in v]
                             for k, v in plan.inputs.items()},
                     multiple=self.pipeline.stages[name].multiple, outputs=list(self.pipeline.stages[name].outputs),
-                    log_path=str(self.record.log_path(name)), threads=self.threads, force=name in self.forced)
+                    log_path=str(self.record.log_path(name)), force=name in self.forced, engine=self.engine,
+                    resources=resources,
+                    threads=max(1, math.ceil(resources.get("cpus", 1))) if self.engine == "ray" else self.threads)
+                if self._executor is None:
+                    self._executor = self._factory(self.jobs, self.store, self.registry, self.cancel,
+                                                   self.reporter.progress, self.reporter.message)
                 self.reporter.stage(StageOutcome(name, "running", plan.key, reasons=plan.reasons))
                 self.record.stage(name, status="running", key=plan.key, parts=plan.parts, reasons=plan.reasons)
-                self.running[self.executor.submit(job)] = plan
+                self.running[self._executor.submit(job)] = plan
 
     def _finished(self, plan: StagePlan, result: StageResult) -> None:
         if result.status in ("done", "cached"):
             self._accept(plan, result.outputs)
         outcome = StageOutcome(plan.name, result.status, plan.key, result.duration, result.summary,
-                               plan.reasons, result.error, result.user_error, result.log_path)
-        self._set(outcome)
+                               plan.reasons, result.error, result.user_error, result.log_path,
+                               node=result.node, attempts=result.attempts)
+        placement: dict[str, Any] = {}
+        if result.node:
+            placement = {"node": result.node, "node_ip": result.node_ip, "attempts": result.attempts}
+            if result.lost_on:
+                placement["lost_on"] = result.lost_on
+        self._set(outcome, extra=placement)
         if result.status == "failed" and not self.opts.keep_going:
             self.stopping = True
 
@@ -216,7 +270,8 @@ class _Scheduler:
         if plan.key and self.planner.last_key(plan.name) != plan.key:
             self.planner.state.update(plan.name, plan.key)
 
-    def _set(self, outcome: StageOutcome, write: bool = True, parts: dict[str, Any] | None = None) -> None:
+    def _set(self, outcome: StageOutcome, write: bool = True, parts: dict[str, Any] | None = None,
+             extra: dict[str, Any] | None = None) -> None:
         self.outcomes[outcome.name] = outcome
         self.reporter.stage(outcome)
         fields: dict[str, Any] = {"status": outcome.status, "key": outcome.key,
@@ -229,6 +284,7 @@ class _Scheduler:
             fields["reasons"] = outcome.reasons
         if outcome.error:
             fields["error"], fields["log"] = outcome.error, outcome.log_path
+        fields.update(extra or {})
         if write:
             self.record.stage(outcome.name, **fields)
         else:

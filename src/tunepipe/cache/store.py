@@ -55,20 +55,10 @@ class Store(Protocol):
     def clear_staging(self, key: str) -> None: ...
     def scratch(self, key: str) -> Path: ...
     def shared(self, area: str) -> Path: ...
-    def fetch(self, digest: str) -> Path:
-        """The local folder of a published object (a remote store downloads it first)."""
-        path = self.object_path(digest)
-        if not path.is_dir():
-            raise CacheError(f"the cache has no object {digest[:12]} (was it removed by 'cache gc'?); "
-                             "run the pipeline again to recompute it")
-        return path
-
-    def location(self) -> str:
-        """How another process (a cluster worker) opens this same cache: ``open_store(location)``."""
-        return str(self.root)
-
+    def drop_scratch(self, key: str) -> None: ...
     def publish(self, folder: Path) -> str: ...
-    def lock(self, key: str, what: str, say: Callable[[str], None]) -> KeyLock: ...
+    def lock(self, key: str, what: str, say: Callable[[str], None]) -> Any: ...  # a KeyLock or a lease
+    def sweep_leftovers(self, dry_run: bool = False, say: Callable[[str], None] = ...) -> list[str]: ...
 
 
 def _shard(base: Path, name: str, suffix: str = "") -> Path:

@@ -17,6 +17,11 @@
   ends exactly where an uninterrupted run would (same order, same random state);
 * the same seed gives the same loss curve (on CPU, bit for bit).
 
+With ``workers: N`` (N > 1) under the Ray executor the same loop runs data-parallel on N Ray Train
+workers (:mod:`tunepipe.hf.distributed`): the loop asks a :class:`World` what to train on, how to
+sum and where to keep checkpoints; the ordinary run is the one-process ``World`` and takes exactly
+the code path it always did.
+
 For the common decoder architectures the vocabulary projection runs only on the positions that are
 trained (the rest of the logits are never needed): the same loss, 10-25% faster on CPU.
 """
@@ -77,6 +82,7 @@ class Settings:
     merge: bool
     device: str
     threads: int | None
+    workers: int = 1  # data-parallel Ray Train workers (tunepipe.hf.distributed); 1: this process
 
     @property
     def kind(self) -> str:
@@ -124,6 +130,7 @@ def settings(params: Mapping[str, Any]) -> Settings:
     threads = params.get("threads")
     if threads is not None:
         threads = _int(params, "threads", 1)
+    workers = _int(params, "workers", 1) if params.get("workers") is not None else 1
     return Settings(
         model=str(params.get("model")), epochs=_int(params, "epochs", 1), batch_size=_int(params, "batch_size", 1),
         learning_rate=lr, seed=_int(params, "seed", 0), lora=lora_cfg,
@@ -131,7 +138,7 @@ def settings(params: Mapping[str, Any]) -> Settings:
         schedule=schedule, warmup=_float(params, "warmup"), weight_decay=_float(params, "weight_decay"),
         max_grad_norm=_float(params, "max_grad_norm"), eval_every=_int(params, "eval_every", 0),
         save_every=_int(params, "save_every", 0), merge=bool(params.get("merge", False)),
-        device=str(params.get("device", "auto")), threads=threads)
+        device=str(params.get("device", "auto")), threads=threads, workers=workers)
 
 
 def warmup_steps(warmup: float, total: int) -> int:
@@ -231,6 +238,67 @@ def trainable_state(model: Any) -> dict[str, Any]:
 
 # --- the loop -----------------------------------------------------------------------------------
 
+class World:
+    """The processes that train one model together, as the loop sees them.
+
+    This base class is the ordinary run: one process, every batch its own, checkpoints in the
+    stage's scratch folder. :class:`tunepipe.hf.distributed.RayWorld` overrides each hook for Ray
+    Train's data-parallel workers; the loop itself is the same code for both.
+    """
+
+    rank = 0
+    size = 1
+
+    def prepare(self, model: Any, head: tuple[Any, Any] | None, device: str) -> None:
+        """Called once before training (the distributed world wraps the model in DDP here)."""
+
+    def loss(self, model: Any, batch: Mapping[str, Any], head: tuple[Any, Any] | None) -> tuple[Any, int]:
+        """A training micro-batch's summed loss (:func:`loss_sum`; through DDP when distributed)."""
+        return loss_sum(model, batch, head)
+
+    def share(self, micro: list[list[Any]]) -> list[tuple[list[Any], bool]]:
+        """This process's micro-batches of an optimizer step, each with whether its loss counts
+        (a worker left without one trains on a stand-in whose loss counts for nothing)."""
+        return [(b, True) for b in micro]
+
+    def accumulating(self, more: bool) -> Any:
+        """The context of one micro-batch's forward and backward; ``more``: others of this step follow."""
+        return contextlib.nullcontext()
+
+    def scaled(self, value: Any, n_trained: int) -> Any:
+        """What ``backward`` runs on: this micro-batch's share of the step's mean loss."""
+        return value / n_trained
+
+    def total(self, values: list[float]) -> list[float]:
+        """The sums of ``values`` over all processes."""
+        return values
+
+    def owns(self, index: int) -> bool:
+        """Whether this process evaluates validation batch ``index``."""
+        return True
+
+    def before_step(self, ctx: StageContext, step: int) -> None:
+        """Called by every process at the start of each optimizer step (where they agree on a stop)."""
+
+    def save(self, scratch: Path, step: int, state: dict[str, Any], weights: dict[str, Any],
+             trainer: dict[str, Any]) -> None:
+        checkpoint.save(scratch, step, state, weights, trainer)
+
+    def latest(self, scratch: Path, fingerprint: str, log: Any) -> checkpoint.Checkpoint | None:
+        """The checkpoint to resume from; stale checkpoints (other parameters or data) are removed."""
+        ck = checkpoint.latest(scratch, fingerprint, log)
+        if ck is None:
+            checkpoint.clear(scratch)
+        return ck
+
+    def metrics(self) -> dict[str, Any]:
+        """What metrics.json says about the workers."""
+        return {"workers": 1}
+
+
+SOLO = World()
+
+
 @dataclass
 class Progress:
     """What a checkpoint carries besides weights: where the loop is and what it has seen."""
@@ -279,9 +347,10 @@ def _clock(seconds: float) -> str:
 
 @torch.no_grad()
 def evaluate(ctx: StageContext, model: Any, data: DataSet, pad_id: int, batch_size: int, device: str,
-             autocast: Any, head: tuple[Any, Any] | None, note: Any = None) -> float:
+             autocast: Any, head: tuple[Any, Any] | None, note: Any = None, world: World = SOLO) -> float:
     """Mean loss over the trained tokens of ``data`` (dropout off). ``note(done, batches)`` is
-    called before each batch."""
+    called before each batch. Distributed, each worker takes every ``size``-th batch and the sums
+    are added up."""
     was_training = model.training
     model.eval()
     order = sorted(range(len(data.examples)), key=lambda i: len(data.examples[i].ids))
@@ -290,6 +359,8 @@ def evaluate(ctx: StageContext, model: Any, data: DataSet, pad_id: int, batch_si
         batches = -(-len(order) // batch_size)
         for i in range(0, len(order), batch_size):
             ctx.check_cancelled()
+            if not world.owns(i // batch_size):
+                continue
             if note is not None:
                 note(i // batch_size, batches)
             batch = batching.collate([data.examples[j] for j in order[i:i + batch_size]], pad_id, device)
@@ -299,6 +370,8 @@ def evaluate(ctx: StageContext, model: Any, data: DataSet, pad_id: int, batch_si
             count += n
     finally:
         model.train(was_training)
+    if world.size > 1:
+        total, count = world.total([total, float(count)])
     return total / max(1, count)
 
 
@@ -348,6 +421,8 @@ def train_local(ctx: StageContext, train: Path, validation: Path | None, params:
     """
     started = time.monotonic()
     s = settings(params)
+    if s.workers > 1:
+        return _distributed(ctx, train, validation, params, out, s)
     device = resolve_device(s.device)
     train, out = Path(train), Path(out)
     if validation is not None and Path(validation).stat().st_size == 0:
@@ -362,18 +437,44 @@ def train_local(ctx: StageContext, train: Path, validation: Path | None, params:
     return summary(metrics)
 
 
+def _distributed(ctx: StageContext, train: Path, validation: Path | None, params: Mapping[str, Any], out: Path,
+                 s: Settings) -> dict[str, Any]:
+    """``workers: N``: Ray Train's data-parallel workers, which only a stage running on Ray can start."""
+    ray_ok = False
+    if ctx.engine == "ray":
+        import ray
+
+        ray_ok = ray.is_initialized()
+    if not ray_ok:
+        raise UserError(f"stage '{ctx.stage}': workers: {s.workers} trains on {s.workers} Ray Train workers, which "
+                        "needs a Ray cluster, but this run uses the local executor. Run it with `pipeline run "
+                        "--executor ray` (a cluster named by RAY_ADDRESS, else one started on this machine), or "
+                        "set workers: 1 to train in this process")
+    from tunepipe.hf.distributed import train_distributed
+
+    return train_distributed(ctx, Path(train), Path(validation) if validation is not None else None, params,
+                             Path(out), s)
+
+
 class _Run:
-    """One training run: the model, data, optimizer and where the loop stands."""
+    """One training run: the model, data, optimizer and where the loop stands.
+
+    The ordinary run resolves the base model and fingerprints the data itself. A Ray Train worker
+    passes what the stage resolved (``source``, recorded in model.json, and ``fingerprint``), the
+    copy it loads from (``load_from``) and its ``world``.
+    """
 
     def __init__(self, ctx: StageContext, s: Settings, params: Mapping[str, Any], device: str, threads: int,
-                 train: Path, validation: Path | None) -> None:
-        self.ctx, self.s, self.device, self.threads = ctx, s, device, threads
+                 train: Path, validation: Path | None, *, source: BaseSource | None = None,
+                 load_from: BaseSource | None = None, fingerprint_: str | None = None, world: World = SOLO) -> None:
+        self.ctx, self.s, self.device, self.threads, self.world = ctx, s, device, threads, world
         self.place = placement(device, lora=s.lora is not None)
         ctx.progress("loading the model")
-        self.source = resolve_base(s.model, ctx.shared("models"), say=ctx.say)
+        self.source = source if source is not None else resolve_base(s.model, ctx.shared("models"), say=ctx.say)
         if self.source.converted_in is not None:
             ctx.log.info("converted %s into %s in %.1f s", s.model, self.source.location, self.source.converted_in)
-        self.tok = load_tokenizer(self.source)
+        self.load_from = load_from if load_from is not None else self.source
+        self.tok = load_tokenizer(self.load_from)
         ctx.progress("reading the examples")
         self.train_set = read_examples(train, self.tok, s.max_seq_length)
         self.val_set = read_examples(validation, self.tok, s.max_seq_length) if validation is not None else DataSet()
@@ -383,10 +484,10 @@ class _Run:
             raise UserError(f"{train.name}: no example to train on ({d.records} records; {d.dropped_untrained} "
                             f"without a trained assistant turn, {d.dropped_truncated} whose assistant turns lie "
                             f"past max_seq_length {s.max_seq_length})")
-        self.fingerprint = fingerprint(s, params, self.source, train, validation)
+        self.fingerprint = fingerprint_ or fingerprint(s, params, self.source, train, validation)
 
         torch.manual_seed(s.seed)
-        model = load_weights(self.source, self.place.weights, device)
+        model = load_weights(self.load_from, self.place.weights, device)
         model.config.use_cache = False
         positions = getattr(model.config, "max_position_embeddings", None)
         if isinstance(positions, int) and s.max_seq_length > positions:
@@ -400,7 +501,7 @@ class _Run:
         self.total_params = sum(p.numel() for p in self.model.parameters())
         self.optimizer = torch.optim.AdamW(_param_groups(self.model, s.weight_decay), lr=s.learning_rate)
         self.total_steps = s.epochs * batching.steps_per_epoch(len(self.train_set.examples), s.batch_size,
-                                                               s.accumulation)
+                                                               self.batches_per_step)
         self.warmup = warmup_steps(s.warmup, self.total_steps)
         from transformers import get_scheduler
 
@@ -417,15 +518,18 @@ class _Run:
         self.session_steps, self.session_seconds = 0, 0.0
         self.recent: list[float] = []
 
+    @property
+    def batches_per_step(self) -> int:
+        """Batches of ``batch_size`` per optimizer step: ``gradient_accumulation`` on each worker."""
+        return self.s.accumulation * self.world.size
+
     # --- checkpoints ------------------------------------------------------------------------------
 
     def resume_or_start(self) -> None:
         """Continue from the newest checkpoint made with the same fingerprint, if any."""
         ctx = self.ctx
-        ck = checkpoint.latest(ctx.scratch, self.fingerprint, ctx.log)
-        if ck is None:
-            checkpoint.clear(ctx.scratch)  # checkpoints of other parameters or data: stale
-        else:
+        ck = self.world.latest(ctx.scratch, self.fingerprint, ctx.log)  # stale ones (other params or data) go
+        if ck is not None:
             missing = set(self.named) - set(ck.weights)
             if missing:
                 raise UserError(f"checkpoint {ck.path} lacks weights {sorted(missing)[:3]}: delete it to start over")
@@ -444,13 +548,19 @@ class _Run:
                      "%d optimizer steps (%d warmup), learning rate %g", s.model, s.kind, f"{self.trainable:,}",
                      f"{self.total_params:,}", self.device, self.threads, len(self.train_set.examples), s.epochs,
                      self.total_steps, self.warmup, s.learning_rate)
+        if self.world.size > 1:
+            ctx.log.info("%d data-parallel workers: %d examples per optimizer step (batch_size %d x "
+                         "gradient_accumulation %d x workers %d)", self.world.size,
+                         s.batch_size * self.batches_per_step, s.batch_size, s.accumulation, self.world.size)
+
+    def snapshot(self, rng: Mapping[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+        """A checkpoint of where the loop stands: (state, trainable weights, optimizer/scheduler/rng)."""
+        return ({"fingerprint": self.fingerprint, "progress": self.state.to_json()}, trainable_state(self.model),
+                {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                 "rng": dict(rng) if rng is not None else _rng_state(self.device)})
 
     def save(self, rng: Mapping[str, Any] | None = None) -> None:
-        checkpoint.save(self.ctx.scratch, self.state.step, {"fingerprint": self.fingerprint,
-                                                            "progress": self.state.to_json()},
-                        trainable_state(self.model),
-                        {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                         "rng": dict(rng) if rng is not None else _rng_state(self.device)})
+        self.world.save(self.ctx.scratch, self.state.step, *self.snapshot(rng))
         self.last_saved = self.state.step
 
     def _save_on_cancel(self, rng: Mapping[str, Any] | None = None) -> None:
@@ -462,7 +572,8 @@ class _Run:
 
     def _evaluate(self, label: str) -> float:
         return evaluate(self.ctx, self.model, self.val_set, self.pad_id, self.s.batch_size, self.device,
-                        self.autocast, self.head, lambda i, n: self.notes.maybe(lambda: f"{label} {i}/{n}"))
+                        self.autocast, self.head, lambda i, n: self.notes.maybe(lambda: f"{label} {i}/{n}"),
+                        self.world)
 
     def _finish_eval(self) -> None:
         """The validation loss due at the last step (its row and, at an epoch end, its epoch)."""
@@ -491,6 +602,7 @@ class _Run:
 
     def loop(self, stop_after_steps: int | None) -> None:
         s, state = self.s, self.state
+        self.world.prepare(self.model, self.head, self.device)
         if self.val_set.examples and state.step == 0 and state.val_before is None:
             state.val_before = self._evaluate("validation loss before training")
             self.ctx.log.info("validation loss before training: %.4f", state.val_before)
@@ -498,7 +610,7 @@ class _Run:
         lengths = [len(e.ids) for e in self.train_set.examples]
         for epoch in range(state.epoch, s.epochs):
             steps = batching.optimizer_steps(batching.epoch_batches(lengths, s.batch_size, s.seed, epoch),
-                                             s.accumulation)
+                                             self.batches_per_step)
             for pos in range(state.position, len(steps)):
                 rng = _rng_state(self.device)  # dropout draws from it: a step cut short must not count
                 try:
@@ -519,21 +631,27 @@ class _Run:
 
     def _step(self, epoch: int, pos: int, batches: list[list[int]], last: bool) -> None:
         """One optimizer step over its micro-batches; the loss is the mean over their trained tokens."""
-        s, state, ctx = self.s, self.state, self.ctx
+        s, state, ctx, world = self.s, self.state, self.ctx, self.world
+        world.before_step(ctx, state.step)
         ctx.check_cancelled()
         t0 = time.monotonic()
         micro = [[self.train_set.examples[i] for i in b] for b in batches]
-        n_trained = sum(e.trained for b in micro for e in b)
-        step_loss, step_tokens = 0.0, 0
+        n_trained = sum(e.trained for b in micro for e in b)  # of the whole step, on all workers
+        step_tokens = sum(len(e.ids) for b in micro for e in b)
+        step_loss = 0.0
         lr = self.scheduler.get_last_lr()[0]
-        for b in micro:
+        mine = world.share(micro)
+        for k, (b, counted) in enumerate(mine):
             ctx.check_cancelled()
             batch = batching.collate(b, self.pad_id, self.device)
-            with self.autocast():
-                value, _n = loss_sum(self.model, batch, self.head)
-            (value / n_trained).backward()
-            step_loss += float(value.detach())
-            step_tokens += int(batch["attention_mask"].sum())
+            with world.accumulating(k < len(mine) - 1):
+                with self.autocast():
+                    value, _n = world.loss(self.model, batch, self.head)
+                (world.scaled(value, n_trained) if counted else value * 0.0).backward()
+            if counted:
+                step_loss += float(value.detach())
+        if world.size > 1:
+            (step_loss,) = world.total([step_loss])
         train_loss = step_loss / n_trained
         if not math.isfinite(train_loss):
             raise UserError(f"training diverged: the loss is {train_loss} at step {state.step + 1}; lower "
@@ -581,6 +699,7 @@ class _Run:
         metrics = _metrics(s, self.state, self.train_set, self.val_set, self.trainable, self.total_params,
                            self.total_steps, self.warmup, self.device, self.threads, self.resumed_from, duration,
                            self.source)
+        metrics.update(self.world.metrics())
         artifact.write_json(out / "metrics.json", metrics)
         return metrics
 
@@ -590,7 +709,10 @@ def _write_model(model: Any, tok: Any, s: Settings, out: Path) -> None:
     if s.lora is None:
         model.save_pretrained(str(out / "full"))
         return
-    model.peft_config["default"].base_model_name_or_path = s.model  # portable: not a cache path
+    config = model.peft_config["default"]
+    config.base_model_name_or_path = s.model  # portable: not a cache path
+    if isinstance(config.target_modules, (set, frozenset)):  # a set: saved in hash order, which varies by process
+        config.target_modules = sorted(config.target_modules)
     model.save_pretrained(str(out / "adapter"), save_embedding_layers=False)  # the vocabulary is never resized
     if s.merge:
         merged = model.merge_and_unload()
@@ -653,4 +775,6 @@ def summary(metrics: Mapping[str, Any]) -> dict[str, Any]:
            "kind": metrics["kind"], "examples": metrics["examples"], "truncated": metrics["truncated"]}
     if metrics.get("resumed_from_step") is not None:
         out["resumed_from_step"] = metrics["resumed_from_step"]
+    if metrics.get("workers", 1) > 1:
+        out["workers"] = metrics["workers"]
     return out

@@ -21,7 +21,7 @@ from tunepipe.spec.model import InputRef, Pipeline, StageSpec
 
 __all__ = ["InputRef", "Pipeline", "StageSpec", "load_pipeline", "check_files"]
 
-_FORMAT = 2
+_FORMAT = 3
 
 
 def check_files(pipeline: Pipeline) -> None:

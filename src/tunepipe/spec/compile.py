@@ -23,6 +23,7 @@ from tunepipe.spec.files import file_problem
 from tunepipe.spec.include import assemble, package_ref, where_top
 from tunepipe.spec.model import InputRef, Pipeline, StageSpec
 from tunepipe.spec.resolve import apply_overrides
+from tunepipe.spec.resources import normalise_executor, normalise_resources
 from tunepipe.spec.yamlpos import Document, JsonPath
 
 _where_top = where_top  # kept for callers of the old name
@@ -91,7 +92,8 @@ def compile_document(doc: Document, path: Path, registry: Registry, overrides: t
             name=name, uses=loaded.uses, params=full,
             inputs=inputs, multiple=multiple, outputs=tuple(loaded.plugin.outputs),
             position=doc.position(("stages", name), key=True),
-            group=expanded.group.get(name, ""), matrix=dict(expanded.coords.get(name, {})))
+            group=expanded.group.get(name, ""), matrix=dict(expanded.coords.get(name, {})),
+            resources=normalise_resources(raw.get("resources")))
 
     g = graph.build(stages)
     problems.extend(graph.cycle_problems(g, doc.excerpt))
@@ -101,7 +103,7 @@ def compile_document(doc: Document, path: Path, registry: Registry, overrides: t
     name = data.get("name") or path.stem
     sources = tuple(s.to_json() for s in assembled.stamps) if assembled.cacheable else None
     return Pipeline(name=name, path=path, stages={n: stages[n] for n in order}, overrides=overrides,
-                    sources=sources)
+                    sources=sources, executor=normalise_executor(data.get("executor")))
 
 
 def _plugin_problems(doc: Document, stage: str, loaded: LoadedPlugin, params: dict[str, Any],

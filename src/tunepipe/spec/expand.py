@@ -96,7 +96,7 @@ class Branch:
 
 @dataclass
 class Expanded:
-    stages: dict[str, Any]  # final name -> {uses, with, inputs, description}
+    stages: dict[str, Any]  # final name -> {uses, with, inputs, description, resources}
     group: dict[str, str] = field(default_factory=dict)  # final name -> its stage definition's name
     coords: dict[str, dict[str, str]] = field(default_factory=dict)
 
@@ -227,7 +227,7 @@ class Expander:
                 if built is None:
                     continue
             else:
-                built = {k: body[k] for k in ("uses", "with", "inputs", "description") if k in body}
+                built = {k: body[k] for k in ("uses", "with", "inputs", "description", "resources") if k in body}
             self.doc.values.update(local.values)
             self.doc.keys.update(local.keys)
             for part in ("with", "inputs"):
@@ -416,7 +416,7 @@ class Expander:
             if pname in props:
                 scope[pname] = (value, tpath + ("params", pname))
         # the template's stage, at this stage's place; then the stage's own with/inputs on top
-        own = _Layer(data={k: body[k] for k in ("with", "inputs", "description") if k in body})
+        own = _Layer(data={k: body[k] for k in ("with", "inputs", "description", "resources") if k in body})
         for k in own.data:
             _reroot(own, (local.values, local.keys), tpath + (k,), tpath + (k,))
             _clear(local, tpath + (k,), keep_key=False)

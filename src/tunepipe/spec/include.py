@@ -123,11 +123,13 @@ class _Assembler:
         out = self.merged
         data = self.main.data if isinstance(self.main.data, dict) else {}
         merged: dict[str, Any] = {k: data[k] for k in ("name", "description") if isinstance(data.get(k), str)}
+        if isinstance(data.get("executor"), (str, dict)):  # where this file runs: not taken from includes
+            merged["executor"] = data["executor"]
         merged.update(layer.data)
         out.data = merged
         out.values.update(layer.values)
         out.keys.update(layer.keys)
-        for p in [(), ("name",), ("description",), ("include",)]:
+        for p in [(), ("name",), ("description",), ("include",), ("executor",)]:
             if p in self.main.values:
                 out.values.setdefault(p, self.main.values[p])
             if p in self.main.keys:

@@ -46,6 +46,7 @@ class StageSpec:
     position: Position
     group: str = ""  # for a branch of a matrix stage: the stage as written (``train``)
     matrix: dict[str, str] = field(default_factory=dict)  # its matrix values, as labels in the name
+    resources: dict[str, Any] = field(default_factory=dict)  # cpus, gpus, memory (bytes); not in the key
 
     def upstream(self) -> list[str]:
         """Names of the stages this one reads from (in first-use order, no repeats)."""
@@ -61,14 +62,14 @@ class StageSpec:
         return {"name": self.name, "uses": self.uses, "params": self.params,
                 "inputs": {k: [r.to_json() for r in v] for k, v in self.inputs.items()},
                 "multiple": self.multiple, "outputs": list(self.outputs), "pos": [p.source, p.line, p.column],
-                "group": self.group, "matrix": self.matrix}
+                "group": self.group, "matrix": self.matrix, "resources": self.resources}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> StageSpec:
         return cls(name=d["name"], uses=d["uses"], params=d["params"],
                    inputs={k: [InputRef.from_json(r) for r in v] for k, v in d["inputs"].items()},
                    multiple=d["multiple"], outputs=tuple(d["outputs"]), position=Position(*d["pos"]),
-                   group=d.get("group", ""), matrix=d.get("matrix", {}))
+                   group=d.get("group", ""), matrix=d.get("matrix", {}), resources=d.get("resources", {}))
 
 
 @dataclass
@@ -81,6 +82,7 @@ class Pipeline:
     overrides: tuple[str, ...] = field(default=())
     # the included files as [path, size, mtime_ns, sha256] (None: one cannot be checked cheaply)
     sources: tuple[list[Any], ...] | None = field(default=())
+    executor: dict[str, Any] = field(default_factory=dict)  # {type, address, max_retries} as written
 
     @property
     def root(self) -> Path:
@@ -120,7 +122,8 @@ class Pipeline:
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "path": str(self.path), "overrides": list(self.overrides),
                 "stages": [s.to_json() for s in self.stages.values()],
-                "sources": None if self.sources is None else [list(x) for x in self.sources]}
+                "sources": None if self.sources is None else [list(x) for x in self.sources],
+                "executor": self.executor}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Pipeline:
@@ -128,4 +131,5 @@ class Pipeline:
         sources = d.get("sources", [])
         return cls(name=d["name"], path=Path(d["path"]), overrides=tuple(d["overrides"]),
                    stages={s.name: s for s in stages},
-                   sources=None if sources is None else tuple(list(x) for x in sources))
+                   sources=None if sources is None else tuple(list(x) for x in sources),
+                   executor=d.get("executor", {}))

@@ -606,7 +606,7 @@ class Clean:
         cfg = _config(params)
         deduper = Deduper(exact=cfg.dedupe != "none", near=cfg.dedupe == "near", threshold=params["near_threshold"],
                           num_perm=cfg.num_perm, bands=cfg.bands, max_index=params["max_index"])
-        workers = worker_count(ctx.threads)
+        workers = worker_count(ctx.threads, ctx.engine)
         ctx.log.info("cleaning with %d worker process(es); %s", workers, cfg)
         _worker(cfg)  # built once here (token encoding, MinHash tables): forked workers inherit it
         tally = _Tally()
@@ -614,7 +614,8 @@ class Clean:
         with open(ctx.output("records") / "records.jsonl", "wb", buffering=1 << 20) as out, \
                 jsonl.Writer(ctx.output("rejects") / "rejects.jsonl") as rej, \
                 jsonl.Writer(ctx.output("report") / "changes.jsonl") as chg, \
-                contextlib.closing(ordered_map(_work, _tasks(inputs["records"], cfg), workers)) as batches:
+                contextlib.closing(ordered_map(_work, _tasks(inputs["records"], cfg), workers,
+                                                engine=ctx.engine)) as batches:
             for label, n, lines, lengths, keys, wheres, changed, drops, error, bands, sigs, has in batches:
                 ctx.check_cancelled()
                 tally.records_in += n

@@ -488,7 +488,7 @@ def _hf_target(ctx: StageContext, inputs: Mapping[str, Any], params: Mapping[str
         raise StageInputError(f"the tokenizer '{name}' has no chat template: use a chat model's tokenizer "
                               "(tokenizer_config.json with chat_template, or chat_template.jinja)")
     key = (str(source.folder), source.gguf_file)
-    if source.gguf_file and worker_count(ctx.threads) > 1:
+    if source.gguf_file and worker_count(ctx.threads, ctx.engine) > 1:
         # workers that do not inherit it (spawn) load a saved copy in well under a second, not the GGUF
         tok.save_pretrained(str(ctx.scratch / "tokenizer"))
         key = (str(ctx.scratch / "tokenizer"), None)
@@ -622,7 +622,7 @@ class Format:
         input_name = art.name or str(art.path)
         files = _input_files(art)
         t = _hf_target(ctx, inputs, params) if params["target"] == "hf-chat-template" else _openai_target(params)
-        workers = worker_count(ctx.threads)
+        workers = worker_count(ctx.threads, ctx.engine)
         ctx.log.info("format: target %s, %d worker(s), files %s", t.cfg["target"], workers, [str(f) for f in files])
         skip = params["on_invalid"] == "skip"
         report_dir = ctx.output("report")
@@ -632,7 +632,9 @@ class Format:
             tally = _Tally(problems_out, params["list_problems"], t.limit.value)
             blocks = _blocks(t.cfg, art, files, t.block_bytes)
             before: dict[str | None, int] = {}  # lines read so far, per file
-            for label, n_lines, n, blob, messages, tokens, assistant, special in ordered_map(_work, blocks, workers):
+            # same_node: a block is a byte range of a file on this node (and the tokenizer a folder here)
+            for label, n_lines, n, blob, messages, tokens, assistant, special in ordered_map(
+                    _work, blocks, workers, engine=ctx.engine, same_node=True):
                 offset = before.get(label, 0)
                 before[label] = offset + n_lines
                 tally.records += n

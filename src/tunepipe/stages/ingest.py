@@ -169,7 +169,7 @@ class Ingest:
         skip = params["on_error"] == "skip"
         with open(ctx.output("records") / "records.jsonl", "wb", buffering=1 << 20) as out, \
                 jsonl.Writer(ctx.output("rejects") / "rejects.jsonl") as rej, \
-                closing(_results(_batches(plan, stats, ctx), params["workers"], ctx.threads)) as results:
+                closing(_results(_batches(plan, stats, ctx), params["workers"], ctx.threads, ctx.engine)) as results:
             for label, unit, blob, count, rejects in results:
                 out.write(blob)
                 for n, physical, code, reason in rejects:
@@ -316,10 +316,11 @@ def _detached(batch: _Batch) -> _Batch:
     return (*batch[:-1], units.detached()) if isinstance(units, readers.Block) else batch
 
 
-def _results(work: Iterator[_Batch], workers: int, threads: int) -> Iterator[_Result]:
-    """``map(_process, work)``, in input order, on worker processes when it pays."""
+def _results(work: Iterator[_Batch], workers: int, threads: int, engine: str = "local") -> Iterator[_Result]:
+    """``map(_process, work)``, in input order, on worker processes when it pays (on Ray, on the
+    cluster: a block then carries its bytes, since a worker on another node cannot read this file)."""
     if workers == 0:  # automatic: the stage's threads, once the input is large enough to pay for them
-        workers = parallel.worker_count(threads)
+        workers = parallel.worker_count(threads, engine)
         head: list[_Batch] = []
         seen = 0
         while seen < PARALLEL_AFTER and (batch := next(work, None)) is not None:
@@ -331,7 +332,8 @@ def _results(work: Iterator[_Batch], workers: int, threads: int) -> Iterator[_Re
     if workers <= 1:
         yield from map(_process, work)
     else:
-        with closing(parallel.ordered_map(_process, map(_detached, work), workers)) as results:
+        with closing(parallel.ordered_map(_process, work if engine == "ray" else map(_detached, work), workers,
+                                          engine=engine)) as results:
             yield from results
 
 

@@ -576,7 +576,7 @@ class Split:
             staged=None if params["keep_meta"] else str(staged),
             group_label=group_by or "", stratify_label=stratify_by or "")
         size = sum(p.stat().st_size for p in files)
-        workers = worker_count(ctx.threads) if size >= PARALLEL_MIN_BYTES else 1
+        workers = worker_count(ctx.threads, ctx.engine) if size >= PARALLEL_MIN_BYTES else 1
         ctx.log.info("%d file(s), %d bytes, %d worker(s)", len(files), size, workers)
 
         u, ph, st, values = _pass1(ctx, cfg, files, art, workers)
@@ -634,7 +634,9 @@ def _pass1(ctx: StageContext, cfg: ScanConfig, files: list[Path], art: Artifact,
     names: dict[bytes, int] = {}
     base: dict[Path, int] = {}          # physical lines of a file before the current chunk
     todo = list(chunks(files, art))
-    for chunk, got in zip(todo, ordered_map(functools.partial(scan, cfg), todo, workers)):
+    # same_node: a chunk is a byte range of a file on this node, and scan stages into this node's scratch
+    for chunk, got in zip(todo, ordered_map(functools.partial(scan, cfg), todo, workers, engine=ctx.engine,
+                                            same_node=True)):
         first = base.get(chunk.path, 0)
         if got.error is not None:
             rel, place, message = got.error

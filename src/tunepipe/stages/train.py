@@ -23,6 +23,11 @@ batch_size 8                        ``auto``
 
 A local-only setting given with ``backend: openai`` (or the reverse) is an error, so a spec never
 silently trains with a setting that does nothing.
+
+``workers: N`` (local, N > 1) trains data-parallel on N Ray Train workers when the pipeline runs
+with ``--executor ray`` (:mod:`tunepipe.hf.distributed`); ``batch_size`` is then per worker, so an
+optimizer step takes ``batch_size x gradient_accumulation x workers`` examples. The local executor
+refuses it with a message to use ``--executor ray`` (or ``workers: 1``).
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ DEFAULTS: Mapping[str, Mapping[str, Any]] = {
 # Settings that only one backend reads, with their schema defaults: setting one of them for the
 # other backend is refused (see _check_backend_settings).
 LOCAL_ONLY = ("learning_rate", "lora", "max_seq_length", "gradient_accumulation", "schedule", "warmup",
-              "weight_decay", "max_grad_norm", "eval_every", "save_every", "merge", "device", "threads")
+              "weight_decay", "max_grad_norm", "eval_every", "save_every", "merge", "device", "threads", "workers")
 
 def _auto_or(kind: dict[str, Any], description: str) -> dict[str, Any]:
     """A number (with the bounds in ``kind``), "auto", or null; one schema rather than an anyOf so
@@ -99,6 +104,15 @@ _OPENAI = {
 
 
 class Train:
+    """The train stage plugin.
+
+    Besides the plugin contract it has the optional ``resources(params)`` hook, which the Ray
+    executor reads to size the stage's task: ``{"cpus": 0}`` with ``workers`` > 1, where the stage
+    only coordinates Ray Train workers that take their own CPUs (or GPUs) and must not hold one of
+    theirs; ``{}`` (the executor's default, 1 CPU) otherwise. Keys: ``cpus``, ``gpus``,
+    ``memory`` (bytes).
+    """
+
     name = "train"
     version = "0.1.0"
     description = "Fine-tune a chat model: local LoRA/full (transformers + PEFT, offline) or the OpenAI API."
@@ -143,7 +157,12 @@ class Train:
             "device": {"enum": ["auto", "cpu", "cuda", "mps"], "default": "auto",
                        "description": "local: auto picks CUDA, then MPS, then CPU."},
             "threads": {"type": ["integer", "null"], "minimum": 1, "default": None,
-                        "description": "local: CPU threads for torch (default: the run's -j)."},
+                        "description": "local: CPU threads for torch (default: the run's -j; with workers > 1, "
+                                       "the CPUs of each worker, default 1)."},
+            "workers": {"type": "integer", "minimum": 1, "default": 1,
+                        "description": "local: data-parallel Ray Train workers (needs --executor ray); batch_size "
+                                       "is per worker: a step takes batch_size x gradient_accumulation x workers "
+                                       "examples."},
             "openai": {**_OPENAI, "default": {}, "description": "openai backend settings."},
         },
     }
@@ -182,6 +201,12 @@ class Train:
 
     def check_params(self, params: Mapping[str, Any]) -> list[ParamProblem]:
         return check_params(params)
+
+    def resources(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """What the stage's own Ray task asks for (see the class docs): nothing with workers > 1."""
+        if params.get("backend", "local") == "local" and (params.get("workers") or 1) > 1:
+            return {"cpus": 0}
+        return {}
 
     def preview(self, inputs: Mapping[str, Any], params: Mapping[str, Any]) -> list[str]:
         """What ``--dry-run`` shows for this stage when its inputs exist: the OpenAI cost estimate."""

@@ -1,0 +1,760 @@
+"""The cache on object storage (``s3://bucket/prefix``): every machine that opens the URL shares it.
+
+Tiered like a DVC remote, but transparent. Each process works in a *local working cache* (a
+:class:`LocalStore`: ``$TUNEPIPE_LOCAL_CACHE``, else ``~/.cache/tunepipe/remote/<hash of the
+URL>``) that holds what is private to a machine (staging folders, checkpoints, ``shared/``, pipeline
+state, run records, validated specs) and a mirror of the artifacts it used. The remote holds the
+truth for what machines share::
+
+    <prefix>/tunepipe-cache.json            the layout marker (``cache verify/gc`` look for it)
+    <prefix>/objects/ab/<digest>/<files>    an artifact's files
+    <prefix>/objects/ab/<digest>.json       its manifest: folders, files, sizes, sha256, x bits
+    <prefix>/keys/ab/<key>.json             a key's record
+    <prefix>/locks/<key>.lease              who computes a key now (:mod:`tunepipe.cache.leases`)
+
+Commit order, as in the local cache: an artifact's files are uploaded, then its manifest (the
+commit marker: an artifact without one does not exist for readers), then the records that use it,
+first on the remote, then in the working cache. A crash at any point leaves only unmarked files,
+which the next publish overwrites and ``cache gc`` removes. Artifacts are fetched lazily: a
+cached stage costs one GET of its record (and a HEAD per output) on a machine that has not seen
+it, nothing on one that has; its files are downloaded only where a stage reads them
+(:meth:`RemoteStore.fetch`), and checked against their digest before anyone sees them.
+
+Credentials come only from the environment (the standard ``AWS_*`` variables, ``AWS_PROFILE``;
+``AWS_ENDPOINT_URL`` for S3-compatible storage such as MinIO): never from the URL, and they never
+appear in :meth:`RemoteStore.location`, records or messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import re
+import stat
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from tunepipe.cache.digests import file_digest, tree_digest, tree_entries
+from tunepipe.cache.leases import LeaseLock, read_lease
+from tunepipe.cache.store import LAYOUT_VERSION, GcReport, LocalStore, VerifyReport, _force_rmtree
+from tunepipe.errors import CacheError, TunepipeError, UserError
+from tunepipe.execute import crashpoint
+from tunepipe.redact import redact
+
+LOCAL_ENV = "TUNEPIPE_LOCAL_CACHE"
+MARKER = "tunepipe-cache.json"
+SCHEMES = ("s3", "s3a")
+_MANIFEST = re.compile(r"objects/[0-9a-f]{2}/([0-9a-f]{64})\.json")
+_OBJECT_FILE = re.compile(r"objects/[0-9a-f]{2}/([0-9a-f]{64})/.+")
+_RECORD = re.compile(r"keys/[0-9a-f]{2}/([0-9a-f]{64})\.json")
+_LEASE = re.compile(r"locks/(.+)\.lease")
+_CHUNK = 8 * 2**20
+
+
+def _shard(base: str, name: str, suffix: str = "") -> str:
+    return f"{base}/{name[:2]}/{name}{suffix}"
+
+
+def _object_rel(digest: str) -> str:
+    return _shard("objects", digest)
+
+
+def _manifest_rel(digest: str) -> str:
+    return _shard("objects", digest, ".json")
+
+
+def _record_rel(key: str) -> str:
+    return _shard("keys", key, ".json")
+
+
+def _lease_rel(key: str) -> str:
+    return f"locks/{key}.lease"
+
+
+def parse_url(url: str) -> tuple[str, str]:
+    """``s3://bucket/some/prefix`` -> (bucket, "some/prefix"); a clear error for anything else."""
+    parts = urlsplit(url.strip())
+    scheme = parts.scheme.lower()
+    fix = "Pass --cache-dir (or TUNEPIPE_CACHE) as a folder, or as s3://BUCKET/PREFIX"
+    if scheme not in SCHEMES:
+        raise UserError(f"the cache location {url!r} is not supported: a cache is a folder (a shared POSIX file "
+                        f"system such as NFS works too) or S3-compatible object storage (s3://bucket/prefix), "
+                        f"not '{scheme}://'. {fix}")
+    if "@" in parts.netloc:
+        shown = f"{scheme}://...@{parts.netloc.rsplit('@', 1)[1]}{parts.path}"
+        raise UserError(f"the cache location {shown!r} holds credentials: tunepipe reads them only from the "
+                        "environment (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE), so they "
+                        f"never reach records or logs. Remove them from the URL. {fix}")
+    if parts.query or parts.fragment:
+        raise UserError(f"the cache location {url!r} has a '?' or '#' part, which tunepipe does not read. {fix}")
+    bucket = parts.netloc
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{1,254}", bucket):
+        raise UserError(f"the cache location {url!r} names no valid bucket (s3://BUCKET/PREFIX, with BUCKET of "
+                        f"3 to 63 lowercase letters, digits, '.' and '-'). {fix}")
+    segments = [s for s in parts.path.split("/") if s]
+    if any(s in (".", "..") for s in segments):
+        raise UserError(f"the cache location {url!r} has '.' or '..' in its prefix. {fix}")
+    return bucket, "/".join(segments)
+
+
+def default_local_root(url: str) -> Path:
+    """Where this machine keeps its working cache for ``url``."""
+    if os.environ.get(LOCAL_ENV):
+        return Path(os.environ[LOCAL_ENV]).expanduser()
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "tunepipe" / "remote" / hashlib.sha256(url.encode()).hexdigest()[:16]
+
+
+def _endpoint() -> str:
+    """The endpoint the AWS SDK will use, for messages (never with a user:password part)."""
+    raw = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or ""
+    if not raw:
+        return "AWS S3"
+    parts = urlsplit(raw)
+    return f"{parts.scheme}://{parts.hostname or ''}{f':{parts.port}' if parts.port else ''}"
+
+
+def _error_code(e: BaseException) -> str:
+    for exc in (e, e.__cause__):
+        response = getattr(exc, "response", None)
+        if isinstance(response, dict):
+            return str(response.get("Error", {}).get("Code", ""))
+    return ""
+
+
+def _precondition_failed(e: BaseException) -> bool:
+    return isinstance(e, FileExistsError) or _error_code(e) in ("PreconditionFailed", "412",
+                                                                 "ConditionalRequestConflict", "409")
+
+
+def _gone(e: BaseException) -> bool:
+    """The key is not there (as opposed to the whole bucket)."""
+    return isinstance(e, FileNotFoundError) and _error_code(e) != "NoSuchBucket"
+
+
+@dataclass(frozen=True)
+class Head:
+    etag: str
+    size: int
+    age: float  # seconds since it was last written, on the server's clock
+
+
+def _head(response: dict[str, Any]) -> Head:
+    age = 0.0
+    date = response.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
+    modified = response.get("LastModified")
+    if modified is not None:
+        now = parsedate_to_datetime(date).timestamp() if date else time.time()
+        age = max(0.0, now - modified.timestamp())
+    return Head(str(response.get("ETag", "")), int(response.get("ContentLength", 0)), age)
+
+
+class Remote:
+    """The remote half: keys under ``bucket/prefix`` through s3fs, its errors made readable.
+
+    Nothing is imported or contacted until the first request, so a rerun that finds everything
+    in the working cache starts as fast as with a local cache (and works offline). The first
+    request reads the layout marker: it proves the bucket exists and answers, and until one
+    request has succeeded an unreachable endpoint is taken for a wrong setting (a user error)."""
+
+    def __init__(self, url: str) -> None:
+        self.bucket, self.prefix = parse_url(url)
+        self.url = f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
+        self.endpoint = _endpoint()
+        self._fs: Any = None
+        self._layout: dict[str, Any] | None = None  # the marker's content, once connected
+        self._reached = False
+        self._connecting = threading.Lock()
+
+    @property
+    def fs(self) -> Any:
+        """The s3fs file system, made (and the cache's layout checked) on first use."""
+        if not self._reached:
+            with self._connecting:
+                if not self._reached:
+                    self._connect()
+        return self._fs
+
+    def _connect(self) -> None:
+        try:
+            import s3fs
+        except ImportError:
+            raise UserError(f"the cache {self.url} is on object storage, which needs s3fs: "
+                            "pip install 'tunepipe[s3]'") from None
+        # Three attempts with the SDK's standard backoff (its default "legacy" mode retries a
+        # refused connection for several seconds); AWS_MAX_ATTEMPTS / AWS_RETRY_MODE still win.
+        custom = {"AWS_MAX_ATTEMPTS", "AWS_RETRY_MODE"} & set(os.environ)
+        config = {} if custom else {"retries": {"max_attempts": 3, "mode": "standard"}}
+        # No instance cache (credentials and endpoint are read from the environment when it is
+        # made) and no listing cache (other machines write here all the time).
+        self._fs = s3fs.S3FileSystem(skip_instance_cache=True, use_listings_cache=False, config_kwargs=config)
+        with self.errors("opening the cache"):
+            try:
+                raw: bytes | None = self._fs.cat_file(self.path(MARKER))
+            except FileNotFoundError as e:
+                if _error_code(e) == "NoSuchBucket":
+                    raise
+                raw = None
+        layout = None
+        if raw is not None:
+            try:
+                layout = json.loads(raw)
+                version = str(layout.get("layout"))
+            except (ValueError, AttributeError):
+                version = "?"
+            if version != LAYOUT_VERSION:
+                raise UserError(f"the cache {self.url} has layout {version}, this tunepipe reads layout "
+                                f"{LAYOUT_VERSION}: use another prefix, or the tunepipe version that wrote it")
+        self._layout = layout
+        self._reached = True
+
+    @property
+    def marked(self) -> bool:
+        """Whether a tunepipe cache was ever written here (its layout marker exists)."""
+        _ = self.fs
+        return self._layout is not None
+
+    def mark(self) -> None:
+        """Write the layout marker, once: before the first artifact or record."""
+        if not self.marked:
+            self.put(MARKER, json.dumps({"layout": LAYOUT_VERSION, "tool": "tunepipe"}).encode(), create=True)
+            self._layout = {"layout": LAYOUT_VERSION}
+
+    # paths -----------------------------------------------------------------------------------
+    def key(self, rel: str) -> str:
+        return f"{self.prefix}/{rel}" if self.prefix else rel
+
+    def path(self, rel: str) -> str:
+        return f"{self.bucket}/{self.key(rel)}"
+
+    def rel(self, path: str) -> str:
+        return path[len(self.path("")):]
+
+    # errors ----------------------------------------------------------------------------------
+    def error(self, e: BaseException, doing: str) -> TunepipeError:
+        """A one-paragraph error for a failed request."""
+        from botocore.exceptions import ConnectionError as BotoConnectionError
+        from botocore.exceptions import HTTPClientError, NoCredentialsError, PartialCredentialsError
+
+        code = _error_code(e)
+        cls: type[TunepipeError] = UserError
+        if isinstance(e, NoCredentialsError | PartialCredentialsError):
+            text = (f"no credentials for the cache {self.url} while {doing}: set AWS_ACCESS_KEY_ID and "
+                    "AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) in the environment. tunepipe reads them only from there")
+        elif code == "NoSuchBucket":
+            text = (f"the bucket '{self.bucket}' does not exist at {self.endpoint} (while {doing}): create it, or "
+                    f"fix the bucket in {self.url} (--cache-dir or TUNEPIPE_CACHE); for S3-compatible storage set "
+                    "AWS_ENDPOINT_URL to its address")
+        elif code == "InvalidBucketName":
+            text = (f"{self.endpoint} says '{self.bucket}' is not a valid bucket name (in {self.url}): fix "
+                    "--cache-dir or TUNEPIPE_CACHE")
+        elif isinstance(e, PermissionError):
+            text = (f"{self.endpoint} refused access to {self.url} while {doing} ({e}): check the credentials in "
+                    "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) and that they may read, write "
+                    "and delete objects under that prefix")
+        elif isinstance(e, BotoConnectionError | HTTPClientError | TimeoutError | ConnectionError):
+            cls = CacheError if self._reached else UserError  # never reached: most likely a wrong setting
+            text = (f"cannot reach {self.endpoint} for the cache {self.url} while {doing} ({type(e).__name__}). "
+                    "Check the network, and AWS_ENDPOINT_URL when the storage is not AWS S3 (e.g. MinIO)")
+        else:
+            cls = CacheError
+            text = f"the object storage of the cache {self.url} failed while {doing}: {type(e).__name__}: {e}"
+        return cls(redact(text))
+
+    @contextmanager
+    def errors(self, doing: str) -> Iterator[None]:
+        """Turn what s3fs and botocore raise into a TunepipeError that says what to do."""
+        try:
+            yield
+        except TunepipeError:
+            raise
+        except Exception as e:
+            from botocore.exceptions import BotoCoreError, ClientError
+
+            if isinstance(e, OSError | BotoCoreError | ClientError):
+                raise self.error(e, doing) from None
+            raise
+
+    # requests --------------------------------------------------------------------------------
+    def get(self, rel: str) -> bytes | None:
+        """The object's bytes, or None when there is no such key."""
+        fs = self.fs
+        with self.errors(f"reading {rel}"):
+            try:
+                return fs.cat_file(self.path(rel))
+            except FileNotFoundError as e:
+                if _error_code(e) == "NoSuchBucket":
+                    raise
+                return None
+
+    def head(self, rel: str) -> Head | None:
+        return self.heads([rel])[0]
+
+    def heads(self, rels: list[str]) -> list[Head | None]:
+        """HEAD requests for many keys at once (None where there is no such key)."""
+        if not rels:
+            return []
+        from fsspec.asyn import sync
+
+        fs = self.fs
+
+        async def one(rel: str) -> dict[str, Any] | None:
+            try:
+                return await fs._call_s3("head_object", Bucket=self.bucket, Key=self.key(rel))
+            except FileNotFoundError:
+                return None
+
+        async def every() -> list[dict[str, Any] | None]:
+            return list(await asyncio.gather(*(one(r) for r in rels)))
+
+        with self.errors(f"looking up {rels[0]}" + (f" and {len(rels) - 1} more" if len(rels) > 1 else "")):
+            found = sync(fs.loop, every)
+        return [None if r is None else _head(r) for r in found]
+
+    def put(self, rel: str, data: bytes, create: bool = False, if_match: str | None = None) -> str | None:
+        """Write an object; returns its ETag, or None when ``create`` (it exists) or ``if_match``
+        (it changed or is gone) did not hold."""
+        cond: dict[str, str] = {"IfNoneMatch": "*"} if create else {}
+        if if_match is not None:
+            cond["IfMatch"] = if_match
+        with self.errors(f"writing {rel}"):
+            try:
+                r = self.fs.call_s3("put_object", Bucket=self.bucket, Key=self.key(rel), Body=data, **cond)
+            except OSError as e:
+                if cond and (_precondition_failed(e) or (if_match and _gone(e))):
+                    return None
+                raise
+        return str(r.get("ETag", ""))
+
+    def delete(self, rel: str, if_match: str | None = None) -> bool:
+        cond = {"IfMatch": if_match} if if_match is not None else {}
+        with self.errors(f"removing {rel}"):
+            try:
+                self.fs.call_s3("delete_object", Bucket=self.bucket, Key=self.key(rel), **cond)
+            except OSError as e:
+                if _precondition_failed(e) or _gone(e):
+                    return False
+                raise
+        return True
+
+    def remove(self, rels: list[str]) -> None:
+        if rels:
+            with self.errors(f"removing {len(rels)} objects"):
+                self.fs.rm([self.path(r) for r in rels])
+
+    def upload(self, pairs: list[tuple[Path, str]]) -> None:
+        if pairs:
+            with self.errors(f"uploading {pairs[0][1]}" + (f" and {len(pairs) - 1} more" if len(pairs) > 1 else "")):
+                self.fs.put([str(p) for p, _ in pairs], [self.path(r) for _, r in pairs])
+
+    def download(self, pairs: list[tuple[str, Path]]) -> None:
+        for _, p in pairs:
+            p.parent.mkdir(parents=True, exist_ok=True)
+        if pairs:
+            with self.errors(f"downloading {pairs[0][0]}" + (f" and {len(pairs) - 1} more" if len(pairs) > 1 else "")):
+                self.fs.get([self.path(r) for r, _ in pairs], [str(p) for _, p in pairs])
+
+    def listing(self, rel: str) -> dict[str, dict[str, Any]]:
+        """Every object below ``rel`` by its path relative to the prefix (with size, LastModified)."""
+        with self.errors(f"listing {rel}/"):
+            found = self.fs.find(self.path(rel), detail=True)
+        return {self.rel(p): info for p, info in found.items() if info.get("type") != "directory"}
+
+    def sha256(self, rel: str) -> str:
+        """The sha256 of an object, streamed (nothing is written locally)."""
+        h = hashlib.sha256()
+        with self.errors(f"reading {rel}"), self.fs.open(self.path(rel), "rb", block_size=_CHUNK) as f:
+            while chunk := f.read(_CHUNK):
+                h.update(chunk)
+        return h.hexdigest()
+
+
+# manifests --------------------------------------------------------------------------------------
+def build_manifest(folder: Path) -> tuple[str, dict[str, Any]]:
+    """The tree digest of a published folder and its manifest (one hashing pass)."""
+    sums: dict[Path, str] = {}
+
+    def record(p: Path) -> str:
+        sums[p] = file_digest(p)
+        return sums[p]
+
+    digest = tree_digest(folder, digest_of=record)
+    dirs, files = [], []
+    for rel, p, st in tree_entries(folder):
+        if stat.S_ISDIR(st.st_mode):
+            dirs.append(rel)
+        else:
+            files.append({"path": rel, "size": st.st_size, "sha256": sums[p], "x": bool(st.st_mode & stat.S_IXUSR)})
+    return digest, {"layout": LAYOUT_VERSION, "digest": digest, "dirs": dirs, "files": files}
+
+
+def manifest_digest(manifest: dict[str, Any]) -> str:
+    """The tree digest a manifest describes (``tree_digest``'s format, from the listed entries)."""
+    lines = [(d, f"d {d}\n") for d in manifest["dirs"]]
+    lines += [(f["path"], f"f {'x' if f['x'] else '-'} {f['sha256']} {f['path']}\n") for f in manifest["files"]]
+    h = hashlib.sha256(b"tunepipe-tree-v1\n")
+    for _, line in sorted(lines, key=lambda e: e[0]):
+        h.update(line.encode())
+    return h.hexdigest()
+
+
+def _parse_record(raw: bytes | None) -> dict[str, Any] | None:
+    """A record with an ``outputs`` mapping, else None (unreadable: recompute it; ``cache verify``
+    reports it)."""
+    try:
+        rec = json.loads(raw) if raw else None
+    except ValueError:
+        return None
+    return rec if isinstance(rec, dict) and isinstance(rec.get("outputs"), dict) else None
+
+
+def _read_record(path: Path) -> dict[str, Any] | None:
+    try:
+        return _parse_record(path.read_bytes())
+    except OSError:
+        return None
+
+
+def _parse_manifest(raw: bytes, digest: str) -> dict[str, Any] | None:
+    """The manifest if it is well-formed and describes ``digest``, else None."""
+    try:
+        m = json.loads(raw)
+        if manifest_digest(m) == digest and all(isinstance(f["size"], int) for f in m["files"]):
+            return m
+    except (ValueError, KeyError, TypeError):
+        pass
+    return None
+
+
+class RemoteStore:
+    """A cache whose artifacts and records live on object storage (the :class:`Store` protocol)."""
+
+    def __init__(self, url: str, local_root: Path | None = None) -> None:
+        self.remote = Remote(url)
+        self.url = self.remote.url
+        root = (local_root or default_local_root(self.url)).absolute()
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"cannot create {root}, the local working cache of {self.url}: {e.strerror}. "
+                            f"Set {LOCAL_ENV} to a writable folder") from None
+        self.local = LocalStore(root)
+        self.root = self.local.root
+        self.digests = self.local.digests
+        self.say: Callable[[str], None] = lambda _m: None  # where maintenance notes go (cache verify/gc)
+        self._present: set[str] = set()  # digests whose manifest this process has seen on the remote
+        self._mutex = threading.Lock()
+
+    def location(self) -> str:
+        """The URL only: another machine opens the same cache with ``open_store(location)``."""
+        return self.url
+
+    def is_cache(self) -> bool:
+        """Whether anything was ever stored here (maintenance never creates a cache)."""
+        return self.remote.marked
+
+    def _has(self, *digests: str) -> bool:
+        """Whether the remote holds all these artifacts (their manifests exist)."""
+        unknown = sorted(set(digests) - self._present)
+        found = [d for d, head in zip(unknown, self.remote.heads([_manifest_rel(d) for d in unknown])) if head]
+        with self._mutex:
+            self._present.update(found)
+        return len(found) == len(unknown)
+
+    # records ---------------------------------------------------------------------------------
+    def record_path(self, key: str) -> Path:
+        """The working cache's copy of a record (what ``--explain`` diffs with)."""
+        return self.local.record_path(key)
+
+    def record(self, key: str) -> dict[str, Any] | None:
+        """The record of a key whose outputs all exist (here, or on the remote), else None.
+
+        A record this machine wrote, or found on the remote with all its artifacts, is kept in the
+        working cache and trusted from then on: a cached rerun makes no request at all. Should an
+        artifact vanish from the remote after all (``cache verify --repair`` elsewhere), the
+        :meth:`fetch` that misses it forgets the records that use it, so the next run recomputes."""
+        rec = _read_record(self.local.record_path(key))
+        if rec is not None:
+            return rec
+        rec = _parse_record(self.remote.get(_record_rel(key)))
+        if rec is None:
+            return None
+        if not self._has(*(d for d in rec["outputs"].values() if not self.local.object_path(d).is_dir())):
+            return None
+        self.local.put_record(key, rec)
+        return rec
+
+    def put_record(self, key: str, record: dict[str, Any]) -> None:
+        """Remote first (its artifacts are there already), then the working cache: a record here
+        means every machine can find it."""
+        if not self._has(*record.get("outputs", {}).values()):
+            raise CacheError(f"cannot record {key[:12]} in {self.url}: one of its artifacts is not there (was it "
+                             "removed meanwhile?); run the pipeline again")
+        self.remote.mark()
+        self.remote.put(_record_rel(key), (json.dumps(record, indent=1, ensure_ascii=False) + "\n").encode())
+        self.local.put_record(key, record)
+
+    # objects ---------------------------------------------------------------------------------
+    def object_path(self, digest: str) -> Path:
+        """Where the artifact is (or will be, once fetched) on this machine."""
+        return self.local.object_path(digest)
+
+    def publish(self, folder: Path) -> str:
+        """Publish in the working cache, then upload the files and, last, the manifest."""
+        digest = self.local.publish(folder)
+        if not self._has(digest):
+            self._upload(digest)
+        return digest
+
+    def _upload(self, digest: str) -> None:
+        obj = self.local.object_path(digest)
+        actual, manifest = build_manifest(obj)
+        if actual != digest:
+            raise CacheError(f"the artifact {obj} was changed after it was published (its digest no longer "
+                             "matches): run `pipeline cache verify --repair`, then the pipeline again")
+        self.remote.mark()
+        base = _object_rel(digest)
+        pairs = [(obj / f["path"], f"{base}/{f['path']}") for f in manifest["files"]]
+        self.remote.upload(pairs[:1])
+        crashpoint("remote-upload")  # the crash tests: after the first file, before the manifest
+        self.remote.upload(pairs[1:])
+        # The manifest goes last, and only over files that are really there (a `cache gc` that
+        # ran while this machine was frozen may have removed an unfinished upload).
+        sizes = {rel: info.get("size") for rel, info in self.remote.listing(base).items()}
+        again = [(p, r) for (p, r), f in zip(pairs, manifest["files"]) if sizes.get(r) != f["size"]]
+        self.remote.upload(again)
+        self.remote.put(_manifest_rel(digest), json.dumps(manifest).encode())
+        with self._mutex:
+            self._present.add(digest)
+
+    def fetch(self, digest: str) -> Path:
+        """The local folder of an artifact, downloaded and checked against its digest if needed."""
+        path = self.local.object_path(digest)
+        if path.is_dir():
+            return path
+        with self.local.lock(f"fetch-{digest}", f"artifact {digest[:12]}", lambda _m: None):
+            if path.is_dir():  # another process of this machine fetched it while we waited
+                return path
+            raw = self.remote.get(_manifest_rel(digest))
+            if raw is None:
+                self._forget(digest)
+                raise CacheError(f"the cache {self.url} has no artifact {digest[:12]} (was it removed from the "
+                                 "storage?): run the pipeline again to recompute it; if it still fails, run "
+                                 f"`pipeline cache verify --repair --cache-dir {self.url}` on the machine that runs "
+                                 "the pipeline (it puts back what that machine has, and forgets what is lost)")
+            manifest = _parse_manifest(raw, digest)
+            if manifest is None:
+                raise CacheError(f"the manifest of artifact {digest[:12]} in {self.url} is damaged: run "
+                                 f"`pipeline cache verify --repair --cache-dir {self.url}`, then the pipeline again")
+            tmp = self.local.staging(f"fetch-{digest}")
+            try:
+                self._download(digest, manifest, tmp)
+                self.local.publish(tmp)
+            finally:
+                _force_rmtree(tmp)
+        return path
+
+    def _forget(self, digest: str) -> None:
+        """Drop this machine's copies of the records that use an artifact the remote lost."""
+        with self._mutex:
+            self._present.discard(digest)
+        for _key, path in self.local.iter_records():
+            rec = _read_record(path)
+            if rec is None or digest in rec["outputs"].values():
+                path.unlink(missing_ok=True)
+
+    def _download(self, digest: str, manifest: dict[str, Any], tmp: Path) -> None:
+        for d in manifest["dirs"]:
+            (tmp / d).mkdir(parents=True, exist_ok=True)
+        base = _object_rel(digest)
+        try:
+            self.remote.download([(f"{base}/{f['path']}", tmp / f["path"]) for f in manifest["files"]])
+        except CacheError as e:
+            raise CacheError(f"the artifact {digest[:12]} in {self.url} is incomplete or unreadable ({e}); run "
+                             f"`pipeline cache verify --repair --cache-dir {self.url}`, then the pipeline again") from None
+        for f in manifest["files"]:
+            if f["x"]:
+                p = tmp / f["path"]
+                p.chmod(p.stat().st_mode | 0o111)
+        if tree_digest(tmp) != digest:
+            bad = next((f["path"] for f in manifest["files"] if file_digest(tmp / f["path"]) != f["sha256"]), "?")
+            raise CacheError(f"the artifact {digest[:12]} downloaded from {self.url} does not match its digest "
+                             f"({bad} differs: it was damaged on the storage). Run `pipeline cache verify --repair "
+                             f"--cache-dir {self.url}`, then the pipeline again")
+
+    # running stages: node-local --------------------------------------------------------------
+    def staging(self, key: str) -> Path:
+        return self.local.staging(key)
+
+    def clear_staging(self, key: str) -> None:
+        self.local.clear_staging(key)
+
+    def scratch(self, key: str) -> Path:
+        return self.local.scratch(key)
+
+    def shared(self, area: str) -> Path:
+        return self.local.shared(area)
+
+    def drop_scratch(self, key: str) -> None:
+        self.local.drop_scratch(key)
+
+    def sweep_leftovers(self, dry_run: bool = False, say: Callable[[str], None] = lambda _m: None) -> list[str]:
+        """Staging folders are private to a machine: its own file locks tell which are abandoned."""
+        return self.local.sweep_leftovers(dry_run=dry_run, say=say)
+
+    def lock(self, key: str, what: str, say: Callable[[str], None]) -> LeaseLock:
+        """One machine computes a key; the others wait for its lease, then reuse the result."""
+        return LeaseLock(self.local.lock(key, what, say), self.remote, _lease_rel(key), what, say)
+
+    # maintenance -----------------------------------------------------------------------------
+    def verify(self, repair: bool = False) -> VerifyReport:
+        """Check every remote artifact (manifest, files, sizes and sha256, streamed) and record, and
+        rehash the artifacts mirrored in the working cache. ``repair`` puts back from this
+        machine's intact copies what the remote lost or damaged, and removes what nobody has."""
+        report = VerifyReport()
+        objects = self.remote.listing("objects")
+        marked = {m.group(1) for rel in objects if (m := _MANIFEST.fullmatch(rel))}
+        downloaded, bad = 0, set()
+        for digest in sorted(marked):
+            report.objects += 1
+            ok, size = self._check_object(digest, objects)
+            downloaded += size
+            if not ok:
+                bad.add(digest)
+        mirrored = {obj.name for obj in (self.local.root / "objects").glob("*/*")
+                    if obj.is_dir() and tree_digest(obj) != obj.name}  # damaged here, maybe fine there
+        report.corrupt = sorted(bad | mirrored)
+        remote_records: dict[str, list[str] | None] = {}  # key -> its artifacts that are gone (None: unreadable)
+        for rel in sorted(self.remote.listing("keys")):
+            if not (m := _RECORD.fullmatch(rel)):
+                continue
+            key = m.group(1)
+            report.records += 1
+            rec = _parse_record(self.remote.get(rel))
+            if rec is None:
+                report.unreadable.append(key)
+                remote_records[key] = None
+                continue
+            gone = [d for d in rec["outputs"].values() if d not in marked or d in bad]
+            report.missing.extend((key, d) for d in gone if d not in bad)
+            remote_records[key] = gone
+        here = [rec for _key, path in self.local.iter_records() if (rec := _read_record(path))]
+        lacking = {d for rec in here for d in rec["outputs"].values()
+                   if (d not in marked or d in bad) and self._intact_here(d, mirrored)}
+        self.say(f"{self.url}: checked {report.objects} artifacts (streamed {downloaded / 1e6:.1f} MB) and "
+                 f"{report.records} records on the remote, and the artifacts mirrored in {self.root}")
+        if lacking and not repair:
+            self.say(f"{len(lacking)} artifacts this machine has are missing or damaged on the remote: "
+                     "`pipeline cache verify --repair` here uploads them again")
+        if repair:
+            self._repair(remote_records, bad, mirrored, marked)
+        return report
+
+    def _intact_here(self, digest: str, mirrored: set[str]) -> bool:
+        return digest not in mirrored and self.local.object_path(digest).is_dir()
+
+    def _check_object(self, digest: str, objects: dict[str, dict[str, Any]]) -> tuple[bool, int]:
+        """Whether a marked artifact is whole and matches its digest; and the bytes read."""
+        manifest = _parse_manifest(self.remote.get(_manifest_rel(digest)) or b"", digest)
+        if manifest is None:
+            return False, 0
+        base, read = _object_rel(digest), 0
+        for f in manifest["files"]:
+            rel = f"{base}/{f['path']}"
+            if objects.get(rel, {}).get("size") != f["size"]:
+                return False, read
+            if self.remote.sha256(rel) != f["sha256"]:
+                return False, read + f["size"]
+            read += f["size"]
+        return True, read
+
+    def _repair(self, remote_records: dict[str, list[str] | None], bad: set[str], mirrored: set[str],
+                marked: set[str]) -> None:
+        """Put back what this machine still has intact; remove what nobody has. Records go first,
+        then manifests, then files, so a reader never sees a record without its artifacts.
+        ``remote_records``: each remote record's artifacts that are gone (None: unreadable)."""
+        def intact(digest: str) -> bool:
+            return self._intact_here(digest, mirrored)
+
+        for key, gone in remote_records.items():  # artifacts nobody has any more: recompute them
+            if gone is None or not all(intact(d) for d in gone):
+                self.remote.delete(_record_rel(key))
+                self.local.record_path(key).unlink(missing_ok=True)
+        healthy = {key for key, gone in remote_records.items() if gone == []}
+        for digest in sorted(bad):
+            with self._mutex:
+                self._present.discard(digest)
+            if not intact(digest):
+                self.remote.delete(_manifest_rel(digest))
+                self.remote.remove(sorted(self.remote.listing(_object_rel(digest))))
+        needed = {d for d in bad if intact(d)}
+        needed |= {d for gone in remote_records.values() if gone and all(intact(x) for x in gone) for d in gone}
+        records: list[tuple[str, dict[str, Any]]] = []
+        for key, path in self.local.iter_records():
+            rec = _read_record(path)
+            outputs = list(rec["outputs"].values()) if rec else []
+            if rec is None or not all((d in marked and d not in bad) or intact(d) for d in outputs):
+                path.unlink(missing_ok=True)
+                continue
+            lacking = [d for d in outputs if d not in marked or d in bad]
+            needed.update(lacking)
+            if key not in healthy or lacking:
+                records.append((key, rec))
+        for digest in sorted(needed):
+            self._upload(digest)
+        for key, rec in records:
+            self.remote.put(_record_rel(key), (json.dumps(rec, indent=1, ensure_ascii=False) + "\n").encode())
+        for digest in sorted(mirrored):
+            _force_rmtree(self.local.object_path(digest))
+        if needed or records:
+            self.say(f"{self.url}: put back {len(needed)} artifacts and {len(records)} records from this "
+                     "machine's intact copies")
+
+    def gc(self, keep: set[str], dry_run: bool = False) -> GcReport:
+        """Clean this machine's working cache, and on the remote only what is certainly garbage:
+        unfinished uploads of interrupted runs and expired leases. Records and artifacts on the
+        remote are kept: other machines' pipelines may use them, and no machine knows them all."""
+        report = self.local.gc(keep, dry_run=dry_run)
+        live, expired = [], []
+        for rel in sorted(self.remote.listing("locks")):
+            if _LEASE.fullmatch(rel) and (state := read_lease(self.remote, rel)) is not None:
+                (expired if state.expired else live).append((rel, state))
+        objects = self.remote.listing("objects")
+        marked = {m.group(1) for rel in objects if (m := _MANIFEST.fullmatch(rel))}
+        unfinished: dict[str, list[str]] = {}
+        for rel in objects:
+            m = _OBJECT_FILE.fullmatch(rel)
+            if m and m.group(1) not in marked:
+                unfinished.setdefault(m.group(1), []).append(rel)
+        records = sum(1 for rel in self.remote.listing("keys") if _RECORD.fullmatch(rel))
+        verb = "would remove" if dry_run else "removed"
+        removed = 0 if live else len(unfinished)
+        if unfinished and live:
+            rel, state = live[0]
+            self.say(f"{self.url}: kept {len(unfinished)} unfinished uploads: {state.owner.get('what', 'a stage')} is "
+                     f"running ({state.owner.get('host')}, pid {state.owner.get('pid')}) and may be uploading; "
+                     "run `pipeline cache gc` again when no pipeline uses this cache")
+        elif unfinished:
+            for digest, rels in sorted(unfinished.items()):
+                report.leftovers.append(f"{self.url}/{_object_rel(digest)}/ (unfinished upload)")
+                report.freed_bytes += sum(int(objects[r].get("size") or 0) for r in rels)
+                if not dry_run:
+                    self.remote.remove(rels)
+        for rel, state in expired:
+            report.leftovers.append(f"{self.url}/{rel} (expired lease)")
+            if not dry_run:
+                self.remote.delete(rel, if_match=state.etag)
+        self.say(f"{self.url} is shared by every machine that uses it, so gc keeps its {records} records and "
+                 f"{len(marked)} artifacts (no machine knows which pipelines still need them; to drop all, delete the "
+                 f"prefix). It {verb} {removed} unfinished uploads and {len(expired)} expired leases there, and "
+                 f"cleaned this machine's working cache {self.root}")
+        return report

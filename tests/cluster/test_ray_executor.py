@@ -1,0 +1,181 @@
+"""The Ray executor end to end: ``pipeline run`` as a subprocess against a real two-node Ray
+cluster on loopback (see tests/support/ray_cluster.py), or a local Ray the run starts itself."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ray_cluster import RayCluster
+
+Project = Any  # the root conftest's project fixture
+
+from tunepipe.cluster.ray_executor import ray_options, threads_for
+from tunepipe.runner import RunOptions, executor_setting
+from tunepipe.spec.model import Pipeline
+
+SPEC = """\
+stages:
+  left:
+    uses: tp_testplugins:Emit
+    with: {{text: left, sleep: {sleep}}}
+    resources: {{cpus: 1}}
+  right:
+    uses: tp_testplugins:Emit
+    with: {{text: right, sleep: {sleep}}}
+    resources: {{cpus: 1}}
+  both:
+    uses: tp_testplugins:Emit
+    with: {{text: "!"}}
+    inputs: {{src: [left.out, right.out]}}
+"""
+
+
+def _run(project: Project, *args: str, env: dict[str, str] | None = None, timeout: float = 240) -> tuple[int, str]:
+    proc = project.subprocess("run", "p.yaml", *args, env=env)
+    out, err = proc.communicate(timeout=timeout)
+    return proc.returncode, out + err
+
+
+def _record(cache: Path) -> dict:
+    (record,) = [p for p in (cache / "runs").glob("*/*.json")]
+    return json.loads(record.read_text())
+
+
+def _outputs(cache: Path) -> dict[str, dict[str, str]]:
+    return {name: s["outputs"] for name, s in _record(cache)["stages"].items()}
+
+
+def _local_outputs(project: Project) -> dict[str, dict[str, str]]:
+    code, text = _run(project, "--cache-dir", str(project.root / "local-cache"))
+    assert code == 0, text
+    return _outputs(project.root / "local-cache")
+
+
+@pytest.mark.slow
+def test_stages_run_on_both_nodes_with_the_cache_shared_and_match_the_local_executor(
+        project: Project, ray_cluster: RayCluster) -> None:
+    project.write("p.yaml", SPEC.format(sleep=3))
+    expected = _local_outputs(project)
+    code, text = _run(project, "--address", ray_cluster.address, env=ray_cluster.env)
+    assert code == 0, text
+    assert "executor: Ray cluster with 2 nodes, 2 CPUs" in text
+    record = _record(project.cache)
+    assert record["executor"] == "ray"
+    stages = record["stages"]
+    assert {n: s["outputs"] for n, s in stages.items()} == expected  # byte-identical artifacts
+    # left and right each hold a node's only CPU at the same time: one ran on each node
+    assert {stages["left"]["node_ip"], stages["right"]["node_ip"]} == {"127.0.0.2", "127.0.0.3"}
+    assert stages["left"]["node"] != stages["right"]["node"]
+    assert all(s["attempts"] == 1 and "lost_on" not in s for s in stages.values())
+    # one cache for both nodes: a rerun anywhere reuses everything without starting a task
+    code, text = _run(project, "--address", ray_cluster.address, env=ray_cluster.env)
+    assert code == 0 and "3 cached" in text and "executor:" not in text, text
+
+
+@pytest.mark.slow
+def test_a_node_lost_mid_stage_is_retried_and_the_run_completes(project: Project, ray_cluster: RayCluster) -> None:
+    project.write("p.yaml", SPEC.format(sleep=8))
+    spy = ray_cluster.tmp / "spy.txt"
+    proc = project.subprocess("run", "p.yaml", "--address", ray_cluster.address, env=ray_cluster.env)
+    deadline = time.monotonic() + 120
+    while not (spy.exists() and len(spy.read_text().splitlines()) >= 2):  # left and right both started
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.2)
+    ray_cluster.kill("worker")  # the machine running one of them is gone
+    out, err = proc.communicate(timeout=240)
+    assert proc.returncode == 0, out + err
+    stages = _record(project.cache)["stages"]
+    retried = [s for s in ("left", "right") if stages[s]["attempts"] == 2]
+    assert len(retried) == 1, stages
+    again = stages[retried[0]]
+    assert again["node_ip"] == "127.0.0.3" and len(again["lost_on"]) == 1 and again["lost_on"][0] != again["node"]
+    assert f"{retried[0]}" in (out + err)
+    assert len(spy.read_text().splitlines()) == 4  # left, right, the retry, both
+    code, text = project.run("cache", "verify", "--cache-dir", str(project.cache)).exit_code, ""
+    assert code == 0
+    assert not list((project.cache / "tmp").iterdir())  # the lost attempt's staging folder is gone
+    assert _outputs(project.cache) == _local_outputs(project)
+
+
+@pytest.mark.slow
+def test_ctrl_c_on_the_driver_leaves_the_cache_consistent(project: Project, tmp_path: Path) -> None:
+    project.write("p.yaml", SPEC.format(sleep=30))
+    spy = tmp_path / "spy.txt"
+    proc = project.subprocess("run", "p.yaml", "--address", "local", env={"TP_SPY": str(spy)})
+    deadline = time.monotonic() + 120
+    while not (spy.exists() and len(spy.read_text().splitlines()) >= 2):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out + err
+    assert "interrupted" in err
+    assert project.run("cache", "verify", "--cache-dir", str(project.cache)).exit_code == 0
+    stages = _record(project.cache)["stages"]
+    assert stages["left"]["status"] == "cancelled" and "outputs" not in stages["left"]
+    assert not list((project.cache / "keys").glob("*/*.json"))  # nothing half-made was recorded
+
+
+def test_an_unreachable_cluster_is_a_user_error_at_once(project: Project) -> None:
+    from aimock import free_port
+
+    project.write("p.yaml", SPEC.format(sleep=0))
+    t0 = time.monotonic()
+    code, text = _run(project, "--address", f"127.0.0.1:{free_port()}")
+    assert code == 2, text
+    assert "cannot reach the Ray cluster at 127.0.0.1:" in text and "Traceback" not in text
+    assert time.monotonic() - t0 < 30
+    assert _record(project.cache)["status"] == "failed"
+
+
+def test_the_command_line_overrides_the_files_executor(tmp_path: Path) -> None:
+    p = Pipeline(name="p", path=tmp_path / "p.yaml", stages={},
+                 executor={"type": "ray", "address": "10.0.0.1:6379", "max_retries": 5})
+    assert executor_setting(p, RunOptions()) == ("ray", {"address": "10.0.0.1:6379", "max_retries": 5})
+    assert executor_setting(p, RunOptions(executor="local")) == ("local", {})
+    assert executor_setting(p, RunOptions(address="local"))[1]["address"] == "local"
+    plain = Pipeline(name="p", path=tmp_path / "p.yaml", stages={})
+    assert executor_setting(plain, RunOptions()) == ("local", {})
+    assert executor_setting(plain, RunOptions(address="h:1")) == ("ray", {"address": "h:1", "max_retries": 3})
+    assert executor_setting(plain, RunOptions(executor="ray")) == ("ray", {"address": None, "max_retries": 3})
+
+
+def test_resources_become_ray_task_options() -> None:
+    assert ray_options({}, 3) == {"num_cpus": 1, "max_retries": 3, "retry_exceptions": False}
+    opts = ray_options({"cpus": 0, "gpus": 1, "memory": 2**30}, 0)
+    assert (opts["num_cpus"], opts["num_gpus"], opts["memory"], opts["max_retries"]) == (0, 1, 2**30, 0)
+    assert threads_for({"cpus": 2.5}) == 3 and threads_for({"cpus": 0}) == 1
+
+
+def test_resources_are_checked_and_do_not_enter_the_cache_key(project: Project) -> None:
+    project.write("p.yaml", "stages:\n  a:\n    uses: tp_testplugins:Emit\n    resources: {cpus: 1, memory: 2GiB}\n")
+    assert project.run("run", "p.yaml").exit_code == 0
+    project.write("p.yaml", "stages:\n  a:\n    uses: tp_testplugins:Emit\n    resources: {cpus: 4, gpus: 1}\n")
+    result = project.run("run", "p.yaml")
+    assert result.exit_code == 0 and "cached" in result.output
+    project.write("p.yaml", "stages:\n  a:\n    uses: tp_testplugins:Emit\n    resources: {memory: lots}\n")
+    bad = project.run("validate", "p.yaml")
+    assert bad.exit_code == 2 and "p.yaml:4:" in bad.output and "resources.memory" in bad.output
+    project.write("p.yaml", "executor: {type: kubernetes}\nstages:\n  a:\n    uses: tp_testplugins:Emit\n")
+    bad = project.run("validate", "p.yaml")
+    assert bad.exit_code == 2 and "p.yaml:1:" in bad.output
+
+
+def test_a_cached_run_starts_no_ray_and_matches_the_local_run(project: Project) -> None:
+    project.write("p.yaml", SPEC.format(sleep=0))
+    expected = _local_outputs(project)
+    code, text = _run(project, "--address", "local")
+    assert code == 0, text
+    assert "executor: a local Ray instance" in text
+    assert _outputs(project.cache) == expected
+    for f in (project.cache / "runs").glob("*/*.json"):
+        f.unlink()
+    code, text = _run(project, "--executor", "ray")
+    assert code == 0 and "executor:" not in text and "3 cached" in text, text
