@@ -72,7 +72,8 @@ def _interrupt(_signum: int, _frame: Any) -> None:
 @click.option("-j", "--jobs", type=click.IntRange(min=1), default=None,
               help="Run up to N independent stages at once (default: 1; with Ray: as many as the cluster fits).")
 @click.option("--executor", type=click.Choice(["local", "ray"]), default=None,
-              help="Where stages run: this machine, or one Ray task each (default: the file's `executor:`, else local).")
+              help="Where stages run: this machine, or one Ray task each "
+                   "(default: the file's `executor:`, else local).")
 @click.option("--address", metavar="ADDR", default=None,
               help="The Ray cluster: HOST:PORT of its head, 'auto' or 'local' (implies --executor ray).")
 @click.option("--force", "force", multiple=True, is_flag=False, flag_value="*", metavar="[STAGE]",
@@ -84,7 +85,8 @@ def _interrupt(_signum: int, _frame: Any) -> None:
 @click.option("-v", "--verbose", is_flag=True, help="Print reasons, progress notes and the cache folder.")
 @_errors
 def run(file: str, stages: tuple[str, ...], overrides: tuple[str, ...], cache_dir: str | None, jobs: int | None,
-        executor: str | None, address: str | None, force: tuple[str, ...], dry_run: bool, explain: bool, keep_going: bool, quiet: bool, verbose: bool) -> None:
+        executor: str | None, address: str | None, force: tuple[str, ...], dry_run: bool, explain: bool,
+        keep_going: bool, quiet: bool, verbose: bool) -> None:
     """Run the pipeline FILE (or only STAGES and what they need), reusing cached results."""
     from tunepipe.progress import make_reporter
     from tunepipe.runner import RunOptions
@@ -96,7 +98,8 @@ def run(file: str, stages: tuple[str, ...], overrides: tuple[str, ...], cache_di
     stages = tuple(session.pipeline.expand_names(stages))  # a matrix stage as written: all its branches
     force = tuple(session.pipeline.expand_names(force))
     opts = RunOptions(targets=stages, force_all="*" in force, force=[f for f in force if f != "*"], jobs=jobs,
-                      executor=executor or "", address=address or "", keep_going=keep_going, dry_run=dry_run, explain=explain, argv=sys.argv[1:])
+                      executor=executor or "", address=address or "", keep_going=keep_going, dry_run=dry_run,
+                      explain=explain, argv=sys.argv[1:])
     reporter = make_reporter(verbosity=-1 if quiet else (1 if verbose else 0), explain=explain)
     outcome = run_pipeline(session.pipeline, session.store, session.registry, opts, reporter)
     if dry_run:
