@@ -1,10 +1,11 @@
 """The Ray executor end to end: ``pipeline run`` as a subprocess against a real two-node Ray
-cluster on loopback (see tests/support/ray_cluster.py), or a local Ray the run starts itself."""
+cluster on loopback (see tests/support/ray_cluster.py), or a local Ray the run starts itself,
+with the cache in a shared folder or on object storage (moto's S3 server)."""
 
 from __future__ import annotations
 
 import json
-import os
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -13,12 +14,15 @@ from typing import Any
 import pytest
 
 from ray_cluster import RayCluster
+from s3 import SECRET, s3, s3_server  # noqa: F401  (pytest fixtures)
 
-Project = Any  # the root conftest's project fixture
 
 from tunepipe.cluster.ray_executor import ray_options, threads_for
 from tunepipe.runner import RunOptions, executor_setting
 from tunepipe.spec.model import Pipeline
+
+Project = Any  # the root conftest's project fixture
+PIPELINES = Path(__file__).parents[2] / "pipelines"
 
 SPEC = """\
 stages:
@@ -179,3 +183,27 @@ def test_a_cached_run_starts_no_ray_and_matches_the_local_run(project: Project) 
         f.unlink()
     code, text = _run(project, "--executor", "ray")
     assert code == 0 and "executor:" not in text and "3 cached" in text, text
+
+
+@pytest.mark.slow
+def test_the_data_stages_on_ray_with_the_cache_on_s3_match_the_local_executor(project: Project, s3) -> None:  # noqa: F811
+    """Ray tasks (a local Ray: its workers get this environment, AWS_* included) against the
+    object-storage cache: the artifacts are the local executor's, and no secret is written."""
+    shutil.copytree(PIPELINES, project.root / "pipelines")
+    spec = "pipelines/sarcasm.yaml"
+    local = project.subprocess("run", spec, "split", "--cache-dir", str(project.root / "local-cache"))
+    out, err = local.communicate(timeout=300)
+    assert local.returncode == 0, out + err
+    on_ray = project.subprocess("run", spec, "split", "--cache-dir", s3.url, "--address", "local")
+    out, err = on_ray.communicate(timeout=300)
+    assert on_ray.returncode == 0, out + err
+    assert "executor: a local Ray instance" in err
+    for stage in ("ingest", "clean", "format", "split"):
+        want = json.loads(project.ok("show", spec, stage, "--cache-dir", str(project.root / "local-cache"),
+                                     "--json").stdout)
+        got = json.loads(project.ok("show", spec, stage, "--cache-dir", s3.url, "--json").stdout)
+        assert got["key"] == want["key"]
+        assert {n: o["digest"] for n, o in got["outputs"].items()} == \
+            {n: o["digest"] for n, o in want["outputs"].items()}
+    written = b"".join(p.read_bytes() for p in project.root.rglob("*") if p.is_file() and not p.is_symlink())
+    assert SECRET.encode() not in written + s3.all_bytes()
