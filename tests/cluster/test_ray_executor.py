@@ -12,10 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from ray_cluster import RayCluster
 from s3 import SECRET, s3, s3_server  # noqa: F401  (pytest fixtures)
-
 
 from tunepipe.cluster.ray_executor import ray_options, threads_for
 from tunepipe.runner import RunOptions, executor_setting
