@@ -1,10 +1,12 @@
 """Benchmark the Ray executor's overhead on the data stages, against the local executor.
 
 One generated file (``gen_chat.py``), the four data stages of ``bench_data.py`` (ingest -> clean
--> format -> split), run twice from an empty cache each: (a) ``pipeline run`` with the local
+-> format -> split), each run from an empty cache: (a) ``pipeline run`` with the local
 executor, (b) ``pipeline run --executor ray --address local`` (the run starts a local Ray for
-itself and stops it at the end; the record stages then map their batches on Ray Data). Each run
-is one fresh process, so (b) pays Ray's start and stop.
+itself and stops it at the end; the record stages then map their batches on Ray Data when Ray
+has a CPU their task does not hold), and (c) ``ray-data``: (b) with ``resources: {cpus: 0}`` on
+every stage, so that Ray Data gets all of Ray's CPUs even on a 2-core machine. Each run is one
+fresh process, so (b) and (c) pay Ray's start and stop.
 
 Figures: wall time of the whole command (``measure.py``), each stage's ``duration_s`` from the
 run record under the cache's ``runs/`` folder (the stage's own work, inside its Ray task for (b);
@@ -12,11 +14,12 @@ what the total has beyond their sum is start-up, planning, Ray's start/stop and 
 the peak summed RSS of the command's process tree. Ray's processes started by ``--address local``
 (GCS, raylet, its workers and agents) are descendants of the ``pipeline`` process, so the tree
 covers them; shared memory (Ray's object store in /dev/shm) is counted once per process that
-maps it, so for (b) the figure is an upper bound. Finally every output digest of every stage must
-be the same in (a) and (b), which is the "byte-identical artifacts" promise (the cache is
+maps it, so for (b) and (c) the figure is an upper bound. Finally every output digest of every stage
+must be the same in every run, which is the "byte-identical artifacts" promise (the cache is
 content-addressed: equal digests mean equal bytes).
 
-    python benchmarks/bench_ray.py --records 1000000
+    python benchmarks/bench_ray.py --records 1000000                 # local, ray, ray-data
+    python benchmarks/bench_ray.py --records 4000000 --executors local,ray --workdir /tmp/b
 """
 
 from __future__ import annotations
@@ -101,6 +104,9 @@ def main() -> None:
     ap.add_argument("--workdir", default=None, help="keep files here (default: a temporary folder)")
     ap.add_argument("--json", dest="json_out", default=None, help="also write the figures to this file")
     args = ap.parse_args()
+    chosen = [e.strip() for e in args.executors.split(",")]
+    if unknown := [e for e in chosen if e not in EXECUTORS]:
+        ap.error(f"unknown executor(s) {', '.join(unknown)}: choose from {', '.join(EXECUTORS)}")
     py = sys.executable
     pipeline = str(Path(py).parent / "pipeline")
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONDONTWRITEBYTECODE", "RAY_ADDRESS")}
@@ -114,8 +120,8 @@ def main() -> None:
     write_specs(project, data)
     results = []
     try:
-        for executor in args.executors.split(","):
-            results.append(run_one(executor.strip(), pipeline, project, env))
+        for executor in chosen:
+            results.append(run_one(executor, pipeline, project, env))
             r = results[-1]
             print(f"{executor}: {r['wall_s']:.1f} s, {r['peak_mb']:.0f} MB, load {r['load_before']} -> "
                   f"{r['load_after']}", file=sys.stderr, flush=True)
@@ -134,7 +140,8 @@ def main() -> None:
         total = sum(ss.values())
         print(f"| {n:,} | {r['executor']} | " + " | ".join(f"{ss[s]:.1f} s" for s in STAGES)
               + f" | {total:.1f} s | {r['wall_s']:.1f} s | {r['wall_s'] - total:.1f} s | {r['peak_mb']:.0f} MB "
-              f"| {'yes' if r['outputs'] == results[0]['outputs'] else 'NO'} | {r['load_before']} → {r['load_after']} |")
+              f"| {'yes' if r['outputs'] == results[0]['outputs'] else 'NO'} "
+              f"| {r['load_before']} → {r['load_after']} |")
     digests = sum(len(v) for v in results[0]["outputs"].values())
     print(f"\noutput digests compared: {digests} (every output of the {len(STAGES)} stages): "
           f"{'all identical' if same else 'DIFFERENT'}")
