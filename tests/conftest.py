@@ -16,6 +16,19 @@ from tunepipe.cli import cli
 SUPPORT = Path(__file__).parent / "support"
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that start Ray in this process run after all others, and those that drive a Ray Train
+    job after them: a process running Ray has its threads in every later fork, and one that has
+    driven Ray Train was seen to block for good in Ray's global-state client (``ray.nodes()``).
+    Stable, so the order within each group stays the files' order."""
+    def group(item: pytest.Item) -> int:
+        if item.get_closest_marker("ray_train"):
+            return 2
+        return 1 if "ray_local" in getattr(item, "fixturenames", ()) else 0
+
+    items.sort(key=group)
+
+
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for var in ("TUNEPIPE_CACHE", "TUNEPIPE_CRASHPOINT", "TP_SPY"):

@@ -67,6 +67,7 @@ class StageResult:
     log_path: str = ""
     node: str = ""  # which node ran it (a Ray node id; empty on the local executor)
     node_ip: str = ""
+    pid: int = 0  # the worker process that ran it (on Ray: one per stage; its logs are Ray's worker-*-PID.*)
     attempts: int = 1  # how many times it was started (a cluster retries a task whose node died)
     lost_on: list[str] = field(default_factory=list)  # nodes of earlier attempts, lost mid-stage
 

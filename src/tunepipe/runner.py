@@ -258,7 +258,8 @@ class _Scheduler:
                                node=result.node, attempts=result.attempts)
         placement: dict[str, Any] = {}
         if result.node:
-            placement = {"node": result.node, "node_ip": result.node_ip, "attempts": result.attempts}
+            placement = {"node": result.node, "node_ip": result.node_ip, "pid": result.pid,
+                         "attempts": result.attempts}
             if result.lost_on:
                 placement["lost_on"] = result.lost_on
         self._set(outcome, extra=placement)

@@ -76,6 +76,8 @@ def test_stages_run_on_both_nodes_with_the_cache_shared_and_match_the_local_exec
     assert {stages["left"]["node_ip"], stages["right"]["node_ip"]} == {"127.0.0.2", "127.0.0.3"}
     assert stages["left"]["node"] != stages["right"]["node"]
     assert all(s["attempts"] == 1 and "lost_on" not in s for s in stages.values())
+    # three stages on two nodes, each in a process of its own (max_calls=1): none reuses another's worker
+    assert len({(s["node"], s["pid"]) for s in stages.values()}) == 3 and all(s["pid"] > 0 for s in stages.values())
     # one cache for both nodes: a rerun anywhere reuses everything without starting a task
     code, text = _run(project, "--address", ray_cluster.address, env=ray_cluster.env)
     assert code == 0 and "3 cached" in text and "executor:" not in text, text

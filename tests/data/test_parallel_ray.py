@@ -101,10 +101,23 @@ def test_one_item_stays_in_this_process_and_the_cluster_sets_the_worker_count() 
     assert worker_count(1) == 1  # locally the stage's own budget
 
 
+def test_a_local_pool_in_a_process_running_ray_does_not_fork_it() -> None:
+    """Ray's threads may hold locks when this process forks, and a forked worker would wait on them
+    for good: with Ray up here, the local engine's workers come from a forkserver instead."""
+    from procs import parent_pid
+
+    parents = set(ordered_map(parent_pid, range(8), 2, engine="local"))
+    assert len(parents) == 1 and os.getpid() not in parents  # all from one forkserver, none forked from here
+
+
 def test_the_local_engine_never_imports_ray() -> None:
     code = ("import sys\nfrom tunepipe.data.parallel import ordered_map, worker_count\n"
             "from tunepipe.stages import clean, format, ingest, split\n"
             "assert list(ordered_map(abs, [-1, -2, -3], worker_count(1), engine='local')) == [1, 2, 3]\n"
+            "from procs import parent_pid\nimport os\n"
+            "assert set(ordered_map(parent_pid, range(4), 2)) == {os.getpid()}, 'not forked from here'\n"
             "assert not [m for m in sys.modules if m == 'ray' or m.startswith('ray.')], 'ray was imported'\n")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    support = str(Path(__file__).parents[1] / "support")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": support})
     assert done.returncode == 0, done.stderr

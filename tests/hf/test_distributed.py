@@ -37,6 +37,7 @@ def files(folder: Path) -> list[str]:
 NO_DROPOUT = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]}
 
 
+@pytest.mark.ray_train
 def test_two_ray_train_workers_train_the_same_model_one_process_would(tiny_model: Path, data: Any, tmp_path: Path,
                                                                       caplog: pytest.LogCaptureFixture,
                                                                       ray_local: Any) -> None:  # noqa: F811
@@ -93,6 +94,7 @@ def test_two_ray_train_workers_train_the_same_model_one_process_would(tiny_model
 
 
 @pytest.mark.slow
+@pytest.mark.ray_train
 def test_a_cancelled_ray_train_run_resumes_from_its_checkpoint(tiny_model: Path, tmp_path: Path,
                                                                ray_local: Any) -> None:  # noqa: F811
     train = write_jsonl(tmp_path / "data" / "train.jsonl", chats(48))

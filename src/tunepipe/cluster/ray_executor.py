@@ -13,6 +13,12 @@ folder, or object storage: the task opens ``store.location()``). What that guara
   and resumes from the stage's scratch (checkpoints), so the run completes with correct
   artifacts; the run record notes every attempt's node. A stage that fails by itself is not
   retried (``retry_exceptions=False``): its failure is the answer.
+* Each stage task runs in a fresh worker process (``max_calls=1``, as Ray does for GPU tasks): a
+  stage's memory (a model, tokenizers, Ray Data buffers) goes back to the node when it ends, and
+  nothing a stage leaves in its process carries into the next one. A process that has driven a
+  Ray Train job was seen to block for good on its next call to Ray's global state
+  (``ray.nodes()``, which Ray Data makes too); a fresh process per stage never meets that.
+  The run record notes the process (``pid``) next to the node.
 * Progress notes, ``ctx.say`` lines and "which node runs it" come back through a small actor on
   the driver's node and show in the usual stage view.
 * Ctrl-C on the driver cancels the tasks (Ray raises ``KeyboardInterrupt`` in them, so staging
@@ -125,7 +131,7 @@ def run_on_ray(job: StageJob, location: str, search_paths: list[str], messages: 
         result = execute(job, store, registry, cancel, progress, say)
     finally:
         done.set()
-    result.node, result.node_ip, result.attempts = node, ip, attempt
+    result.node, result.node_ip, result.attempts, result.pid = node, ip, attempt, os.getpid()
     return result
 
 
@@ -206,7 +212,7 @@ class RayExecutor:
         here = ray.get_runtime_context().get_node_id()
         self._messages = ray.remote(Messages).options(
             num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=here, soft=False)).remote()
-        self._task = ray.remote(run_on_ray)
+        self._task = ray.remote(max_calls=1)(run_on_ray)  # a fresh process per stage: see the module docstring
         self._refs: dict[str, Any] = {}
         self._settler = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tunepipe-ray-settle")
         self._stop = threading.Event()

@@ -13,9 +13,12 @@ the same items, the same function and the same order, so the stage writes the sa
 from __future__ import annotations
 
 import functools
+import multiprocessing
+import multiprocessing.context
 import os
 import pickle
 import signal
+import sys
 import time
 import traceback
 import uuid
@@ -74,8 +77,8 @@ def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int, window: 
         return
     window = window or workers * 3
     pending: deque[Future[R]] = deque()
-    with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker,
-                             initargs=(initializer, initargs)) as pool:
+    with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker, initargs=(initializer, initargs),
+                             mp_context=_pool_context()) as pool:
         try:
             for item in items:
                 pending.append(pool.submit(fn, item))
@@ -86,6 +89,17 @@ def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int, window: 
         finally:
             for fut in pending:
                 fut.cancel()
+
+
+def _pool_context() -> multiprocessing.context.BaseContext | None:
+    """How the pool starts its workers: forked (the default: fast, tokenizers already loaded),
+    except in a process where Ray runs. Ray's C++ threads (gRPC, its core worker) may hold locks at
+    the moment of a fork, and a forked child then blocks on them for good; a ``forkserver`` starts
+    from a clean interpreter instead, at the price of importing the stage's modules once per worker."""
+    ray = sys.modules.get("ray")
+    if ray is not None and getattr(ray, "is_initialized", lambda: False)():
+        return multiprocessing.get_context("forkserver")
+    return None
 
 
 # ------------------------------------------------------------------------------------------- on Ray
