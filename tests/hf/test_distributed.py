@@ -184,24 +184,6 @@ def test_workers_with_the_local_executor_say_to_use_ray(tiny_model: Path, data: 
     assert not any((tmp_path / "out").iterdir())  # nothing written
 
 
-def test_the_openai_backend_refuses_workers_at_its_line(project: Any) -> None:
-    project.write("train.jsonl", "{}\n")
-    project.spec("""\
-        stages:
-          remote:
-            uses: train
-            inputs: {train: train.jsonl}
-            with:
-              backend: openai
-              workers: 4
-        """)
-    result = project.run("validate", "p.yaml")
-    assert result.exit_code == 2
-    assert "p.yaml:7:16: error: stage 'remote' (plugin train) parameter 'workers': only applies to backend: " \
-           "local" in result.output
-    assert "Traceback" not in result.output
-
-
 def test_a_coordinating_stage_asks_the_cluster_for_no_cpu() -> None:
     plugin = Train()
 

@@ -66,6 +66,7 @@ def test_validate_reports_wrong_backend_settings_at_their_lines(project) -> None
             with:
               backend: openai
               learning_rate: 0.001
+              workers: 4
               openai: {max_cost_usd: 5}
           local:
             uses: train
@@ -77,7 +78,9 @@ def test_validate_reports_wrong_backend_settings_at_their_lines(project) -> None
     assert result.exit_code == 2
     assert "p.yaml:7:22: error: stage 'remote' (plugin train) parameter 'learning_rate': only applies to " \
            "backend: local" in result.output
-    assert "p.yaml:13:24: error: stage 'local' (plugin train) parameter 'openai.suffix': only applies to " \
+    assert "p.yaml:8:16: error: stage 'remote' (plugin train) parameter 'workers': only applies to " \
+           "backend: local" in result.output  # Ray Train workers are the local backend's
+    assert "p.yaml:14:24: error: stage 'local' (plugin train) parameter 'openai.suffix': only applies to " \
            "backend: openai" in result.output
     assert "hint: remove it or set backend: openai" in result.output
     assert "Traceback" not in result.output
