@@ -38,7 +38,7 @@ from tunepipe.cache.locks import KeyLock, _alive, describe_owner
 from tunepipe.errors import TunepipeError, UserError
 
 if TYPE_CHECKING:
-    from tunepipe.cache.remote import Remote
+    from tunepipe.cache.s3 import Remote
 
 TTL_ENV = "TUNEPIPE_LEASE_TTL"
 DEFAULT_TTL = 60.0
