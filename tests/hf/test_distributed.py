@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -146,6 +148,10 @@ def test_a_worker_on_a_node_without_the_stage_nodes_files_gets_a_copy(tiny_model
         assert files(copy) == files(tiny_model)
         assert (copy / "model.safetensors").read_bytes() == (tiny_model / "model.safetensors").read_bytes()
         assert load_tokenizer(local).chat_template
+        # the next worker on this node reuses the copy, and the use keeps it from being pruned
+        os.utime(copy, (time.time() - 30 * 86400,) * 2)
+        again = distributed._model_source(ray_local, {"source": elsewhere, "origin": str(tiny_model), "link": link})
+        assert Path(again.location) == copy and time.time() - copy.stat().st_mtime < 60
         # where the stage's folder is visible, the worker loads it in place
         assert distributed._model_source(ray_local, {"source": seen, "origin": str(tiny_model), "link": link}) is seen
 
@@ -158,6 +164,21 @@ def test_a_worker_on_a_node_without_the_stage_nodes_files_gets_a_copy(tiny_model
         assert moved.name == "train.jsonl" and moved.read_bytes() == train.read_bytes()
     finally:
         ray_local.kill(link)
+
+
+def test_a_node_s_copies_unused_for_a_week_and_copies_left_half_written_are_pruned(tmp_path: Path) -> None:
+    from tunepipe.hf.distributed import prune_node_cache
+
+    now = time.time()
+    ages = {"model-old": 8 * 86400, "model-recent": 6 * 86400, ".data-killed.tmp": 25 * 3600,
+            ".model-writing.tmp": 3600}
+    for name, age in ages.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "f").write_bytes(b"x")
+        os.utime(tmp_path / name, (now - age, now - age))
+    assert sorted(prune_node_cache(tmp_path, now)) == [".data-killed.tmp", "model-old"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".model-writing.tmp", "model-recent"]
+    assert prune_node_cache(tmp_path / "absent", now) == []  # no folder yet: nothing to do
 
 
 def test_more_workers_than_the_cluster_holds_is_a_user_error(tiny_model: Path, data: Any, tmp_path: Path,

@@ -299,8 +299,35 @@ def _worker_ctx(config: Mapping[str, Any], rank: int, scratch: Path, cancel: thr
                           _say=(lambda text: link.say.remote(text)) if talk else None)
 
 
+NODE_COPY_DAYS = 7.0  # a node's copy of a model or data file unused this long is removed
+UNFINISHED_COPY_HOURS = 24.0  # a copy still being written after this long was left by a killed worker
+
+
 def _node_cache() -> Path:
     return Path(tempfile.gettempdir()) / f"tunepipe-ray-{os.getuid()}"
+
+
+def prune_node_cache(root: Path, now: float | None = None) -> list[str]:
+    """Remove this node's copies unused for ``NODE_COPY_DAYS`` (a use touches a copy) and copies a
+    killed worker left half-written, so the folder does not grow with every model and data set a
+    long-lived node has trained on. Best effort: a copy another worker removes first is skipped."""
+    now = time.time() if now is None else now
+    removed = []
+    try:
+        entries = list(root.iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        unfinished = entry.name.startswith(".")
+        limit = UNFINISHED_COPY_HOURS * 3600 if unfinished else NODE_COPY_DAYS * 86400
+        try:
+            if now - entry.stat().st_mtime < limit:
+                continue
+        except OSError:
+            continue
+        shutil.rmtree(entry, ignore_errors=True)
+        removed.append(entry.name)
+    return removed
 
 
 def _copy_from_stage(ray: Any, link: Any, origin: str, name: str) -> Path:
@@ -308,8 +335,11 @@ def _copy_from_stage(ray: Any, link: Any, origin: str, name: str) -> Path:
     names the content) in this node's temporary folder, so each node copies it once."""
     dest = _node_cache() / name
     if dest.is_dir():  # complete: renamed into place only once every file was written
+        with contextlib.suppress(OSError):
+            os.utime(dest)  # in use: prune_node_cache keeps it
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
+    prune_node_cache(dest.parent)  # before a new copy adds to the folder
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     try:
         for rel, size in ray.get(link.files.remote(origin)):
