@@ -391,3 +391,27 @@ def test_a_cached_rerun_of_the_data_stages_imports_no_heavy_library(project) -> 
     heavy = {"numpy", "tiktoken", "datasketch", "regex", "torch", "transformers", "peft", "openai", "pyarrow",
              "jsonschema", "networkx", "yaml"}
     assert loaded.isdisjoint(heavy), sorted(loaded & heavy)
+
+
+def test_an_input_missing_from_the_cache_fails_its_stage_and_cleans_up(tmp_path: Path) -> None:
+    """A stored input the cache no longer has (removed meanwhile, or a download that fails on an
+    s3:// cache) is the stage's failure with the cache's own words: the run goes on (--keep-going),
+    and neither a staging folder nor the stage's log handler is left behind."""
+    import logging
+    import threading
+
+    from tunepipe.cache.store import LocalStore
+    from tunepipe.execute import InputRef, StageJob, execute
+    from tunepipe.registry import Registry
+
+    store = LocalStore(tmp_path / "cache")
+    job = StageJob(stage="s", uses="tp_testplugins:Emit", key="1" * 64, parts={}, params={"text": "x"},
+                   inputs={"src": [InputRef(str(tmp_path / "gone"), "2" * 64, "a.out", stored=True)]},
+                   multiple={"src": False}, outputs=["out"], log_path=str(tmp_path / "logs" / "s.log"))
+    name = f"tunepipe.stage.s.{job.key[:12]}.{threading.get_ident()}"  # execute's logger for it in this thread
+    result = execute(job, store, Registry(search_paths=[]), threading.Event(), lambda _n: None, lambda _t: None)
+    assert (result.status, result.user_error) == ("failed", False)
+    assert result.error.startswith("the cache has no object 222222222222") and "run the pipeline again" in result.error
+    assert not any((store.root / "tmp").iterdir()) and store.record(job.key) is None  # no staging folder left
+    assert logging.getLogger(name).handlers == []  # its log file closed
+    assert "the cache has no object" in (tmp_path / "logs" / "s.log").read_text()

@@ -131,16 +131,16 @@ def _run_locked(job: StageJob, store: Store, registry: Registry, cancel: threadi
                        log=logger, threads=job.threads, _cancel=cancel, _progress=progress,
                        _shared=store.shared, _say=lambda text: say(f"{job.stage}: {redact(text)}"),
                        engine=job.engine)
-    inputs: dict[str, Any] = {}
-    for name, refs in job.inputs.items():
-        arts = [Artifact(store.fetch(d) if stored else Path(p), d, n) for p, d, n, stored in refs]
-        inputs[name] = arts if job.multiple.get(name) else (arts[0] if arts else None)
     before = _file_identity(job.inputs)
     started = time.time()
     t0 = time.monotonic()
     result = StageResult(job.stage, "failed", log_path=job.log_path)
     logger.info("stage %s (%s) key %s", job.stage, job.uses, job.key)
     try:
+        inputs: dict[str, Any] = {}  # stored inputs may need a download (an s3:// cache): a failure is the stage's
+        for name, refs in job.inputs.items():
+            arts = [Artifact(store.fetch(d) if stored else Path(p), d, n) for p, d, n, stored in refs]
+            inputs[name] = arts if job.multiple.get(name) else (arts[0] if arts else None)
         plugin = registry.load(job.uses).plugin
         summary = plugin.run(ctx, inputs, dict(job.params)) or {}
         if not isinstance(summary, dict):

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from ray_cluster import RayCluster
+from ray_local import ray_local  # noqa: F401  (the session's in-process Ray instance)
 from s3 import SECRET, s3, s3_server  # noqa: F401  (pytest fixtures)
 
 from tunepipe.cluster.ray_executor import ray_options, threads_for
@@ -137,6 +138,57 @@ def test_an_unreachable_cluster_is_a_user_error_at_once(project: Project) -> Non
     assert "cannot reach the Ray cluster at 127.0.0.1:" in text and "Traceback" not in text
     assert time.monotonic() - t0 < 30
     assert _record(project.cache)["status"] == "failed"
+
+
+def test_a_cluster_that_refuses_the_token_is_a_user_error(project: Project, tmp_path: Path) -> None:
+    """Token authentication on (as every multi-node cluster has it) and no token here: Ray's
+    AuthenticationError becomes the usual "cannot join" error, exit 2, and no Ray is left behind."""
+    import socket
+
+    listener = socket.create_server(("127.0.0.1", 0))  # something answers at the address, as a head would
+    try:
+        project.write("p.yaml", SPEC.format(sleep=0))
+        env = {"RAY_AUTH_MODE": "token", "HOME": str(tmp_path), "RAY_AUTH_TOKEN": "", "RAY_AUTH_TOKEN_PATH": ""}
+        code, text = _run(project, "--address", f"127.0.0.1:{listener.getsockname()[1]}", env=env, timeout=120)
+    finally:
+        listener.close()
+    assert code == 2, text
+    assert "cannot join the Ray cluster at '127.0.0.1:" in text and "token" in text and "Traceback" not in text
+    assert _record(project.cache)["status"] == "failed"
+
+
+def test_errors_before_a_stage_runs_come_back_as_its_failure_with_their_text(
+        project: Project, tmp_path: Path, ray_local: Any) -> None:  # noqa: F811
+    """In the task, before the stage's own run: a cache folder the node does not see, an input file
+    that differs there. Each is the stage's failure with the user error's own words (exit 2 then),
+    not Ray's wrapper of it."""
+    from tunepipe.cache.store import LocalStore
+    from tunepipe.cluster.ray_executor import Messages, run_on_ray
+    from tunepipe.execute import InputRef, StageJob
+
+    data = project.write("data.txt", "the planned content\n")
+    store = LocalStore(tmp_path / "cache")
+    digest = store.digests.path(data)
+    job = StageJob(stage="s", uses="tp_testplugins:Emit", key="0" * 64, parts={}, params={"text": "x"},
+                   inputs={"src": [InputRef(str(data), digest, "data.txt")]}, multiple={"src": False},
+                   outputs=["out"], log_path=str(tmp_path / "s.log"))
+    messages = ray_local.remote(Messages).remote()
+    task = ray_local.remote(max_calls=1)(run_on_ray)
+
+    missing = ray_local.get(task.remote(job, str(tmp_path / "not-here"), [], messages))
+    assert (missing.status, missing.user_error) == ("failed", True)
+    assert missing.error.startswith(f"stage 's': the cache folder {tmp_path / 'not-here'} is not on node ")
+    assert "--cache-dir s3://BUCKET/PREFIX" in missing.error and "ray::" not in missing.error
+
+    data.write_text("another copy, on another node\n")
+    other = ray_local.get(task.remote(job, str(store.root), [], messages))
+    assert (other.status, other.user_error) == ("failed", True)
+    assert f"stage 's': its input data.txt ({data}) on node " in other.error
+    assert "has other content than where the run was planned" in other.error and "shared folder" in other.error
+    data.unlink()
+    gone = ray_local.get(task.remote(job, str(store.root), [], messages))
+    assert "cannot be read on node" in gone.error and "No such file or directory" in gone.error
+    assert store.record(job.key) is None  # nothing recorded for the key
 
 
 def test_the_command_line_overrides_the_files_executor(tmp_path: Path) -> None:

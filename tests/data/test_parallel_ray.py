@@ -44,6 +44,10 @@ def shifted_square(x: int) -> tuple[int, int]:
     return x * x + int(os.environ["TP_TEST_OFFSET"]), os.getpid()
 
 
+def shifted_square_pid(x: int) -> tuple[int, int]:
+    return x * x, os.getpid()
+
+
 def square_slowly_first(x: int) -> int:
     if x == 0:
         time.sleep(1.0)
@@ -99,6 +103,35 @@ def test_one_item_stays_in_this_process_and_the_cluster_sets_the_worker_count() 
     assert list(ordered_map(pid_of, ["only"], 2, engine="ray")) == [os.getpid()]  # no dataset for one block
     assert worker_count(1, "ray") == 2  # the instance's 2 CPUs: this driver holds none of them
     assert worker_count(1) == 1  # locally the stage's own budget
+
+
+class _Holder:
+    """An actor that holds CPUs, as running stage tasks do."""
+
+    def ready(self) -> bool:
+        return True
+
+
+def _wait_for_free_cpus(ray: Any, want: float) -> None:
+    deadline = time.monotonic() + 30
+    while ray.available_resources().get("CPU", 0.0) != want:
+        assert time.monotonic() < deadline, ray.available_resources()
+        time.sleep(0.1)
+
+
+def test_with_every_cpu_held_by_other_stages_the_map_runs_in_this_process(ray_local: Any) -> None:  # noqa: F811
+    """Other stage tasks hold every CPU: Ray Data's tasks could never start, so the map runs here
+    (and gives the same results); once CPUs are free again it goes back to Ray workers."""
+    holder = ray_local.remote(_Holder).options(num_cpus=2).remote()
+    try:
+        ray_local.get(holder.ready.remote())
+        _wait_for_free_cpus(ray_local, 0.0)
+        assert list(ordered_map(shifted_square_pid, range(12), 2, engine="ray")) == \
+            [(x * x, os.getpid()) for x in range(12)]
+    finally:
+        ray_local.kill(holder)
+    _wait_for_free_cpus(ray_local, 2.0)
+    assert os.getpid() not in {pid for _, pid in ordered_map(shifted_square_pid, range(12), 2, engine="ray")}
 
 
 def test_a_local_pool_in_a_process_running_ray_does_not_fork_it() -> None:

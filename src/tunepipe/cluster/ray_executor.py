@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from tunepipe.cache.store import Store
-from tunepipe.errors import UserError
+from tunepipe.errors import TunepipeError, UserError
 from tunepipe.execute import StageJob, StageResult
 from tunepipe.registry import Registry
 
@@ -125,10 +125,18 @@ def run_on_ray(job: StageJob, location: str, search_paths: list[str], messages: 
                 return
 
     threading.Thread(target=watch, name="tunepipe-cancel-watch", daemon=True).start()
-    store = open_store(location)
-    registry = Registry(search_paths=[Path(p) for p in search_paths])
     try:
+        if "://" not in location and not Path(location).is_dir():
+            raise UserError(f"stage '{job.stage}': the cache folder {location} is not on node {ip}. With a Ray "
+                            "cluster the cache must be where every node sees it: a shared folder mounted at the "
+                            "same path (--cache-dir), or object storage (--cache-dir s3://BUCKET/PREFIX)")
+        store = open_store(location)
+        _check_input_files(job, store, ip)
+        registry = Registry(search_paths=[Path(p) for p in search_paths])
         result = execute(job, store, registry, cancel, progress, say)
+    except TunepipeError as e:  # before the stage's own run (cache, lock, inputs): a failed stage, said plainly
+        result = StageResult(job.stage, "failed", log_path=job.log_path, error=str(e),
+                             user_error=isinstance(e, UserError))
     finally:
         done.set()
     result.node, result.node_ip, result.attempts, result.pid = node, ip, attempt, os.getpid()
@@ -152,13 +160,34 @@ def connect(address: str | None) -> bool:
         options["include_dashboard"] = False
     try:
         ray.init(**options)
-    except (ConnectionError, TimeoutError, ValueError, RuntimeError) as e:
+    except (ConnectionError, TimeoutError, ValueError, RuntimeError, ray.exceptions.RayError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise RayUnavailable(
             f"cannot join the Ray cluster at '{addr}': {first}. Start one with `ray start --head`, pass its "
             "head's HOST:PORT with --address (or executor.address in the pipeline file), or use "
             "--address local to start Ray on this machine for this run") from None
     return True
+
+
+def _check_input_files(job: StageJob, store: Store, ip: str) -> None:
+    """The input files that are not stage outputs are read where the task runs, but the stage's key
+    holds their digests as the driver saw them: a node with another copy (or none) would record
+    its result under a key it does not match. Hashing costs about a second per GB, once per stage."""
+    for refs in job.inputs.values():
+        for path, digest, name, stored in refs:
+            if stored:
+                continue
+            try:
+                here = store.digests.path(Path(path))
+            except OSError as e:
+                problem = f"cannot be read on node {ip}, where Ray ran the stage ({e.strerror or e})"
+            else:
+                if here == digest:
+                    continue
+                problem = f"on node {ip}, where Ray ran the stage, has other content than where the run was planned"
+            raise UserError(f"stage '{job.stage}': its input {name} ({path}) {problem}. Input files of a Ray run "
+                            "must be the same on every node: put them on a shared folder mounted at the same "
+                            "path, or make them the output of a stage")
 
 
 def _probe(addr: str) -> None:
@@ -200,6 +229,20 @@ class RayExecutor:
                  progress: Callable[[str, str], None], say: Callable[[str], None], *,
                  address: str | None = None, max_retries: int = DEFAULT_RETRIES) -> None:
         self._started_ray = connect(address)
+        try:
+            self._start(jobs, store, registry, cancel, progress, say, address, max_retries)
+        except BaseException:  # neither the message pump nor a Ray this run started may outlive it
+            if hasattr(self, "_stop"):
+                self._stop.set()
+            if self._started_ray:
+                import ray
+
+                ray.shutdown()
+            raise
+
+    def _start(self, jobs: int, store: Store, registry: Registry, cancel: threading.Event,
+               progress: Callable[[str, str], None], say: Callable[[str], None], address: str | None,
+               max_retries: int) -> None:
         import ray
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -240,8 +283,10 @@ class RayExecutor:
         try:
             result: StageResult = done.result()
         except BaseException as e:  # the task never returned: cancelled, or its node died too often
+            cause = getattr(e, "cause", None)  # a RayTaskError carries what the task raised
             result = StageResult(job.stage, "cancelled" if self.cancel.is_set() else "failed",
-                                 log_path=job.log_path, error=self._task_error(job, e))
+                                 log_path=job.log_path, error=str(cause) if isinstance(cause, TunepipeError)
+                                 else self._task_error(job, e), user_error=isinstance(cause, UserError))
         try:
             starts = self._ray.get(self._messages.starts.remote(job.stage), timeout=30)
         except Exception:  # noqa: BLE001 - the history is a courtesy; the result stands without it

@@ -129,6 +129,25 @@ def _ray_cpus(same_node: bool) -> int:
     return int(_cluster_cpus(rt.get_node_id() if same_node else "") - held)
 
 
+def _free_cpus(same_node: bool) -> int:
+    """The CPUs free right now (the cluster's, or this node's). Each stage task holds its CPU while
+    its Ray Data tasks wait for CPUs of their own: when independent record stages have taken every
+    CPU (a ``matrix:`` of data sets on a small cluster), maps started on Ray Data would wait for
+    each other for good. A stage that finds no CPU free maps in its own process instead, so the
+    stage that took the last CPU always makes progress and frees it."""
+    import ray
+
+    try:
+        if same_node:
+            from ray._private.state import state  # per-node figures: no public API in Ray 2.x
+
+            node = ray.get_runtime_context().get_node_id()
+            return int(state.available_resources_per_node().get(node, {}).get("CPU", 0.0))
+        return int(ray.available_resources().get("CPU", 0.0))
+    except Exception:  # noqa: BLE001 - a Ray without these figures: do as before, trust the totals
+        return 1 << 30
+
+
 _CPUS: dict[str, tuple[float, float]] = {}
 CPUS_FRESH_S = 30.0
 
@@ -340,8 +359,8 @@ def _ray_map(fn: Callable[[T], R], items: Iterable[T], workers: int, window: int
     """
     source = iter(items)
     head = list(islice(source, 2))
-    cpus = min(workers, _ray_cpus(same_node)) if len(head) == 2 else 0
-    if cpus < 1:  # one item (nothing to spread), or no CPU for Ray Data to use: in this process
+    cpus = min(workers, _ray_cpus(same_node), _free_cpus(same_node)) if len(head) == 2 else 0
+    if cpus < 1:  # one item (nothing to spread), or no CPU for Ray Data to use now: in this process
         if initializer is not None:
             initializer(*initargs)
         yield from map(fn, head)
