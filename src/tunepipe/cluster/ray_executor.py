@@ -43,6 +43,7 @@ from typing import Any
 from tunepipe.cache.store import Store
 from tunepipe.errors import TunepipeError, UserError
 from tunepipe.execute import StageJob, StageResult
+from tunepipe.redact import redact
 from tunepipe.registry import Registry
 
 DEFAULT_RETRIES = 3
@@ -135,7 +136,7 @@ def run_on_ray(job: StageJob, location: str, search_paths: list[str], messages: 
         registry = Registry(search_paths=[Path(p) for p in search_paths])
         result = execute(job, store, registry, cancel, progress, say)
     except TunepipeError as e:  # before the stage's own run (cache, lock, inputs): a failed stage, said plainly
-        result = StageResult(job.stage, "failed", log_path=job.log_path, error=str(e),
+        result = StageResult(job.stage, "failed", log_path=job.log_path, error=redact(str(e)),
                              user_error=isinstance(e, UserError))
     finally:
         done.set()
@@ -285,7 +286,7 @@ class RayExecutor:
         except BaseException as e:  # the task never returned: cancelled, or its node died too often
             cause = getattr(e, "cause", None)  # a RayTaskError carries what the task raised
             result = StageResult(job.stage, "cancelled" if self.cancel.is_set() else "failed",
-                                 log_path=job.log_path, error=str(cause) if isinstance(cause, TunepipeError)
+                                 log_path=job.log_path, error=redact(str(cause)) if isinstance(cause, TunepipeError)
                                  else self._task_error(job, e), user_error=isinstance(cause, UserError))
         try:
             starts = self._ray.get(self._messages.starts.remote(job.stage), timeout=30)
