@@ -142,7 +142,7 @@ def test_an_unreachable_cluster_is_a_user_error_at_once(project: Project) -> Non
 
 def test_a_cluster_that_refuses_the_token_is_a_user_error(project: Project, tmp_path: Path) -> None:
     """Token authentication on (as every multi-node cluster has it) and no token here: Ray's
-    AuthenticationError becomes the usual "cannot join" error, exit 2, and no Ray is left behind."""
+    AuthenticationError becomes the usual "cannot join" error, exit 2, and the run is recorded failed."""
     import socket
 
     listener = socket.create_server(("127.0.0.1", 0))  # something answers at the address, as a head would
@@ -160,8 +160,8 @@ def test_a_cluster_that_refuses_the_token_is_a_user_error(project: Project, tmp_
 def test_errors_before_a_stage_runs_come_back_as_its_failure_with_their_text(
         project: Project, tmp_path: Path, ray_local: Any) -> None:  # noqa: F811
     """In the task, before the stage's own run: a cache folder the node does not see, an input file
-    that differs there. Each is the stage's failure with the user error's own words (exit 2 then),
-    not Ray's wrapper of it."""
+    that differs there or is missing. Each is the stage's failure with the user error's own words
+    (exit 2 then), not Ray's wrapper of it."""
     from tunepipe.cache.store import LocalStore
     from tunepipe.cluster.ray_executor import Messages, run_on_ray
     from tunepipe.execute import InputRef, StageJob
