@@ -96,21 +96,16 @@ def _pool_context() -> multiprocessing.context.BaseContext | None:
     except in a process where Ray runs. Ray's C++ threads (gRPC, its core worker) may hold locks at
     the moment of a fork, and a forked child then blocks on them for good; a ``forkserver`` starts
     from a clean interpreter instead, at the price of importing the stage's modules once per worker."""
-    ray = sys.modules.get("ray")
-    if ray is not None and getattr(ray, "is_initialized", lambda: False)():
-        return multiprocessing.get_context("forkserver")
-    return None
+    return multiprocessing.get_context("forkserver") if _on_ray() else None
 
 
 # ------------------------------------------------------------------------------------------- on Ray
 
 def _on_ray() -> bool:
-    """Ray is installed and this process is connected to a cluster (a Ray task, or a driver)."""
-    try:
-        import ray
-    except ImportError:
-        return False
-    return bool(ray.is_initialized())
+    """This process is connected to a Ray cluster (a Ray task, or a driver). Ray can only be
+    initialised where it was imported, so this never imports it (the local path stays Ray-free)."""
+    ray = sys.modules.get("ray")
+    return ray is not None and bool(ray.is_initialized())
 
 
 def _ray_cpus(same_node: bool) -> int:
