@@ -86,11 +86,11 @@ def test_status_json_shape(chain) -> None:
     by_name = {s["stage"]: s for s in data["stages"]}
     assert [s["stage"] for s in data["stages"]] == ["a", "b", "c"]
     for s in data["stages"]:
-        assert set(s) == {"stage", "state", "key", "reasons", "outputs"}
+        assert set(s) == {"stage", "state", "key", "reasons", "operational_changes", "outputs"}
     assert by_name["a"]["state"] == "run" and by_name["a"]["reasons"] == ["never run in this pipeline"]
     assert len(by_name["a"]["key"]) == 64 and by_name["a"]["outputs"] is None
     assert by_name["b"] == {"stage": "b", "state": "pending", "key": None, "reasons": ["waits for a"],
-                            "outputs": None}
+                            "operational_changes": [], "outputs": None}
     c = by_name["c"]
     assert c["state"] == "cached" and c["reasons"] == [] and set(c["outputs"]) == {"out"}
     assert (chain.cache / "objects" / c["outputs"]["out"][:2] / c["outputs"]["out"]).is_dir()

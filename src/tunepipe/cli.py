@@ -152,7 +152,7 @@ def status(file: str, stages: tuple[str, ...], overrides: tuple[str, ...], cache
     width = max(len(p.name) for p in plans)
     words = {"cached": "fresh", "run": "stale", "pending": "stale?"}
     for p in plans:
-        why = "" if p.state == "cached" else "  " + "; ".join(p.reasons)
+        why = "  " + "; ".join(p.unkeyed if p.state == "cached" else p.reasons)
         click.echo(f"{p.name:<{width}}  {words[p.state]:<6}{why}".rstrip())
 
 

@@ -57,7 +57,12 @@ def plugin_json(lp: LoadedPlugin, search_paths: list[Path] = ()) -> dict[str, An
     return {"name": p.name, "uses": lp.uses, "identity": lp.identity, "version": p.version,
             "package": plugin_package(lp, search_paths),
             "description": p.description, "inputs": ports(p.inputs), "outputs": ports(p.outputs),
-            "packages": list(p.packages), "params_schema": p.params_schema}
+            "packages": list(p.packages), "operational": operational_params(p), "params_schema": p.params_schema}
+
+
+def operational_params(plugin: Any) -> list[str]:
+    """The plugin's operational parameters (dotted paths): they are not in the cache key."""
+    return [str(x) for x in getattr(plugin, "operational", ()) or ()]
 
 
 def _type_of(schema: dict[str, Any]) -> str:
@@ -77,6 +82,9 @@ def describe_plugin(lp: LoadedPlugin, search_paths: list[Path] = (), full: bool 
             flags = ", ".join(f for f, on in (("optional", port.optional), ("list", port.multiple)) if on)
             lines.append(f"  {title[:-1]:<6} {name}{f' ({flags})' if flags else ''}: {port.description}")
     lines.extend(_param_lines(p.params_schema, "", full))
+    if operational_params(p):
+        lines.append(f"  operational (not in the cache key; editing one reruns nothing): "
+                     f"{', '.join(operational_params(p))}")
     if full:
         lines.append("  example:")
         lines.extend("    " + line for line in example_stage(lp).splitlines())

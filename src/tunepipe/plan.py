@@ -15,7 +15,7 @@ from typing import Any
 
 from tunepipe.cache.atomic import canonical_json
 from tunepipe.cache.fingerprint import code_fingerprint, load_memo, save_memo
-from tunepipe.cache.keys import diff, key_parts, stage_key
+from tunepipe.cache.keys import diff, key_parts, operational_changes, split_operational, stage_key
 from tunepipe.cache.store import Store
 from tunepipe.errors import TunepipeError, UserError
 from tunepipe.plugins import Artifact
@@ -40,10 +40,12 @@ class StagePlan:
     inputs: dict[str, list[Artifact]] = field(default_factory=dict)
     record: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)  # the plugin's preview (dry run), e.g. a cost estimate
+    operational: dict[str, Any] = field(default_factory=dict)  # operational values by path: not in the key
+    unkeyed: list[str] = field(default_factory=list)  # operational values changed since the last run
 
     def to_json(self) -> dict[str, Any]:
         return {"stage": self.name, "state": self.state, "key": self.key, "reasons": self.reasons,
-                "outputs": (self.record or {}).get("outputs")}
+                "operational_changes": self.unkeyed, "outputs": (self.record or {}).get("outputs")}
 
 
 def _relative(path: Path, root: Path) -> str:
@@ -85,6 +87,13 @@ class Planner:
         """The key of the stage's last successful run when this planner started."""
         return self._last.get(stage, {}).get("key")
 
+    def remember(self, plan: StagePlan) -> None:
+        """Keep the stage's key and operational values as its last successful run (if they changed)."""
+        last = self._last.get(plan.name, {})
+        if plan.key and (last.get("key") != plan.key or
+                         canonical_json(last.get("operational")) != canonical_json(plan.operational)):
+            self.state.update(plan.name, plan.key, plan.operational)
+
     def inputs(self, spec: StageSpec, upstream: Mapping[str, Mapping[str, str]]) -> dict[str, list[Artifact]] | None:
         """The artifacts of each input, or None while an upstream stage has no outputs yet."""
         out: dict[str, list[Artifact]] = {}
@@ -108,14 +117,20 @@ class Planner:
             out[name] = arts
         return out
 
+    def operational(self, spec: StageSpec) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The stage's parameters for its key, and its operational values (by dotted path)."""
+        paths = getattr(self.registry.load(spec.uses).plugin, "operational", ()) or ()
+        return split_operational(spec.params, paths)
+
     def parts(self, spec: StageSpec, inputs: Mapping[str, list[Artifact]]) -> dict[str, Any]:
         loaded = self.registry.load(spec.uses)
         if loaded.module not in self._code:
             self._code[loaded.module] = code_fingerprint(loaded.module)
+        params, _ = self.operational(spec)
         parts = key_parts(
             plugin=loaded.plugin.name, identity=loaded.identity, version=loaded.plugin.version,
-            code=self._code[loaded.module], params=spec.params,
-            inputs={k: [a.digest for a in v] for k, v in inputs.items()},
+            code=self._code[loaded.module], params=params,
+            inputs={k: [(a.name, a.digest) for a in v] for k, v in inputs.items()},
             outputs=list(spec.outputs), env=_package_versions(loaded.plugin.packages))
         secret = find_secret(canonical_json(spec.params))
         if secret:
@@ -135,7 +150,11 @@ class Planner:
         parts = self.parts(spec, inputs)
         key = stage_key(parts)
         record = self.store.record(key)
-        plan = StagePlan(name, RUN, key=key, parts=parts, inputs=inputs, record=record)
+        plan = StagePlan(name, RUN, key=key, parts=parts, inputs=inputs, record=record,
+                         operational=self.operational(spec)[1])
+        last = self._last.get(name, {})
+        if "operational" in last:  # a state written before operational values were kept: nothing to compare
+            plan.unkeyed = operational_changes(last["operational"], plan.operational)
         if forced:
             plan.reasons = ["forced (--force)"]
         elif record is not None:

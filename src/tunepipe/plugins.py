@@ -150,6 +150,13 @@ class StagePlugin(Protocol):
         inputs / outputs: named ports.
         packages: distributions whose installed versions enter the cache key (e.g. ``("torch",)``).
 
+    Optional attribute (looked up with ``getattr``): ``operational``, a sequence of dotted parameter
+    paths (``"threads"``, ``"openai.poll_seconds"``) that change how the stage runs (polling,
+    timeouts, retries, budget ceilings, threads, device, checkpoint cadence, logging) and never what
+    it produces. They are left out of the cache key, so editing one never reruns the stage (nor
+    pays for a second job); ``--explain`` and ``status`` name them "operational, not in the key".
+    A parameter that can change an output byte must not be listed.
+
     ``run`` reads its inputs, writes each output into ``ctx.output(name)``, and returns a small
     JSON-able summary (counts, metrics) that the runner shows and records.
 

@@ -91,6 +91,9 @@ class LineReporter:
         if o.status == "running" and self.explain:
             for r in o.reasons:
                 self._print(f"      because {r}")
+        if o.status == "cached" and self.explain:
+            for r in o.reasons:  # operational changes: they do not make a stage run
+                self._print(f"      {r}")
         if o.status == "failed":
             self._print(f"      {self._c(o.error, 'red')}")
             if o.log_path:
@@ -129,7 +132,7 @@ def plan_lines(plans: list[StagePlan], width: int) -> list[tuple[str, str]]:
     out = []
     for p in plans:
         if p.state == "cached":
-            out.append((f"✓ {p.name:<{width}}  cached", "cyan"))
+            out.append((f"✓ {p.name:<{width}}  cached" + "".join(f"; {u}" for u in p.unkeyed), "cyan"))
         elif p.state == "run":
             out.append((f"▶ {p.name:<{width}}  will run: {'; '.join(p.reasons)}", "yellow"))
             out.extend((f"  {'':<{width}}  {note}", "bright_black") for note in p.notes)
@@ -209,6 +212,9 @@ class LiveReporter:
         if o.status == "running" and self.explain:
             for r in o.reasons:
                 self.message(f"{o.name} runs because {r}", mark="")
+        if o.status == "cached" and self.explain:
+            for r in o.reasons:
+                self.message(f"{o.name} stays cached: {r}", mark="")
         if o.status == "failed":
             self.message(f"{o.name}: {o.error}" + (f"\n      log: {o.log_path}" if o.log_path else ""),
                          mark="✗", style="red")

@@ -1,7 +1,8 @@
 """Run records and pipeline state, both written atomically.
 
-* The *state* of a pipeline maps each stage to the key of its last successful run: it is what
-  ``status`` compares against and what ``--explain`` diffs with.
+* The *state* of a pipeline maps each stage to the key of its last successful run (and the
+  operational values it ran with, which are not in the key): it is what ``status`` compares
+  against and what ``--explain`` diffs with.
 * A *run record* is one JSON file per ``pipeline run``: per stage the key, its parts, status,
   duration, output digests, the reasons it ran, and the plugin's summary. It is rewritten after
   every stage, so a crash keeps everything up to the last finished stage.
@@ -42,12 +43,13 @@ class PipelineState:
     def last_key(self, stage: str) -> str | None:
         return self.read().get(stage, {}).get("key")
 
-    def update(self, stage: str, key: str) -> None:
+    def update(self, stage: str, key: str, operational: dict[str, Any] | None = None) -> None:
+        """Remember ``key`` (and the operational values it last ran or was reused with)."""
         from filelock import FileLock
 
         with FileLock(str(self.file) + ".lock"):
             stages = self.read()
-            stages[stage] = {"key": key, "at": time.time()}
+            stages[stage] = {"key": key, "at": time.time(), "operational": operational or {}}
             write_json(self.file, {"spec": str(self.spec_path), "name": self.name, "stages": stages})
 
 

@@ -228,8 +228,8 @@ class _Scheduler:
                 plan = self.planner.prepare(name, self.outputs, name in self.forced)
                 if plan.state == CACHED and plan.record is not None:
                     self._accept(plan, plan.record["outputs"])
-                    self._set(StageOutcome(name, "cached", plan.key, summary=plan.record.get("summary", {})),
-                              write=False, parts=plan.parts)
+                    self._set(StageOutcome(name, "cached", plan.key, summary=plan.record.get("summary", {}),
+                                           reasons=plan.unkeyed), write=False, parts=plan.parts)
                     continue
                 spec = self.pipeline.stages[name]
                 resources = stage_resources(self.registry, spec.uses, spec.params, spec.resources)
@@ -268,8 +268,7 @@ class _Scheduler:
 
     def _accept(self, plan: StagePlan, outputs: dict[str, str]) -> None:
         self.outputs[plan.name] = outputs
-        if plan.key and self.planner.last_key(plan.name) != plan.key:
-            self.planner.state.update(plan.name, plan.key)
+        self.planner.remember(plan)
 
     def _set(self, outcome: StageOutcome, write: bool = True, parts: dict[str, Any] | None = None,
              extra: dict[str, Any] | None = None) -> None:

@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from tunepipe.cache.keys import KEY_FORMAT, diff, key_parts, stage_key
+from tunepipe.cache.keys import (KEY_FORMAT, diff, input_digests, key_parts, operational_changes, split_operational,
+                                 stage_key)
 
 D1 = "a" * 64
 D2 = "b" * 64
@@ -26,6 +27,8 @@ def parts(**over: Any) -> dict[str, Any]:
         env={"numpy": "1.26.0", "torch": "2.2.0"},
     )
     args.update(over)
+    args["inputs"] = {k: [(f"{k}.jsonl", d) if isinstance(d, str) else d for d in v]  # digests: a default name
+                      for k, v in args["inputs"].items()}
     return key_parts(**args)
 
 
@@ -36,7 +39,8 @@ def test_key_parts_shape() -> None:
     assert p["format"] == KEY_FORMAT
     assert p["plugin"] == {"name": "train", "identity": "tp_plugins.train:Train", "version": "1.0"}
     assert p["outputs"] == ["metrics", "model"]  # sorted
-    assert p["inputs"] == {"data": [D1], "extra": [D2, D3]}
+    assert p["inputs"] == {"data": [{"name": "data.jsonl", "digest": D1}],
+                           "extra": [{"name": "extra.jsonl", "digest": D2}, {"name": "extra.jsonl", "digest": D3}]}
 
 
 def test_stage_key_is_stable_hex() -> None:
@@ -59,11 +63,12 @@ def test_stage_key_does_not_depend_on_output_order() -> None:
 
 def test_key_parts_copies_its_arguments() -> None:
     params = {"lr": 0.1}
-    inputs = {"data": [D1]}
-    p = parts(params=params, inputs=inputs)
+    inputs = {"data": [("d.jsonl", D1)]}
+    p = key_parts(plugin="p", identity="m:P", version="1", code="c", params=params, inputs=inputs,
+                  outputs=["o"], env={})
     key = stage_key(p)
     params["lr"] = 0.2
-    inputs["data"].append(D2)
+    inputs["data"].append(("d.jsonl", D2))
     assert stage_key(p) == key
 
 
@@ -235,3 +240,40 @@ def test_diff_tells_dotted_name_from_nested_parameter() -> None:
     old, new = parts(params={"a.b": 1}), parts(params={"a": {"b": 1}})
     assert stage_key(old) != stage_key(new)
     assert diff(old, new) != []
+
+
+# input names -------------------------------------------------------------------------------
+
+def test_same_bytes_under_another_name_is_another_key() -> None:
+    """Plugins write an input's name into provenance and match sources: patterns against it."""
+    old = parts(inputs={"data": [("x.jsonl", D1)]})
+    new = parts(inputs={"data": [("y.jsonl", D1)]})
+    assert stage_key(old) != stage_key(new)
+    assert diff(old, new) == ["input data renamed (x.jsonl -> y.jsonl): plugins may write or match an input's name"]
+
+
+def test_input_position_is_in_the_key() -> None:
+    a = parts(inputs={"data": [("x.jsonl", D1), ("y.jsonl", D2)]})
+    b = parts(inputs={"data": [("y.jsonl", D2), ("x.jsonl", D1)]})
+    assert stage_key(a) != stage_key(b)
+
+
+def test_input_digests_reads_both_key_formats() -> None:
+    assert input_digests([D1, D2]) == [D1, D2]  # format 1: bare digests
+    assert input_digests([{"name": "x", "digest": D1}]) == [D1]
+
+
+# operational parameters --------------------------------------------------------------------
+
+def test_split_operational_takes_nested_paths_out_without_touching_the_params() -> None:
+    params = {"epochs": 3, "threads": 2, "openai": {"poll_seconds": 5, "suffix": "s"}, "judge": None}
+    kept, taken = split_operational(params, ["threads", "openai.poll_seconds", "judge.api_key_env", "absent"])
+    assert kept == {"epochs": 3, "openai": {"suffix": "s"}, "judge": None}
+    assert taken == {"threads": 2, "openai.poll_seconds": 5}
+    assert params["openai"] == {"poll_seconds": 5, "suffix": "s"}  # a copy was changed
+
+
+def test_operational_changes_say_nothing_reruns() -> None:
+    assert operational_changes({"threads": 1}, {"threads": 1}) == []
+    assert operational_changes({"openai.poll_seconds": 5}, {"openai.poll_seconds": 30}) == [
+        "operational setting openai.poll_seconds: 5 -> 30 (operational, not in the key)"]

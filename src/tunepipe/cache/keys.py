@@ -2,29 +2,36 @@
 
 The parts are kept next to the key, so ``--explain`` and ``status`` can say *what* changed.
 Upstream outputs enter by their content digest: an upstream rerun that produces the same bytes
-leaves downstream keys, and so their cached results, untouched.
+leaves downstream keys, and so their cached results, untouched. Each input also enters by the name
+the pipeline gives it (``data/x.jsonl``, ``ingest.records``) and its position: plugins write that
+name into provenance and match ``sources:`` patterns against it, so the same bytes under another
+name are another result.
+
+A plugin's *operational* parameters (see :class:`tunepipe.plugins.StagePlugin`) never enter a key:
+:func:`split_operational` takes them out before the parts are built.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from tunepipe.cache.atomic import canonical_json
 
-KEY_FORMAT = 1
+KEY_FORMAT = 2  # 2: inputs carry their names; operational parameters left out
 
 
 def key_parts(*, plugin: str, identity: str, version: str, code: str, params: Mapping[str, Any],
-              inputs: Mapping[str, list[str]], outputs: list[str], env: Mapping[str, str]) -> dict[str, Any]:
-    """The key's parts. ``inputs`` maps each input name to its artifacts' digests, in order."""
+              inputs: Mapping[str, list[tuple[str, str]]], outputs: list[str], env: Mapping[str, str]) -> dict[str, Any]:
+    """The key's parts. ``inputs`` maps each input to its artifacts' ``(name, digest)``, in order."""
     return {
         "format": KEY_FORMAT,
         "plugin": {"name": plugin, "identity": identity, "version": version},
         "code": code,
         "params": dict(params),
-        "inputs": {k: list(v) for k, v in inputs.items()},
+        "inputs": {k: [{"name": n, "digest": d} for n, d in v] for k, v in inputs.items()},
         "outputs": sorted(outputs),
         "env": dict(env),
     }
@@ -32,6 +39,38 @@ def key_parts(*, plugin: str, identity: str, version: str, code: str, params: Ma
 
 def stage_key(parts: Mapping[str, Any]) -> str:
     return hashlib.sha256(canonical_json(parts).encode()).hexdigest()
+
+
+def split_operational(params: Mapping[str, Any], paths: Iterable[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``params`` without the operational ``paths`` (dotted), and those values by path.
+
+    A path whose parent is not a mapping (``judge.api_key_env`` with ``judge: null``) is absent.
+    """
+    kept: dict[str, Any] = copy.deepcopy(dict(params))
+    taken: dict[str, Any] = {}
+    for path in paths:
+        *parents, leaf = path.split(".")
+        node: Any = kept
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict) and leaf in node:
+            taken[path] = node.pop(leaf)
+    return kept, taken
+
+
+def operational_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """Reasons-style lines for operational values that differ (they do not change the key)."""
+    out = []
+    for path in sorted(set(old) | set(new)):
+        if canonical_json(old.get(path)) != canonical_json(new.get(path)):
+            out.append(f"operational setting {path}: {_short(old.get(path))} -> {_short(new.get(path))} "
+                       "(operational, not in the key)")
+    return out
+
+
+def input_digests(entries: Iterable[Any]) -> list[str]:
+    """The digests of one input's entries, whatever the key format (1: digests, 2: name and digest)."""
+    return [e["digest"] if isinstance(e, Mapping) else str(e) for e in entries]
 
 
 def _short(value: Any) -> str:
@@ -47,6 +86,10 @@ def _flatten(value: Any, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], 
             out.update(_flatten(v, prefix + (str(k),)))
         return out
     return {prefix: value}
+
+
+def _names(entries: Iterable[Any]) -> str:
+    return ", ".join(str(e.get("name")) if isinstance(e, Mapping) else "?" for e in entries)
 
 
 def _name(path: tuple[str, ...]) -> str:
@@ -79,10 +122,13 @@ def diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
             reasons.append(f"input {k} added")
         elif k not in ni:
             reasons.append(f"input {k} removed")
-        elif oi[k] != ni[k]:
-            was = ",".join(d[:8] for d in oi[k])
-            now = ",".join(d[:8] for d in ni[k])
+        elif input_digests(oi[k]) != input_digests(ni[k]):
+            was = ",".join(d[:8] for d in input_digests(oi[k]))
+            now = ",".join(d[:8] for d in input_digests(ni[k]))
             reasons.append(f"input {k} changed ({was} -> {now})")
+        elif oi[k] != ni[k]:
+            reasons.append(f"input {k} renamed ({_names(oi[k])} -> {_names(ni[k])}): plugins may write "
+                           "or match an input's name")
     if old.get("outputs") != new.get("outputs"):
         reasons.append(f"outputs changed: {old.get('outputs')} -> {new.get('outputs')}")
     oe, ne = old.get("env", {}), new.get("env", {})

@@ -134,6 +134,9 @@ class Evaluate:
                                              "predictions.jsonl."},
         },
     }
+    # How the replies are produced, never which: not in the cache key (the report notes what a run used).
+    operational = ("device", "threads", "openai.concurrency", "openai.max_retries", "openai.api_key_env",
+                   "judge.api_key_env")
     inputs = {"model": Port("the model to evaluate: a train stage's output (train.model)"),
               "examples": Port("held-out chat examples: split.validation or split.test, or a JSONL file")}
     outputs = {"report": Port("metrics.json, predictions.jsonl, report.html (self-contained), report.md")}

@@ -157,6 +157,7 @@ class Ingest:
                                        "for inputs over 20,000 records. The output does not depend on it."},
         },
     }
+    operational = ("workers",)  # how many processes parse: never what they produce
     inputs = {"data": Port("data files: JSONL, JSON, CSV/TSV, Parquet, optionally .gz (a path, a glob, or a list)",
                            multiple=True)}
     outputs = {"records": Port("records.jsonl: one chat example per line, with meta.source and the position"),

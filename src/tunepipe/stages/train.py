@@ -166,6 +166,11 @@ class Train:
             "openai": {**_OPENAI, "default": {}, "description": "openai backend settings."},
         },
     }
+    # How a run goes, never what it trains: not in the cache key, so editing one never reruns training
+    # nor creates a second paid job. openai.base_url is not here: another endpoint is another service,
+    # where this stage's job does not exist (see README, Training).
+    operational = ("device", "threads", "save_every", "openai.poll_seconds", "openai.max_cost_usd",
+                   "openai.api_key_env", "openai.prices", "openai.context_limits")
     inputs = {"train": Port("training examples: split.train (train.jsonl) or a JSONL file"),
               "validation": Port("validation examples: split.validation (for validation loss)", optional=True),
               "base_model": Port("local: a folder holding a Hugging Face model to start from (instead of "
