@@ -101,3 +101,29 @@ def test_an_unreachable_endpoint_fails_the_stage_naming_it(remote, monkeypatch) 
     assert result.exit_code == 1
     assert f"could not reach the API at {url}" in result.stderr and "OPENAI_BASE_URL" in result.stderr
     assert "Traceback" not in result.output
+
+
+def test_runs_that_differ_only_in_operational_settings_create_one_job(remote, aimock) -> None:  # noqa: F811
+    """Polling, budget ceiling, price table and the key's variable are operational: not in the key."""
+    remote.ok("run", "p.yaml", "-S", "train.openai.poll_seconds=0.2")
+    assert len(aimock.job_creates()) == 1
+    for change in (["-S", "train.openai.poll_seconds=0.3"], ["-S", "train.openai.max_cost_usd=2"],
+                   ["-S", "train.openai.prices={gpt-4o-mini-2024-07-18: 9.0}"],
+                   ["-S", "train.openai.context_limits={gpt-4o-mini-2024-07-18: 70000}"]):
+        again = remote.ok("run", "p.yaml", "--explain", *change)
+        assert "train     cached" in again.stderr, again.stderr
+        assert "(operational, not in the key)" in again.stderr
+    plan = remote.ok("run", "p.yaml", "-n", "--explain", "-S", "train.openai.max_cost_usd=2")
+    assert "will run" not in plan.stderr
+    assert len(aimock.job_creates()) == 1  # the emulator's journal: one job over all these runs
+
+
+def test_another_endpoint_is_another_service_and_says_so(remote, aimock) -> None:  # noqa: F811
+    """base_url is in the key: the job and its model live at one endpoint. A new job there is
+    right, and the run says where it creates it and what it should cost before it does."""
+    remote.ok("run", "p.yaml")
+    other = remote.run("run", "p.yaml", "-n", "-S", f"train.openai.base_url={aimock.base_url}")
+    assert "train     will run: parameter openai.base_url: null -> " in other.stderr
+    moved = remote.ok("run", "p.yaml", "-S", f"train.openai.base_url={aimock.base_url}")
+    assert f"train: no job of this stage key at {aimock.base_url.rstrip('/')}" in moved.stderr
+    assert "billable tokens" in moved.stderr.split("no job of this stage key")[1].splitlines()[0]

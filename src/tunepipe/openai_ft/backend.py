@@ -23,7 +23,10 @@ from tunepipe.errors import StageFailed, UserError
 from tunepipe.openai_ft import results, state
 from tunepipe.openai_ft.config import Settings, job_metadata, key_tag, settings_from_params
 from tunepipe.openai_ft.estimate import Estimate, estimate
+from tunepipe.openai_ft.results import ENDED_BADLY, TERMINAL
 from tunepipe.plugins import Cancelled, StageContext
+
+MAX_HANDOVERS = 3  # survivors followed in turn after the followed job was cancelled as a duplicate
 
 
 def budget_guard(est: Estimate, settings: Settings) -> None:
@@ -53,6 +56,12 @@ def _api(doing: str, ctx: StageContext, settings: Settings) -> Iterator[None]:
         yield
     except openai.OpenAIError as e:
         fail(e, doing=doing, stage=ctx.stage, settings=settings)
+
+
+def _endpoint(settings: Settings) -> str:
+    from tunepipe.openai_ft.client import endpoint_label
+
+    return endpoint_label(settings)
 
 
 class _Run:
@@ -93,6 +102,7 @@ class _Run:
             job = decision.job
             ctx.say(f"job {job.id} ({job.status}) was already created for this stage key (tunepipe_key={tag}): "
                     "re-attaching instead of creating another")
+            self.cancel_duplicates([j for j in found if j.id != job.id and j.status not in TERMINAL], job)
             st.job_id, st.last_event_id = job.id, None
             self.save()
             return job
@@ -108,6 +118,7 @@ class _Run:
             request["validation_file"] = validation_file
         if self.s.seed is not None:
             request["seed"] = self.s.seed
+        ctx.say(f"no job of this stage key at {_endpoint(self.s)}: creating one ({self.est})")
         ctx.log.info("creating the job: model %s, method %s, suffix %s, seed %s", self.s.model,
                      request["method"], self.s.suffix, self.s.seed)
         ctx.progress("creating the fine-tuning job")
@@ -120,7 +131,56 @@ class _Run:
         self.save()
         jobs.crashpoint("openai-after-save")
         ctx.say(f"created job {job.id}")
-        return job
+        return self.reconcile(job)
+
+    # -- one job per key across machines (see tunepipe.openai_ft.jobs, "Across machines") ------
+    def reconcile(self, job: Any) -> Any:
+        """Keep this key's surviving job, cancel the others (a run on another machine may have
+        created one at the same time); follow the survivor from now on."""
+        from tunepipe.openai_ft import jobs
+
+        with _api("listing fine-tuning jobs", self.ctx, self.s):
+            keep, others = jobs.duplicates(self.client, job, key_tag(self.ctx.key))
+        self.cancel_duplicates(others, keep)
+        if keep.id != job.id:
+            self.ctx.say(f"job {keep.id} of this stage key was created first (by another run): following it")
+            self.st.job_id, self.st.last_event_id = keep.id, None
+            self.save()
+        return keep
+
+    def cancel_duplicates(self, others: list[Any], keep: Any) -> None:
+        """Cancel ``others`` (live jobs of this key besides ``keep``); a failure is only a warning."""
+        import openai
+
+        from tunepipe.openai_ft.client import describe
+
+        for other in others:
+            billed = "" if other.status in ("validating_files", "queued") else (
+                f"; it was already {other.status}, so what it trained so far is billed")
+            try:
+                self.client.fine_tuning.jobs.cancel(other.id)
+            except openai.OpenAIError as e:
+                self.ctx.log.warning("could not cancel job %s, a duplicate of %s for this stage key (%s): cancel "
+                                     "it on the OpenAI dashboard", other.id, keep.id, describe(e, self.s))
+                continue
+            self.ctx.say(f"cancelled job {other.id}: a duplicate of job {keep.id} for this stage key, created by "
+                         f"a concurrent run{billed}")
+
+    def successor(self, job: Any) -> Any | None:
+        """After ``job`` ended cancelled: the live job of this key that replaced it (a concurrent run
+        cancelled ``job`` as its duplicate), or None."""
+        from tunepipe.openai_ft import jobs
+
+        with _api("listing fine-tuning jobs", self.ctx, self.s):
+            found = jobs.jobs_for_key(self.client, key_tag(self.ctx.key))
+        live = [j for j in found if j.id != job.id and j.status not in ENDED_BADLY]
+        if not live:
+            return None
+        keep = jobs.survivor(live)
+        self.ctx.say(f"job {job.id} was cancelled as a duplicate of job {keep.id} for this stage key: following it")
+        self.st.job_id, self.st.last_event_id = keep.id, None
+        self.save()
+        return keep
 
     def upload(self) -> tuple[str, str | None]:
         from tunepipe.openai_ft import upload
@@ -248,7 +308,7 @@ def train_openai(ctx: StageContext, train: Path, validation: Path | None, params
     ``http_client``: an ``openai.DefaultHttpxClient`` to send requests through (a proxy, or tests'
     fault injection); by default the SDK's own.
     """
-    from tunepipe.openai_ft.client import api_key, endpoint_label, make_client
+    from tunepipe.openai_ft.client import api_key, make_client
 
     settings = settings_from_params(params, ctx.stage)
     api_key(settings)  # a missing key is the user's to fix before anything else
@@ -265,13 +325,18 @@ def train_openai(ctx: StageContext, train: Path, validation: Path | None, params
     ctx.progress(f"~{est.billable_tokens:,} billable tokens" + (f", ~${est.usd:,.2f}" if est.usd is not None else ""))
     budget_guard(est, settings)
     ctx.check_cancelled()
-    ctx.log.info("OpenAI endpoint: %s", endpoint_label(settings))
+    ctx.log.info("OpenAI endpoint: %s", _endpoint(settings))
     client = make_client(settings, http_client=http_client)
     run = _Run(ctx, train, validation, settings, est, client)
     job = None
     try:
         job = run.job()
         job = run.follow(job)
+        for _ in range(MAX_HANDOVERS):  # cancelled as a duplicate by a concurrent run: follow the survivor
+            nxt = run.successor(job) if job.status == "cancelled" else None
+            if nxt is None:
+                break
+            job = run.follow(nxt)
     except Cancelled:
         if job is not None or run.st.job_id:
             job_id = job.id if job is not None else run.st.job_id
@@ -281,4 +346,5 @@ def train_openai(ctx: StageContext, train: Path, validation: Path | None, params
         raise
     if job.status != "succeeded":
         run.ended_badly(job)
+    job = run.reconcile(job)  # duplicates created meanwhile by runs that died before reconciling
     return run.finish(job, out)

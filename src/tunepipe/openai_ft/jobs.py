@@ -9,7 +9,8 @@ with that tag (``jobs.list(metadata=...)``, filtered again here because not ever
 and decides with :func:`decide`:
 
 * a job that did not fail and was not cancelled (running, queued, paused or succeeded) is
-  re-attached: never a second job, and a succeeded one is not paid for twice;
+  re-attached: never a second job, and a succeeded one is not paid for twice (with several, the one
+  :func:`survivor` picks);
 * otherwise a new job is created, except when a re-run would only repeat a failure: the latest
   failed job's error names a parameter (``training_file``, ``model``...: the same stage key sends
   the same request, so it would fail the same way), or ``MAX_FAILED`` jobs of this key already
@@ -19,6 +20,16 @@ Creating sends one POST with the SDK's retries off: a dropped connection or a 5x
 accepted the request would otherwise create a second job on retry. On such an error the job list is
 consulted again (a job with the tag that is not failed or cancelled is the one just created) before
 trying again. The OpenAI API documents no idempotency key for this endpoint, so the tag is the guard.
+
+Across machines
+---------------
+Runs with separate caches share no lock: both may find no job and both create one. So every run
+reconciles right after creating (:func:`duplicates`): it lists the key's jobs again, keeps the same
+one (:func:`survivor`: a succeeded job, else the earliest created) and cancels the others, which are
+then still validating their files or queued, before any token is trained and billed. A run whose
+followed job is cancelled this way re-attaches to the survivor. The window left: a duplicate whose
+run dies between its create and its reconcile is cancelled by the next run of that key that
+reconciles, or by a run that re-attaches while it is still live.
 
 Following
 ---------
@@ -73,6 +84,31 @@ def jobs_for_key(client: Any, tag: str) -> list[Any]:
     return sorted(found, key=lambda j: get(j, "created_at") or 0, reverse=True)
 
 
+def survivor(live: Sequence[Any]) -> Any:
+    """The one job of a stage key that every run keeps: a succeeded one, else the earliest created.
+
+    ``live`` is newest first, in the server's order (ties in ``created_at``, whole seconds, keep it),
+    so every run that sees the same jobs picks the same one.
+    """
+    done = [j for j in live if get(j, "status") == "succeeded"]
+    return (done or live)[-1]
+
+
+def duplicates(client: Any, job: Any, tag: str) -> tuple[Any, list[Any]]:
+    """After creating (or finishing) ``job``: the job to keep and the unfinished duplicates to cancel.
+
+    OpenAI has no idempotency key for creating a job, so two runs with separate caches (two
+    machines, two CI jobs) can both find no job and both create one. Each run reconciles right
+    after: it lists this key's jobs again, keeps :func:`survivor` and cancels the others.
+    """
+    found = jobs_for_key(client, tag)
+    if all(get(j, "id") != get(job, "id") for j in found):
+        found = [job, *found]  # not listed yet: it is the newest
+    live = [j for j in found if get(j, "status") not in ENDED_BADLY]
+    keep = survivor(live)
+    return keep, [j for j in live if get(j, "id") != get(keep, "id") and get(j, "status") not in TERMINAL]
+
+
 @dataclass(frozen=True)
 class Decision:
     action: str  # attach | create | refuse
@@ -93,8 +129,7 @@ def decide(jobs: Sequence[Any], remembered: Sequence[Mapping[str, Any]] = ()) ->
     """
     live = [j for j in jobs if get(j, "status") not in ENDED_BADLY]
     if live:
-        done = [j for j in live if get(j, "status") == "succeeded"]
-        return Decision("attach", (done or live)[0])
+        return Decision("attach", survivor(live))
     ended = {e["id"]: dict(e) for e in remembered if e.get("id")}
     for j in jobs:
         ended[get(j, "id")] = ended_entry(j)
