@@ -15,6 +15,12 @@ from tunepipe.cli import cli
 
 SUPPORT = Path(__file__).parent / "support"
 
+# tp_testplugins (``uses: tp_testplugins:Emit``) lives in tests/support, outside each test's project:
+# a shared plugin folder, trusted like a user's. Set at import so `pipeline` child processes (and Ray
+# workers started from here) inherit it with the rest of os.environ.
+os.environ["TUNEPIPE_PLUGIN_PATH"] = os.pathsep.join(
+    p for p in (str(SUPPORT), os.environ.get("TUNEPIPE_PLUGIN_PATH", "")) if p)
+
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Tests that start Ray in this process run after all others, and those that drive a Ray Train
