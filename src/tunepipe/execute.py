@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from tunepipe.cache.store import Store
+from tunepipe.cache.store import Store, fetch_intact
 from tunepipe.errors import TunepipeError, UserError
 from tunepipe.plugins import Artifact, Cancelled, StageContext
 from tunepipe.redact import redact
@@ -139,7 +139,7 @@ def _run_locked(job: StageJob, store: Store, registry: Registry, cancel: threadi
     try:
         inputs: dict[str, Any] = {}  # stored inputs may need a download (an s3:// cache): a failure is the stage's
         for name, refs in job.inputs.items():
-            arts = [Artifact(store.fetch(d) if stored else Path(p), d, n) for p, d, n, stored in refs]
+            arts = [Artifact(fetch_intact(store, d, n) if stored else Path(p), d, n) for p, d, n, stored in refs]
             inputs[name] = arts if job.multiple.get(name) else (arts[0] if arts else None)
         plugin = registry.load(job.uses).plugin
         summary = plugin.run(ctx, inputs, dict(job.params)) or {}

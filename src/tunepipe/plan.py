@@ -157,11 +157,21 @@ class Planner:
             plan.unkeyed = operational_changes(last["operational"], plan.operational)
         if forced:
             plan.reasons = ["forced (--force)"]
-        elif record is not None:
+        elif record is not None:  # the store trusts a record only while its outputs look whole
             plan.state = CACHED
         else:
-            plan.reasons = self.why(name, key, parts)
+            plan.reasons = self.damaged(key) or self.why(name, key, parts)
         return plan
+
+    def damaged(self, key: str) -> list[str]:
+        """Why a key that has a record is not served: its outputs that are missing or damaged (the
+        rerun publishes them again; planning changes nothing, so ``status`` stays read-only)."""
+        try:
+            outputs = json.loads(self.store.record_path(key).read_text(encoding="utf-8"))["outputs"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return []
+        return [f"its cached output {o} is damaged ({why}): recomputing" for o, d in outputs.items()
+                if self.store.object_path(d).is_dir() and (why := self.store.damage(d)) is not None]
 
     def why(self, name: str, key: str, parts: dict[str, Any]) -> list[str]:
         last = self.last_key(name)

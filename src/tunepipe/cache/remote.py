@@ -40,7 +40,8 @@ from typing import Any
 from tunepipe.cache.digests import file_digest, tree_digest, tree_entries
 from tunepipe.cache.leases import LeaseLock, read_lease
 from tunepipe.cache.s3 import Remote
-from tunepipe.cache.store import LAYOUT_VERSION, GcReport, LocalStore, VerifyReport, _force_rmtree
+from tunepipe.cache.store import (LAYOUT_VERSION, GcReport, LocalStore, VerifyReport, _force_rmtree, downstream,
+                                  reader_lines)
 from tunepipe.errors import CacheError, UserError
 from tunepipe.execute import crashpoint
 from tunepipe.redact import redact
@@ -237,13 +238,33 @@ class RemoteStore:
         with self._mutex:
             self._present.add(digest)
 
+    def damage(self, digest: str) -> str | None:
+        """Always None: the remote holds the truth, and a fetch checks what it downloads against
+        the digest. A damaged copy in the working cache is dropped here, so it is fetched again."""
+        self._mirrored(digest)
+        return None
+
+    def discard(self, digest: str) -> None:
+        """Drop this machine's copy; the remote's is checked against its digest when fetched."""
+        self.local.discard(digest)
+
+    def _mirrored(self, digest: str) -> bool:
+        """Whether the working cache holds a whole-looking copy (``LocalStore.damage``); a damaged
+        one is dropped."""
+        if not self.local.object_path(digest).is_dir():
+            return False
+        if self.local.damage(digest) is None:
+            return True
+        self.local.discard(digest)
+        return False
+
     def fetch(self, digest: str) -> Path:
         """The local folder of an artifact, downloaded and checked against its digest if needed."""
         path = self.local.object_path(digest)
-        if path.is_dir():
+        if self._mirrored(digest):
             return path
         with self.local.lock(f"fetch-{digest}", f"artifact {digest[:12]}", lambda _m: None):
-            if path.is_dir():  # another process of this machine fetched it while we waited
+            if self._mirrored(digest):  # another process of this machine fetched it while we waited
                 return path
             raw = self.remote.get(_manifest_rel(digest))
             if raw is None:
@@ -320,7 +341,10 @@ class RemoteStore:
     def verify(self, repair: bool = False) -> VerifyReport:
         """Check every remote artifact (manifest, files, sizes and sha256, streamed) and record, and
         rehash the artifacts mirrored in the working cache. ``repair`` puts back from this
-        machine's intact copies what the remote lost or damaged, and removes what nobody has."""
+        machine's intact copies what the remote lost or damaged, and removes what nobody has.
+        Records built here from a damaged mirrored copy (directly or through other records) are
+        reported, and dropped by ``repair``, here and on the remote: their keys would match again.
+        A damaged remote copy taints nothing: a fetch checks what it downloads."""
         report = VerifyReport()
         objects = self.remote.listing("objects")
         marked = {m.group(1) for rel in objects if (m := _MANIFEST.fullmatch(rel))}
@@ -335,6 +359,7 @@ class RemoteStore:
                     if obj.is_dir() and tree_digest(obj) != obj.name}  # damaged here, maybe fine there
         report.corrupt = sorted(bad | mirrored)
         remote_records: dict[str, list[str] | None] = {}  # key -> its artifacts that are gone (None: unreadable)
+        parsed: dict[str, dict[str, Any]] = {}
         for rel in sorted(self.remote.listing("keys")):
             if not (m := _RECORD.fullmatch(rel)):
                 continue
@@ -348,8 +373,12 @@ class RemoteStore:
             gone = [d for d in rec["outputs"].values() if d not in marked or d in bad]
             report.missing.extend((key, d) for d in gone if d not in bad)
             remote_records[key] = gone
-        here = [rec for _key, path in self.local.iter_records() if (rec := _read_record(path))]
-        lacking = {d for rec in here for d in rec["outputs"].values()
+            parsed[key] = rec
+        here = {key: rec for key, path in self.local.iter_records() if (rec := _read_record(path))}
+        records = {**parsed, **here}
+        tainted = downstream(records, mirrored)
+        report.dropped = reader_lines(records, mirrored, tainted)
+        lacking = {d for key, rec in here.items() if key not in tainted for d in rec["outputs"].values()
                    if (d not in marked or d in bad) and self._intact_here(d, mirrored)}
         self.say(f"{self.url}: checked {report.objects} artifacts (streamed {downloaded / 1e6:.1f} MB) and "
                  f"{report.records} records on the remote, and the artifacts mirrored in {self.root}")
@@ -357,7 +386,7 @@ class RemoteStore:
             self.say(f"{len(lacking)} artifacts this machine has are missing or damaged on the remote: "
                      "`pipeline cache verify --repair` here uploads them again")
         if repair:
-            self._repair(remote_records, bad, mirrored, marked)
+            self._repair(remote_records, bad, mirrored, marked, set(tainted))
         return report
 
     def _intact_here(self, digest: str, mirrored: set[str]) -> bool:
@@ -379,13 +408,19 @@ class RemoteStore:
         return True, read
 
     def _repair(self, remote_records: dict[str, list[str] | None], bad: set[str], mirrored: set[str],
-                marked: set[str]) -> None:
+                marked: set[str], tainted: set[str]) -> None:
         """Put back what this machine still has intact; remove what nobody has. Records go first,
         then manifests, then files, so a reader never sees a record without its artifacts.
-        ``remote_records``: each remote record's artifacts that are gone (None: unreadable)."""
+        ``remote_records``: each remote record's artifacts that are gone (None: unreadable);
+        ``tainted``: records built from damaged data, dropped everywhere."""
         def intact(digest: str) -> bool:
             return self._intact_here(digest, mirrored)
 
+        for key in sorted(tainted):
+            if key in remote_records:
+                self.remote.delete(_record_rel(key))
+            self.local.record_path(key).unlink(missing_ok=True)
+        remote_records = {k: gone for k, gone in remote_records.items() if k not in tainted}
         for key, gone in remote_records.items():  # artifacts nobody has any more: recompute them
             if gone is None or not all(intact(d) for d in gone):
                 self.remote.delete(_record_rel(key))

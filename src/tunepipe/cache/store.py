@@ -3,6 +3,7 @@
 Layout under the cache root::
 
     objects/ab/<digest>/   published artifacts (folders; files read-only)
+    manifests/ab/<digest>.json  each artifact's file sizes, written at publish (a cheap check)
     keys/ab/<key>.json     what a key produced: output digests, key parts, summary
     locks/                 per-key locks and their owner files
     tmp/<key>.<pid>.<n>/   a running stage's private output folders (never read by others)
@@ -15,6 +16,10 @@ Layout under the cache root::
 Commit order: outputs are hashed and renamed into ``objects/`` (atomic), then the key record is
 written (atomic). A crash before the record leaves at most an unreferenced object, which the
 next run reuses by content or ``cache gc`` removes; there is never a half-written artifact.
+An artifact's manifest is written before its folder is renamed into place, so whoever sees the
+artifact can check it cheaply (:meth:`LocalStore.damage`: it exists, and its files and their sizes
+are those published) before trusting it; artifacts published before manifests existed get the
+existence check only, until ``cache verify --repair`` writes theirs.
 ``Store`` is the interface the runner needs; :class:`LocalStore` is the local-folder one (a
 shared-storage store for a cluster fits the same shape).
 """
@@ -26,7 +31,8 @@ import json
 import os
 import shutil
 import stat
-from collections.abc import Callable, Iterator
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -57,6 +63,8 @@ class Store(Protocol):
     def shared(self, area: str) -> Path: ...
     def drop_scratch(self, key: str) -> None: ...
     def publish(self, folder: Path) -> str: ...
+    def damage(self, digest: str) -> str | None: ...
+    def discard(self, digest: str) -> None: ...
     def lock(self, key: str, what: str, say: Callable[[str], None]) -> Any: ...  # a KeyLock or a lease
     def sweep_leftovers(self, dry_run: bool = False, say: Callable[[str], None] = ...) -> list[str]: ...
 
@@ -78,6 +86,120 @@ def _force_rmtree(path: Path) -> None:
         shutil.rmtree(path, onerror=onerror)
 
 
+Entries = list[tuple[str, Path, os.stat_result]]
+
+
+def file_sizes(entries: Entries) -> dict[str, int]:
+    """Size by relative path of every non-folder entry of a tree (``tree_entries``)."""
+    return {rel: st.st_size for rel, _p, st in entries if not stat.S_ISDIR(st.st_mode)}
+
+
+def size_damage(now: Mapping[str, int], published: Mapping[str, int]) -> str | None:
+    """The first way a folder's files differ from those published (names, sizes), else None."""
+    for rel in sorted(published):
+        if rel not in now:
+            return f"{rel} is gone"
+        if now[rel] != published[rel]:
+            return f"{rel} has {now[rel]} bytes, {published[rel]} when published"
+    added = sorted(set(now) - set(published))
+    return f"{added[0]} was added" if added else None
+
+
+def object_damage(folder: Path, published: Mapping[str, int] | None) -> str | None:
+    """Why a stored folder cannot be trusted, from a listing only (no file is read), else None.
+    Without a manifest (``published``: None) only its existence is checked."""
+    if not folder.is_dir():
+        return "it is missing"
+    if published is None:
+        return None
+    try:
+        return size_damage(file_sizes(tree_entries(folder)), published)
+    except OSError as e:  # a file removed while we list it
+        return f"it cannot be listed: {e.strerror}"
+
+
+def entry_digests(entry: Any) -> list[str]:
+    """The digests in one input entry of key parts, whatever the key format: a digest (format 1),
+    a mapping holding one under "digest" (format 2), or a list of either."""
+    if isinstance(entry, str):
+        return [entry]
+    if isinstance(entry, Mapping):
+        return [entry["digest"]] if isinstance(entry.get("digest"), str) else []
+    if isinstance(entry, (list, tuple)):
+        return [d for e in entry for d in entry_digests(e)]
+    return []
+
+
+def record_inputs(record: Mapping[str, Any]) -> set[str]:
+    """The digests a record's stage read (its key parts' inputs); an odd record reads nothing."""
+    parts = record.get("parts")
+    inputs = parts.get("inputs") if isinstance(parts, Mapping) else None
+    entries = inputs.values() if isinstance(inputs, Mapping) else ()
+    return {d for entry in entries for d in entry_digests(entry)}
+
+
+def record_outputs(record: Mapping[str, Any]) -> list[str]:
+    outputs = record.get("outputs")
+    return [d for d in outputs.values() if isinstance(d, str)] if isinstance(outputs, Mapping) else []
+
+
+def downstream(records: Mapping[str, Mapping[str, Any]], bad: Iterable[str]) -> dict[str, str]:
+    """The records built from a ``bad`` artifact, directly or from the outputs of other such
+    records, each with the digest it read that taints it: their keys match again once the bad
+    artifact is recomputed, so they would serve results made from damaged data."""
+    readers: dict[str, list[str]] = {}
+    for key, rec in records.items():
+        for digest in record_inputs(rec):
+            readers.setdefault(digest, []).append(key)
+    tainted: dict[str, str] = {}  # in the order found: readers before the readers of their outputs
+    queue = deque(sorted(set(bad)))
+    while queue:
+        digest = queue.popleft()
+        for key in sorted(readers.get(digest, ())):
+            if key not in tainted:
+                tainted[key] = digest
+                queue.extend(record_outputs(records[key]))
+    return tainted
+
+
+def _stage(record: Mapping[str, Any]) -> str:
+    return str(record.get("stage") or "?")
+
+
+def maker_lines(records: Mapping[str, Mapping[str, Any]], bad: set[str]) -> list[tuple[str, str, str]]:
+    """(key, stage, why) of each record that made a ``bad`` artifact."""
+    out = []
+    for key, rec in sorted(records.items()):
+        corrupt = [d for d in record_outputs(rec) if d in bad]
+        if corrupt:
+            out.append((key, _stage(rec), f"its output {corrupt[0][:12]} is corrupt"))
+    return out
+
+
+def reader_lines(records: Mapping[str, Mapping[str, Any]], bad: set[str],
+                 tainted: Mapping[str, str]) -> list[tuple[str, str, str]]:
+    """(key, stage, why) of each record built from a ``bad`` artifact (``downstream``)."""
+    made_by = {d: _stage(records[k]) for k in tainted for d in record_outputs(records[k])}
+    out = []
+    for key, digest in tainted.items():
+        why = (f"built from corrupt artifact {digest[:12]}" if digest in bad
+               else f"built from {digest[:12]}, made by stage '{made_by.get(digest, '?')}', which is dropped too")
+        out.append((key, _stage(records[key]), why))
+    return out
+
+
+def fetch_intact(store: Store, digest: str, name: str) -> Path:
+    """The folder of a stored input, checked cheaply: a damaged copy must fail the stage with the
+    cache's fault and its fix, not with the plugin's puzzlement about what it finds there. (A
+    missing one fails in ``fetch``, whose advice, run again, recomputes it.)"""
+    path = store.fetch(digest)
+    problem = store.damage(digest)
+    if problem is not None:
+        raise CacheError(f"the cache's copy of the input {name} (artifact {digest[:12]}) is damaged ({problem}): "
+                         "run `pipeline cache verify --repair`, then run the pipeline again")
+    return path
+
+
 @dataclass
 class VerifyReport:
     objects: int = 0
@@ -85,10 +207,11 @@ class VerifyReport:
     corrupt: list[str] = field(default_factory=list)  # digests whose content no longer matches
     missing: list[tuple[str, str]] = field(default_factory=list)  # (key, digest) of records without objects
     unreadable: list[str] = field(default_factory=list)  # record files that do not parse
+    dropped: list[tuple[str, str, str]] = field(default_factory=list)  # (key, stage, why) made from corrupt data
 
     @property
     def clean(self) -> bool:
-        return not (self.corrupt or self.missing or self.unreadable)
+        return not (self.corrupt or self.missing or self.unreadable or self.dropped)
 
 
 @dataclass
@@ -105,7 +228,7 @@ class LocalStore:
     def __init__(self, root: Path) -> None:
         self.root = root.absolute()
         try:
-            for sub in ("objects", "keys", "locks", "tmp", "scratch", "state", "runs", "compiled"):
+            for sub in ("objects", "manifests", "keys", "locks", "tmp", "scratch", "state", "runs", "compiled"):
                 (self.root / sub).mkdir(parents=True, exist_ok=True)
             marker = self.root / "CACHEDIR.TAG"
             if not marker.exists():
@@ -121,12 +244,12 @@ class LocalStore:
         return _shard(self.root / "keys", key, ".json")
 
     def record(self, key: str) -> dict[str, Any] | None:
-        """The record of a key whose every output is present, else None."""
+        """The record of a key whose every output is present and looks whole (``damage``), else None."""
         try:
             rec = json.loads(self.record_path(key).read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return None
-        if not all(self.object_path(d).is_dir() for d in rec.get("outputs", {}).values()):
+        if any(self.damage(d) is not None for d in rec.get("outputs", {}).values()):
             return None
         return rec
 
@@ -155,9 +278,55 @@ class LocalStore:
         """How another process (a cluster worker) opens this same cache: ``open_store(location)``."""
         return str(self.root)
 
+    def manifest_path(self, digest: str) -> Path:
+        return _shard(self.root / "manifests", digest, ".json")
+
+    def manifest(self, digest: str) -> dict[str, int] | None:
+        """The file sizes recorded when ``digest`` was published; None if there are none (an older
+        cache) or they do not parse."""
+        try:
+            m = json.loads(self.manifest_path(digest).read_text(encoding="utf-8"))
+            sizes = m["sizes"]
+            if m["digest"] == digest and all(isinstance(v, int) for v in sizes.values()):
+                return sizes
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            pass
+        return None
+
+    def _put_manifest(self, digest: str, sizes: Mapping[str, int]) -> None:
+        path = self.manifest_path(digest)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json(path, {"digest": digest, "files": len(sizes), "bytes": sum(sizes.values()), "sizes": dict(sizes)})
+
+    def damage(self, digest: str) -> str | None:
+        """Why the stored copy of an artifact cannot be trusted, cheaply (it exists; its files and
+        their sizes are those published), else None. ``cache verify`` rehashes everything."""
+        return object_damage(self.object_path(digest), self.manifest(digest))
+
+    def discard(self, digest: str) -> None:
+        """Take a damaged artifact out of ``objects/`` with one rename, then delete it, so the same
+        bytes can be published again and no reader sees it half-deleted. Should the copy moved
+        aside be whole after all (republished meanwhile by another process), it goes back."""
+        path = self.object_path(digest)
+        aside = self.root / "tmp" / f"{digest}.damaged.{os.getpid()}.{next(_counter)}"
+        try:
+            os.rename(path, aside)
+        except FileNotFoundError:
+            return
+        sizes = self.manifest(digest)
+        if sizes is not None and object_damage(aside, sizes) is None:
+            try:
+                os.rename(aside, path)
+                return
+            except OSError:
+                pass  # yet another copy is in place: keep that one
+        _force_rmtree(aside)
+
     def publish(self, folder: Path) -> str:
-        """Move a finished output folder into the store under its digest; returns the digest."""
-        for rel, p, st in tree_entries(folder):
+        """Move a finished output folder into the store under its digest; returns the digest.
+        A damaged stored copy of the same bytes is replaced."""
+        entries = tree_entries(folder)
+        for rel, p, st in entries:
             if stat.S_ISLNK(st.st_mode):
                 raise StageFailed(folder.name, f"output contains a symbolic link ({rel}); write real files")
             if stat.S_ISREG(st.st_mode):
@@ -167,6 +336,9 @@ class LocalStore:
         digest = tree_digest(folder)
         dest = self.object_path(digest)
         dest.parent.mkdir(exist_ok=True)
+        self._put_manifest(digest, file_sizes(entries))  # first: whoever sees the object can check it
+        if dest.is_dir() and self.damage(digest) is not None:
+            self.discard(digest)
         if dest.is_dir():
             _force_rmtree(folder)  # the same bytes are already stored
             return digest
@@ -223,7 +395,10 @@ class LocalStore:
 
     # maintenance -----------------------------------------------------------------------------
     def verify(self, repair: bool = False) -> VerifyReport:
-        """Recompute every object's digest and check every record's outputs exist."""
+        """Recompute every object's digest and check every record's outputs exist. Records built
+        from a corrupt object, directly or through other records, are reported too: whatever read
+        it may have read the damage. ``repair`` drops all of them and the corrupt objects, and
+        writes the manifests that intact objects lack (or that no longer fit them)."""
         report = VerifyReport()
         for obj in sorted((self.root / "objects").glob("*/*")):
             if not obj.is_dir():
@@ -231,29 +406,52 @@ class LocalStore:
             report.objects += 1
             if tree_digest(obj) != obj.name:
                 report.corrupt.append(obj.name)
+            elif repair:
+                self._fit_manifest(obj)
         bad = set(report.corrupt)
+        records: dict[str, dict[str, Any]] = {}
         for key, path in self.iter_records():
             report.records += 1
             try:
                 rec = json.loads(path.read_text(encoding="utf-8"))
                 outputs = rec["outputs"]
-            except (OSError, ValueError, KeyError, TypeError):
+                records[key] = rec
+                digests = list(outputs.values())
+            except (OSError, ValueError, KeyError, TypeError, AttributeError):
                 report.unreadable.append(key)
                 if repair:
                     path.unlink(missing_ok=True)
                 continue
-            broken = False
-            for digest in outputs.values():
-                if digest in bad or not self.object_path(digest).is_dir():
-                    broken = True
-                    if digest not in bad:
-                        report.missing.append((key, digest))
-            if repair and broken:
+            for digest in digests:
+                if digest not in bad and not self.object_path(digest).is_dir():
+                    report.missing.append((key, digest))
+            if repair and any(d in bad or not self.object_path(d).is_dir() for d in digests):
                 path.unlink(missing_ok=True)
+        tainted = downstream(records, bad)
+        makers = maker_lines(records, bad)
+        made = {key for key, _stage, _why in makers}
+        report.dropped = makers + reader_lines(records, bad, {k: d for k, d in tainted.items() if k not in made})
         if repair:
+            for key in tainted:
+                self.record_path(key).unlink(missing_ok=True)
             for digest in report.corrupt:
                 _force_rmtree(self.object_path(digest))
+            self._drop_orphan_manifests()
         return report
+
+    def _fit_manifest(self, obj: Path) -> None:
+        """Give an object that hashed intact the manifest it lacks (published before manifests
+        existed) or one that fits it again."""
+        sizes = file_sizes(tree_entries(obj))
+        if self.manifest(obj.name) != sizes:
+            self._put_manifest(obj.name, sizes)
+
+    def _drop_orphan_manifests(self) -> None:
+        """Remove the manifests of objects that are gone (a publish that crashed before its rename,
+        or a removed object)."""
+        for path in (self.root / "manifests").glob("*/*.json"):
+            if not self.object_path(path.stem).is_dir():
+                path.unlink(missing_ok=True)
 
     def gc(self, keep: set[str], dry_run: bool = False) -> GcReport:
         """Remove records not in ``keep``, objects no kept record uses, and dead runs' leftovers."""
@@ -277,6 +475,7 @@ class LocalStore:
                     _force_rmtree(obj)
         report.leftovers = self.sweep_leftovers(dry_run=dry_run)
         if not dry_run:
+            self._drop_orphan_manifests()
             for spec in (self.root / "compiled").glob("*.json"):
                 spec.unlink(missing_ok=True)
         return report
