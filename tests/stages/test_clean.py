@@ -173,11 +173,11 @@ def test_the_token_count_follows_the_model_or_encoding(project) -> None:
     project.spec(spec("{max_tokens: 30}"))  # o200k_base: 27 tokens
     project.ok("run", "p.yaml")
     assert outputs(project)["report"]["records_out"] == 1
-    project.spec(spec("{max_tokens: 30, model: gpt-4}"))  # cl100k_base: 34 tokens
+    project.spec(spec("{max_tokens: 30, model: gpt-4, allow_empty: true}"))  # cl100k_base: 34 tokens: dropped
     project.ok("run", "p.yaml")
     out = outputs(project)
     assert out["rejects"][0]["tokens"] == 34 and out["report"]["tokens"]["encoding"] == "cl100k_base"
-    project.spec(spec("{max_tokens: 30, encoding: cl100k_base}"))
+    project.spec(spec("{max_tokens: 30, encoding: cl100k_base, allow_empty: true}"))
     project.ok("run", "p.yaml")
     assert outputs(project)["rejects"][0]["tokens"] == 34
 
@@ -291,14 +291,46 @@ def test_provenance_keeps_rows_and_indexes_from_meta(project) -> None:
     ]
 
 
-def test_an_empty_input_gives_empty_outputs(project) -> None:
+def test_an_empty_input_gives_empty_outputs_with_allow_empty(project) -> None:
     project.write("data/empty.jsonl", "\n")
-    project.spec(spec(records="data/empty.jsonl"))
+    project.spec(spec("{allow_empty: true}", records="data/empty.jsonl"))
     project.ok("run", "p.yaml")
     out = outputs(project)
     assert out["records"] == out["rejects"] == out["changes"] == []
     assert out["summary"] == {"records_in": 0, "records_out": 0, "dropped": 0, "redacted": 0, "duplicates": 0,
                               "near_duplicates": 0}
+
+
+def test_no_record_left_fails_with_the_count_per_reason_and_the_fix(project) -> None:
+    write_jsonl(project, "data/chat.jsonl", [chat("Hello world", "Hello world, how are you today?"),  # 21 tokens
+                                            chat("Nobody answers", ""), chat("Hello world", "Hello there, you")])
+    project.spec(spec("{max_tokens: 15}"))
+    result = project.run("run", "p.yaml")
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert ("clean dropped all 3 records of ingest.records (too many tokens 2, no assistant reply 1), so nothing is "
+            "left. Fix the data or the settings (raise max_tokens), or set `allow_empty: true` on this stage to pass "
+            "an empty data set on (the stages after it need records)") in " ".join(result.stderr.split())
+    assert project.run("show", "p.yaml", "clean").exit_code == 2  # nothing published
+    project.spec(spec("{max_tokens: 15, allow_empty: true}"))
+    project.ok("run", "p.yaml")
+    out = outputs(project)
+    assert out["records"] == [] and len(out["rejects"]) == 3
+    assert out["report"]["dropped_by_reason"] == {"no assistant reply": 1, "too many tokens": 2}
+
+
+def test_an_empty_input_is_a_user_error_in_the_plugin_itself(tmp_path: Path) -> None:
+    from tunepipe.errors import UserError
+
+    data = tmp_path / "data.jsonl"
+    data.write_text("\n")
+    with pytest.raises(UserError, match=r"^data.jsonl holds no records, so clean has nothing to keep: .* set "
+                                        r"`allow_empty: true`"):
+        run_direct(tmp_path / "run", data, threads=1)
+    assert not (tmp_path / "run" / "report" / "report.json").exists()  # no report of a failed run
+    data.write_text(json.dumps(chat("same", "answer")) + "\n" + json.dumps(chat(" ", "")) + "\n")
+    with pytest.raises(UserError, match=r"dropped all 2 records of data.jsonl \(too many tokens 1, empty "
+                                        r"conversation 1\)"):
+        run_direct(tmp_path / "again", data, threads=1, max_tokens=3)
 
 
 def test_max_index_bounds_the_dedupe_index(project) -> None:

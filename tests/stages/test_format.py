@@ -168,7 +168,7 @@ def test_skip_sets_every_invalid_example_aside_with_its_reasons(project) -> None
         TOOL_CHAT,                                                                           # 17 valid
         {"messages": SHORT},                                                                 # 18 valid, a warning
     ]
-    setup(project, lines, {"on_invalid": "skip"})
+    setup(project, lines, {"on_invalid": "skip", "min_examples": 3})  # 3 valid: the report still warns
     result = project.ok("run", "p.yaml")
     assert "format    done" in result.stderr
     rejects = read_jsonl(project, "rejects", "rejects.jsonl")
@@ -204,6 +204,68 @@ def test_skip_sets_every_invalid_example_aside_with_its_reasons(project) -> None
     assert "| `invalid_weight` | 2 |" in md and "| `too_few_examples` | 1 |" in md
     assert "- record 2: error invalid_json: not valid JSON (" in md
     assert "## Data set\n\n- warning `too_few_examples`: 3 valid example(s); OpenAI needs at least 10" in md
+
+
+def test_fewer_examples_than_openai_accepts_fail_unless_min_examples_relaxes_it(project) -> None:
+    setup(project, with_meta([{"messages": MARV}] * 9))
+    result = project.run("run", "p.yaml")
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert ("format wrote 9 valid examples (of 9 records in data/records.jsonl): fewer than 10, OpenAI's minimum for "
+            "a fine-tuning file (openai-chat): the job would be refused. Add or fix examples (50-100 good ones "
+            "usually show clear gains), or set `min_examples: 9` on this stage to go on anyway") \
+        in " ".join(result.stderr.split())
+    assert project.run("show", "p.yaml", "format").exit_code == 2  # nothing published
+    setup(project, with_meta([{"messages": MARV}] * 9), {"min_examples": 9})
+    project.ok("run", "p.yaml")
+    rep, md = report(project)
+    assert rep["warnings"] == {"too_few_examples": 1}  # the cookbook check's verdict stays in the report
+    assert "## Data set\n\n- warning `too_few_examples`: 9 valid example(s); OpenAI needs at least 10" in md
+    setup(project, with_meta([{"messages": MARV}] * 12), {"min_examples": 20})
+    text = " ".join(project.run("run", "p.yaml").stderr.split())
+    assert "format wrote 12 valid examples (of 12 records in data/records.jsonl): fewer than min_examples: 20." in text
+
+
+def test_the_dpo_target_has_the_same_minimum(project) -> None:
+    good = {"input": {"messages": [SYSTEM, USER]}, "preferred_output": [REPLY],
+            "non_preferred_output": [{"role": "assistant", "content": "Yes."}]}
+    setup(project, [good] * 3 + [{"messages": MARV}], {"target": "openai-dpo", "on_invalid": "skip"})
+    result = project.run("run", "p.yaml")
+    assert result.exit_code == 2
+    assert ("format wrote 3 valid examples (of 4 records in data/records.jsonl; 1 invalid, set aside: "
+            "wrong_example_kind 1): fewer than 10, OpenAI's minimum for a fine-tuning file (openai-dpo)") \
+        in " ".join(result.stderr.split())
+
+
+def test_the_minimum_follows_the_target_and_zero_allows_an_empty_result(tmp_path) -> None:
+    from tunepipe.errors import UserError
+    from tunepipe.stages.format import min_examples
+
+    assert min_examples({"target": "openai-chat"}) == min_examples({"target": "openai-dpo", "min_examples": None}) == 10
+    assert min_examples({"target": "hf-chat-template"}) == 1
+    assert min_examples({"target": "openai-chat", "min_examples": 0}) == 0
+    records = tmp_path / "records.jsonl"
+    records.write_text('{"messages": [\n' + json.dumps({"messages": [SYSTEM, USER]}) + "\n")
+    with pytest.raises(UserError, match=r"^format wrote no valid example \(of 2 records in records.jsonl; 2 invalid, "
+                                        r"set aside: invalid_json 1, example_missing_assistant_message 1\): fewer "
+                                        r"than 10, .* or set `min_examples: 0` on this stage"):
+        run_plugin(tmp_path / "default", records, threads=1)
+    # the report is written only when the stage succeeds: never half of one
+    assert sorted(p.name for p in (tmp_path / "default" / "report").iterdir()) == ["problems.jsonl"]
+    out = run_plugin(tmp_path / "zero", records, threads=1, min_examples=0)
+    assert json.loads(out["summary"])["examples"] == 0 and json.loads(out["report/report.json"])["warnings"] == {
+        "too_few_examples": 1}
+
+
+def test_the_report_is_written_whole_or_not_at_all(tmp_path, monkeypatch) -> None:
+    from tunepipe.data import report as report_module
+
+    def broken(_: Any) -> str:
+        raise RuntimeError("rendering failed")
+
+    monkeypatch.setattr(report_module, "render_markdown", broken)
+    with pytest.raises(RuntimeError):
+        report_module.write_report(tmp_path, {"headline": {}})
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_over_limit_examples_user_tables_epochs_and_cost(project) -> None:
@@ -373,7 +435,7 @@ def test_hf_chat_template_from_a_tokenizer_folder_input(project, smollm2, monkey
 # both cores, same bytes
 
 
-def run_plugin(tmp: Path, records: Path, threads: int, name: str = "records.jsonl") -> dict[str, bytes]:
+def run_plugin(tmp: Path, records: Path, threads: int, name: str = "records.jsonl", **more: Any) -> dict[str, bytes]:
     outputs = {name: tmp / name for name in ("examples", "report", "rejects")}
     for folder in [*outputs.values(), tmp / "scratch"]:
         folder.mkdir(parents=True)
@@ -381,7 +443,7 @@ def run_plugin(tmp: Path, records: Path, threads: int, name: str = "records.json
                        log=logging.getLogger(f"test.format.{threads}"), threads=threads)
     params = {"target": "openai-chat", "model": "gpt-4o-mini-2024-07-18", "encoding": None,
               "tokenizer": "smollm2-135m-instruct", "on_invalid": "skip", "epochs": None, "context_limits": {},
-              "prices": {}, "list_problems": 20}
+              "prices": {}, "list_problems": 20, **more}
     summary = Format().run(ctx, {"records": Artifact(records, "digest", name)}, params)
     files = {f"{p.parent.name}/{p.name}": p.read_bytes() for folder in outputs.values() for p in folder.iterdir()}
     return {**files, "summary": json.dumps(summary).encode()}

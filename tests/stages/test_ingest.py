@@ -613,20 +613,58 @@ def test_output_is_identical_with_one_or_two_workers(project) -> None:
     assert len(records) == 6000 + 2500 + 3000 - summary(project)["rejected"]
     assert [r["meta"]["line"] for r in records if r["meta"]["source"] == "data/a.jsonl"] == \
         [i + 1 for i in range(6000) if i % 97 != 5]
-    for workers in ("2", "0"):
-        result = project.ok("run", "p.yaml", "--explain", "-S", f"ingest.workers={workers}")
-        assert f"-> {workers}" in result.stderr and "ingest    done" in result.stderr  # it ran again
-        # content-addressed: the same bytes are the same artifact, under another key
+    for workers in ("2", "0"):  # operational: not in the key, so --force makes it run again
+        result = project.ok("run", "p.yaml", "--force", "-S", f"ingest.workers={workers}")
+        assert "ingest    done" in result.stderr  # it ran again
+        # the same bytes are the same artifact, and the same key
         assert artifacts("-S", f"ingest.workers={workers}") == one
         assert json.loads(project.ok("show", "p.yaml", "ingest", "--json", "-S", f"ingest.workers={workers}")
-                          .stdout)["key"] != json.loads(project.ok("show", "p.yaml", "ingest", "--json").stdout)["key"]
+                          .stdout)["key"] == json.loads(project.ok("show", "p.yaml", "ingest", "--json").stdout)["key"]
 
 
-def test_empty_files_give_no_records_and_no_error(project) -> None:
+def test_empty_files_give_no_records_and_no_error_with_allow_empty(project) -> None:
     empty = {"a.jsonl": "", "b.csv": "", "c.csv": "question,answer\n", "d.json": " [ ] ", "e.tsv": "\n"}
     for name, body in empty.items():
         put(project, f"data/{name}", body)
-    project.spec(spec('"data/*"', "skip", sources=[{"match": "*sv", "map": QA_MAP}]))
+    project.spec(spec('"data/*"', "skip", sources=[{"match": "*sv", "map": QA_MAP}], allow_empty=True))
     project.ok("run", "p.yaml")
     assert summary(project) == {"records": 0, "rejected": 0, "files": 5, "rejected_by_reason": {}}
     assert output(project, "records") == []
+
+
+# ------------------------------------------------------------------------------------------- no records at all
+
+def test_no_records_at_all_fails_naming_the_files_and_the_fix(project) -> None:
+    put(project, "data/only.jsonl", "\n  \n")
+    project.spec(spec("data/only.jsonl"))
+    assert ("no records read from data/only.jsonl: the file holds no records (empty, only blank lines, or a header "
+            "without rows). Check the input paths and the files' contents, or set `allow_empty: true` on this "
+            "stage to pass an empty data set on (the stages after it need records)") in failure(project)
+    assert list((project.cache / "objects").glob("*/*")) == []  # nothing published
+    for i in range(7):
+        put(project, f"data/part{i}.jsonl", "")
+    project.spec(spec('"data/part*.jsonl"'))
+    assert ("no records read from data/part0.jsonl, data/part1.jsonl, data/part2.jsonl, data/part3.jsonl, "
+            "data/part4.jsonl and 2 more files: the files hold no records") in failure(project)
+
+
+def test_every_record_rejected_fails_with_the_reasons_unless_allow_empty(project) -> None:
+    put(project, "data/chat.jsonl", "\n".join(["{", line({"q": 1}), line({"q": 2})]) + "\n")
+    project.spec(spec("data/chat.jsonl", "skip", max_reject_rate=1))  # the rate alone lets it through
+    text = failure(project)
+    assert ("no records read from data/chat.jsonl: all 3 records were rejected (unknown_shape ×2 (first: "
+            "data/chat.jsonl:2: missing a non-empty 'messages' list") in text
+    assert "; bad_json ×1 (first: data/chat.jsonl:1: not valid JSON (" in text
+    assert "Fix the data or the reading settings (format, preset, map), or set `allow_empty: true`" in text
+    project.spec(spec("data/chat.jsonl", "skip", max_reject_rate=1, allow_empty=True))
+    project.ok("run", "p.yaml")
+    assert summary(project) == {"records": 0, "rejected": 3, "files": 1,
+                                "rejected_by_reason": {"bad_json": 1, "unknown_shape": 2}}
+    assert len(output(project, "rejects")) == 3
+
+
+def test_allow_empty_is_a_documented_parameter() -> None:
+    from tunepipe.stages.ingest import Ingest
+
+    param = Ingest.params_schema["properties"]["allow_empty"]
+    assert param["type"] == "boolean" and param["default"] is False and "empty" in param["description"]

@@ -201,6 +201,19 @@ def test_the_blockwise_analysis_matches_a_plain_reference(monkeypatch: pytest.Mo
     assert S.sorted_distinct(np.zeros(0, dtype=np.uint64)).tolist() == []
 
 
+def test_a_ratio_far_off_on_a_small_set_is_named_with_the_count_to_ask_for() -> None:
+    far = S.far_ratio
+    assert far("validation", S.Size(0.3), 38, 90, 90, grouped=False) == (
+        "validation is 38 of 90 examples (42%) for validation: 0.3 — ratios are per-example hashes, so small sets "
+        "vary; for exactly 27 use validation: 27")
+    assert far("validation", S.Size(0.3), 30, 90, 90, grouped=False) is None      # 0.7 deviations: fine
+    assert far("test", S.Size(0.1), 100_700, 1_000_000, 1_000_000, grouped=False) is None  # 2.3 sd, 0.07 points
+    assert far("validation", S.Size(27), 38, 90, 90, grouped=False) is None       # a count is exact by itself
+    assert far("validation", S.Size(0.1), 0, 90, 90, grouped=False) is None       # empty: its own warning
+    grouped = far("test", S.Size(0.2), 40, 100, 30, grouped=True)
+    assert grouped is not None and "per-group hashes" in grouped and "for exactly 6 groups use test: 6" in grouped
+
+
 def test_dotted_fields() -> None:
     rec = {"meta": {"label": "pos", "tags": ["a", "b"]}, "n": None}
     assert fields.get(rec, fields.parse("meta.label")) == "pos"
@@ -442,13 +455,56 @@ def test_small_inputs_are_split_sensibly(project) -> None:
         "validation is empty: a ratio of 0.1 on 3 examples often picks none; ask for a count (e.g. validation: 1)"]
     out = run_split(project, numbered(3), validation=1, test=1)
     assert [len(out[n]) for n in SPLITS] == [1, 1, 1]
-    out = run_split(project, numbered(1), validation=5)
+    out = run_split(project, numbered(1), validation=5, allow_empty=True)
     assert [len(out[n]) for n in SPLITS] == [0, 1, 0]
     assert "train is empty: lower validation/test" in report(project)["warnings"]
     project.write("data/x.jsonl", "")
     project.ok("run", "p.yaml")
     assert outputs(project) == {"train": [], "validation": [], "test": []}
     assert report(project)["warnings"] == ["the input holds no examples: every split is empty"]
+
+
+def test_a_far_off_ratio_is_said_reported_and_counted_in_the_summary(project) -> None:
+    write(project, numbered(90))
+    spec(project, validation=0.3, seed=27)  # this seed's hashes put 16 of the 90 in validation
+    result = project.ok("run", "p.yaml")
+    warning = ("validation is 16 of 90 examples (18%) for validation: 0.3 — ratios are per-example hashes, so "
+               "small sets vary; for exactly 27 use validation: 27")
+    assert f"! split: {warning}" in " ".join(result.stderr.split())
+    assert report(project)["warnings"] == [warning]
+    summary = json.loads(project.ok("show", "p.yaml", "split", "--json").stdout)["summary"]
+    assert summary == {"train": 74, "validation": 16, "test": 0, "leaks": 0, "warnings": 1}
+    spec(project, validation=27, seed=27)  # the suggested count: exact, and quiet
+    result = project.ok("run", "p.yaml")
+    assert len(outputs(project)["validation"]) == 27 and "! split" not in result.stderr
+    assert report(project)["warnings"] == []
+
+
+def test_pipeline_stages_split_says_how_ratios_behave(project) -> None:
+    text = " ".join(project.ok("stages", "split").stdout.split())
+    assert "A ratio is applied by each example's own hash, so on a small set the share varies" in text
+    assert "a count is exact" in text and "allow_empty: boolean = false" in text
+
+
+def test_an_empty_train_split_is_a_user_error_unless_allowed(project) -> None:
+    write(project, numbered(1))
+    spec(project, validation=5)
+    result = project.run("run", "p.yaml")
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    text = " ".join(result.stderr.split())
+    assert ("train would be empty: validation: 5 takes 1 of the 1 example in data/x.jsonl, leaving nothing to train "
+            "on. Ask for less (a smaller count, such as validation: 1, or a smaller ratio), add examples, or set "
+            "`allow_empty: true` on this stage") in text
+    assert project.run("show", "p.yaml", "split").exit_code == 2  # nothing published
+    write(project, numbered(4))
+    spec(project, validation=2, test=2)
+    text = " ".join(project.run("run", "p.yaml").stderr.split())
+    assert "train would be empty: validation: 2 takes 2 and test: 2 takes 2 of the 4 examples" in text
+    project.write("data/x.jsonl", "")
+    result = project.run("run", "p.yaml")
+    assert result.exit_code == 2
+    assert ("data/x.jsonl holds no examples, so every split would be empty: fix the stage or file that feeds "
+            "split, or set `allow_empty: true` on this stage to write empty splits") in " ".join(result.stderr.split())
 
 
 @pytest.mark.parametrize(("params", "message"), [
@@ -496,4 +552,5 @@ def test_an_ingest_to_split_pipeline_reads_a_folder_artifact(project) -> None:
     out = outputs(project)
     assert sum(len(v) for v in out.values()) == 50 and all("meta" not in r for v in out.values() for r in v)
     assert report(project)["parameters"] == {"validation": 0.1, "test": 0, "seed": 0, "group_by": None,
-                                             "stratify_by": None, "leakage": "fail", "keep_meta": False}
+                                             "stratify_by": None, "leakage": "fail", "keep_meta": False,
+                                             "allow_empty": False}

@@ -205,6 +205,9 @@ def render_markdown(report: Mapping[str, Any]) -> str:
 
 
 def write_report(folder: Any, report: Mapping[str, Any]) -> None:
-    """report.json and report.md into ``folder``."""
-    (folder / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    (folder / "report.md").write_text(render_markdown(report), encoding="utf-8")
+    """report.json and report.md into ``folder``; both are rendered first, so an error in either
+    leaves neither file behind (never a report.json without its report.md)."""
+    texts = {"report.json": json.dumps(report, indent=2, ensure_ascii=False) + "\n",
+             "report.md": render_markdown(report)}
+    for name, text in texts.items():
+        (folder / name).write_text(text, encoding="utf-8")

@@ -25,6 +25,9 @@ without escapes (the common case) takes a fused path that gives the same result 
 the work (:meth:`_Worker.plain`). In this process, in input order: exact and near-duplicate
 membership, so the first occurrence is kept and the output is the same for any number of workers.
 Memory stays flat apart from the dedupe index, which ``max_index`` bounds.
+
+No record left (an empty input, or every record dropped) fails the stage with the count per reason
+and what to change, unless ``allow_empty: true``: the stages after it cannot use an empty data set.
 """
 from __future__ import annotations
 
@@ -102,6 +105,10 @@ PARAMS_SCHEMA: Mapping[str, Any] = {
         "max_index": {"type": "integer", "minimum": 0, "default": 1_000_000,
                       "description": "Records kept in the dedupe index; later records are still checked "
                                      "against it but not added (bounds memory)."},
+        "allow_empty": {"type": "boolean", "default": False,
+                        "description": "Let the stage succeed when no record is left. By default that fails the "
+                                       "stage, with the count dropped per reason: nothing after clean can use "
+                                       "an empty data set."},
     },
 }
 
@@ -657,6 +664,8 @@ class Clean:
         if deduper.full:
             ctx.log.warning("the dedupe index is full (max_index=%d): later records were checked against the "
                             "first %d kept records but not added", params["max_index"], deduper.indexed)
+        if not records_out and not params.get("allow_empty", False):
+            raise StageInputError(_empty_message(inputs["records"], tally))
         report = tally.report(records_out, cfg, params, deduper)
         (ctx.output("report") / "report.json").write_bytes(jsonl.dumps(report) + b"\n")
         ctx.log.info("records in %d, out %d; dropped %s; redacted %s", tally.records_in, records_out,
@@ -664,6 +673,36 @@ class Clean:
         return {"records_in": tally.records_in, "records_out": records_out, "dropped": report["dropped"],
                 "redacted": sum(tally.redacted.values()), "duplicates": tally.dropped[EXACT],
                 "near_duplicates": tally.dropped[NEAR]}
+
+
+# What to change when every record was dropped for a reason (the most common reason's hint is given).
+_HINTS = {
+    TOO_SHORT: "lower min_tokens",
+    TOO_LONG: "raise max_tokens",
+    EXACT: "dedupe: none keeps duplicates",
+    NEAR: "raise near_threshold, or set dedupe: exact",
+    NO_ASSISTANT: "check that the records carry the assistant replies (ingest's map)",
+    EMPTY: "check that the records carry text (ingest's map)",
+    EMPTY_PROMPT: "check that the DPO records carry their prompts (ingest's map)",
+    EMPTY_PREFERRED: "check that the DPO records carry their outputs (ingest's map)",
+    EMPTY_NON_PREFERRED: "check that the DPO records carry their outputs (ingest's map)",
+    SAME_OUTPUTS: "a DPO record needs two different outputs",
+}
+
+
+def _empty_message(records: Artifact, tally: _Tally) -> str:
+    """Why clean kept nothing (each drop reason with its count), and what to do."""
+    name = records.name or str(records.path)
+    if not tally.records_in:
+        return (f"{name} holds no records, so clean has nothing to keep: fix the stage or file that feeds it, or "
+                "set `allow_empty: true` on this stage to pass an empty data set on (the stages after it need "
+                "records)")
+    counts = tally.dropped.most_common()
+    reasons = ", ".join(f"{reason} {n:,}" for reason, n in counts)
+    hint = _HINTS.get(counts[0][0]) if counts else None
+    return (f"clean dropped all {tally.records_in:,} records of {name} ({reasons}), so nothing is left. Fix the data "
+            f"or the settings{f' ({hint})' if hint else ''}, or set `allow_empty: true` on this stage to pass an "
+            "empty data set on (the stages after it need records)")
 
 
 @dataclass

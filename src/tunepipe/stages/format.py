@@ -23,6 +23,11 @@ provenance. Token counts are exact (tiktoken for OpenAI models, the tokenizer it
 ``hf-chat-template``); the report gives true percentiles, the examples over the model's training
 context, billable tokens, the cookbook's default epochs and a cost estimate.
 
+Too few examples to use fail the stage (``min_examples``): by default fewer than 10 for the OpenAI
+targets (OpenAI refuses such a training file, so failing here saves a paid upload and a confusing
+error later), none at all for ``hf-chat-template``. Relaxing it keeps the report's
+``too_few_examples`` warning, the cookbook check's verdict.
+
 Streaming on all cores: the input is cut into blocks of whole lines (byte ranges, ~1 MiB) that
 worker processes (``ordered_map``) read themselves, then validate, count and serialise; each block
 comes back compact (its output lines joined, three lists of numbers, the records with problems) and
@@ -418,6 +423,10 @@ def _schema() -> dict[str, Any]:
                        "default": {},
                        "description": "USD per 1M training tokens per model, added to or overriding the built-in "
                                       "table of estimates."},
+            "min_examples": {"type": ["integer", "null"], "minimum": 0, "default": None,
+                             "description": "Fail when fewer valid examples are written. Default: 10, OpenAI's "
+                                            "minimum for a training file, for openai-chat and openai-dpo; 1 for "
+                                            "hf-chat-template. 0 lets even an empty result through."},
             "list_problems": {"type": "integer", "minimum": 0, "maximum": 10000, "default": 20,
                               "description": "How many problems report.md, report.json and a failure message "
                                              "quote (problems.jsonl always holds every one)."},
@@ -601,6 +610,35 @@ def _report(t: _Target, tally: _Tally, params: Mapping[str, Any], input_name: st
     }
 
 
+def min_examples(params: Mapping[str, Any]) -> int:
+    """The fewest valid examples the stage may write: ``min_examples``, else the target's minimum."""
+    given = params.get("min_examples")
+    if given is not None:
+        return int(given)
+    return 1 if params["target"] == "hf-chat-template" else MIN_EXAMPLES
+
+
+def _too_few(tally: _Tally, minimum: int, params: Mapping[str, Any], input_name: str) -> str:
+    """Why the examples written cannot be used (how many, of what, the minimum), and what to do."""
+    n = tally.written
+    got = f"{n:,} valid example{'s' if n != 1 else ''}" if n else "no valid example"
+    of = f"of {tally.records:,} record{'s' if tally.records != 1 else ''} in {input_name}"
+    if tally.invalid:
+        counts = ", ".join(f"{c} {k:,}" for c, k in tally.errors.most_common(3))
+        of += f"; {tally.invalid:,} invalid, set aside: {counts}"
+    openai = params["target"] != "hf-chat-template"
+    if openai and minimum == MIN_EXAMPLES and params.get("min_examples") is None:
+        why = (f"fewer than {MIN_EXAMPLES}, OpenAI's minimum for a fine-tuning file ({params['target']}): the job "
+               "would be refused")
+    elif n == 0:
+        why = "nothing to train on"
+    else:
+        why = f"fewer than min_examples: {minimum}"
+    relax = f"`min_examples: {n}`" if n else "`min_examples: 0`"
+    return (f"format wrote {got} ({of}): {why}. Add or fix examples (50-100 good ones usually show clear gains), "
+            f"or set {relax} on this stage to go on anyway (e.g. to try the pipeline on a sample)")
+
+
 class Format:
     name = "format"
     version = "0.1.0"
@@ -666,6 +704,9 @@ class Format:
                 tally.note(problem)
         if tally.invalid and not skip:
             raise StageInputError(tally.failure(input_name))
+        minimum = min_examples(params)
+        if tally.written < minimum:
+            raise StageInputError(_too_few(tally, minimum, params, input_name))
         report = _report(t, tally, params, input_name)
         write_report(report_dir, report)
         ctx.log.info("format: %d records, %d written, %d invalid, %d problems", tally.records, tally.written,

@@ -46,7 +46,9 @@ records were rejected: a rate that high means the mapping or the format is wrong
 A problem with a whole file (unknown format, corrupt gzip, a JSON array that does not balance, a
 CSV header without a column the mapping uses, Parquet without pyarrow) always fails the stage: a
 silently missing file is worse than a stop. Settings that cannot work (a template that does not
-parse, a ``sources`` entry that matches nothing) fail before anything is read.
+parse, a ``sources`` entry that matches nothing) fail before anything is read. No records at all
+(every file empty, or every record rejected) fails the stage too, naming the files and why, unless
+``allow_empty: true``: an empty data set would otherwise run the whole pipeline to a hollow success.
 
 Speed and memory. Records move in batches of 1,000; memory holds a bounded number of batches, never
 the data set. Parsing and mapping run in ``workers`` processes (:func:`tunepipe.data.parallel.
@@ -152,6 +154,10 @@ class Ingest:
             "max_reject_rate": {"type": "number", "minimum": 0, "maximum": 1, "default": 0.5,
                                 "description": "With on_error: skip, fail anyway when more than this fraction "
                                                "of the records was rejected."},
+            "allow_empty": {"type": "boolean", "default": False,
+                            "description": "Let the stage succeed with no records (every file empty, or every "
+                                           "record rejected). By default that fails the stage: nothing after "
+                                           "ingest can use an empty data set."},
             "workers": {"type": "integer", "minimum": 0, "default": 0,
                         "description": "Processes that parse and map: 0 = the stage's share of the cores, "
                                        "for inputs over 20,000 records. The output does not depend on it."},
@@ -191,6 +197,8 @@ class Ingest:
                 f"Most common: {stats.top()}. Fix the data or the settings, or raise max_reject_rate")
         ctx.log.info("read %d files: %d records, %d rejected %s", stats.files, stats.records, stats.rejected,
                      dict(stats.by_code))
+        if not stats.records and not params.get("allow_empty", False):
+            raise StageInputError(_empty_message(stats))
         return {"records": stats.records, "rejected": stats.rejected, "files": stats.files,
                 "rejected_by_reason": dict(sorted(stats.by_code.items()))}
 
@@ -200,6 +208,7 @@ class _Stats:
     records: int = 0
     rejected: int = 0
     files: int = 0
+    labels: list[str] = field(default_factory=list)  # the files read, for messages
     by_code: Counter[str] = field(default_factory=Counter)
     example: dict[str, str] = field(default_factory=dict)
 
@@ -211,6 +220,26 @@ class _Stats:
     def top(self, n: int = 3) -> str:
         return "; ".join(f"{code} ×{count:,} (first: {self.example[code]})"
                          for code, count in self.by_code.most_common(n))
+
+
+def _names(labels: list[str], shown: int = 5) -> str:
+    """``a.jsonl, b.csv`` or ``a.jsonl, ... and 7 more files``: the files in a message, bounded."""
+    more = len(labels) - shown
+    return ", ".join(labels[:shown]) + (f" and {more:,} more file{'s' if more > 1 else ''}" if more > 0 else "")
+
+
+def _empty_message(stats: _Stats) -> str:
+    """Why ingest read no records, and what to do: the files were empty, or every record was rejected."""
+    where = _names(stats.labels) if stats.labels else "the inputs (no data file among them)"
+    if stats.rejected:
+        why = (f"all {stats.rejected:,} records were rejected ({stats.top()}). Fix the data or the reading "
+               "settings (format, preset, map)")
+    else:
+        one = len(stats.labels) == 1
+        why = (f"{'the file holds' if one else 'the files hold'} no records (empty, only blank lines, or a header "
+               "without rows). Check the input paths and the files' contents")
+    return (f"no records read from {where}: {why}, or set `allow_empty: true` on this stage to pass an empty data "
+            "set on (the stages after it need records)")
 
 
 def _where(label: str, unit: str, n: int, physical: int | None) -> str:
@@ -296,6 +325,7 @@ def _batches(plan: list[_File], stats: _Stats, ctx: StageContext) -> Iterator[_B
         try:
             with readers.open_source(f.path, f.settings.get("format", "auto"), f.settings.get("delimiter")) as src:
                 stats.files += 1
+                stats.labels.append(f.label)
                 if src.columns:  # a tabular file with a header (an empty file simply has no records)
                     problem = Mapper(f.settings, f.where).columns_problem(src.columns, src.format != "parquet")
                     if problem:

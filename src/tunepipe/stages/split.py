@@ -15,7 +15,9 @@ the same split. Changing ``seed`` reshuffles everything, on purpose.
   ``test·2⁶⁴`` band is test, the rest is train. Each example's split depends on nothing but its own
   key, so adding, removing or reordering other examples never moves it: existing examples keep their
   split when data is appended. The sizes are binomial: with 3 examples and ``validation: 0.1``
-  validation is empty about 73 % of the time (a warning says so); use a count for small data sets.
+  validation is empty about 73 % of the time (a warning says so); use a count for small data sets. A
+  ratio whose realised count is more than two binomial standard deviations (and a percentage point)
+  off gets a warning naming the count to ask for instead (``validation: 0.3`` on 90 examples giving 38).
 * **Counts** (``validation: 50``, an integer): the 50 keys with the smallest ``u`` are validation,
   the ``test`` keys with the largest ``u`` (among the rest) are test. A count is a number of *keys*:
   of groups with ``group_by``, of distinct examples otherwise (identical examples share a key and
@@ -105,7 +107,10 @@ TOP = 2**64 - 1
 LOW2 = ~3 & TOP
 
 _SIZE_DOC = ("A ratio of the examples (a number below 1, e.g. 0.1) or a count (an integer, e.g. 50; "
-             "with group_by, a number of groups).")
+             "with group_by, a number of groups). A ratio is applied by each example's own hash, so on a small "
+             "set the share varies (0.3 of 90 examples can give 38, 42%); a count is exact.")
+FAR_SDS = 2        # a ratio's realised count this many binomial standard deviations off gets a warning,
+FAR_SHARE = 0.01   # when it is also this far off as a share (on large sets two deviations are a rounding error)
 
 
 def _size(default: float | int, what: str) -> dict[str, Any]:
@@ -548,6 +553,10 @@ class Split:
             "keep_meta": {"type": "boolean", "default": False,
                           "description": "Keep each example's meta in the split files (false: the files are "
                                          "ready to upload to OpenAI)."},
+            "allow_empty": {"type": "boolean", "default": False,
+                            "description": "Let the stage succeed with an empty train split (no examples, or "
+                                           "validation and test take them all). By default that fails the "
+                                           "stage: there would be nothing to train on."},
         },
     }
     inputs = {"examples": Port("examples.jsonl from the format stage (or any JSONL of examples with meta)")}
@@ -579,29 +588,38 @@ class Split:
         workers = worker_count(ctx.threads, ctx.engine) if size >= PARALLEL_MIN_BYTES else 1
         ctx.log.info("%d file(s), %d bytes, %d worker(s)", len(files), size, workers)
 
-        u, ph, st, values = _pass1(ctx, cfg, files, art, workers)
-        if st is not None and group_by:
-            _check_groups_within_strata(u, st, files, art, group_by, stratify_by)
-        distinct = sorted_distinct(u.copy())  # 8 bytes per example, freed before the leakage check
-        n_keys = len(distinct)
-        split, key_counts = assign(u, st, len(values), _rank([canonical(v) for v in values]), validation, test,
-                                   distinct)
-        del distinct
-        leaks = find_leaks(ph, split)
-        findings = _findings(leaks, ph, split, files, art, mode) if leaks.prompts else []
-        if leaks.prompts and mode == "fail":
-            raise StageInputError(_leak_message(leaks, findings))
-        if mode == "dedupe":
-            split[leaks.dropped] = DROPPED
-        _pass2(ctx, split, sorted(staged.iterdir()) if cfg.staged else None, files, art)
-        shutil.rmtree(staged, ignore_errors=True)
+        try:
+            u, ph, st, values = _pass1(ctx, cfg, files, art, workers)
+            if st is not None and group_by:
+                _check_groups_within_strata(u, st, files, art, group_by, stratify_by)
+            distinct = sorted_distinct(u.copy())  # 8 bytes per example, freed before the leakage check
+            n_keys = len(distinct)
+            split, key_counts = assign(u, st, len(values), _rank([canonical(v) for v in values]), validation, test,
+                                       distinct)
+            del distinct
+            leaks = find_leaks(ph, split)
+            findings = _findings(leaks, ph, split, files, art, mode) if leaks.prompts else []
+            if leaks.prompts and mode == "fail":
+                raise StageInputError(_leak_message(leaks, findings))
+            if mode == "dedupe":
+                split[leaks.dropped] = DROPPED
+            counts = np.bincount(split, minlength=4)
+            if not counts[TRAIN] and not params.get("allow_empty", False):
+                raise StageInputError(_empty_train(art, len(u), counts, validation, test,
+                                                   len(leaks.dropped) if mode == "dedupe" else 0))
+            _pass2(ctx, split, sorted(staged.iterdir()) if cfg.staged else None, files, art)
+        finally:
+            shutil.rmtree(staged, ignore_errors=True)
 
-        counts = np.bincount(split, minlength=4)
-        summary = {"train": int(counts[TRAIN]), "validation": int(counts[VALIDATION]), "test": int(counts[TEST]),
-                   "leaks": leaks.prompts}
+        summary: dict[str, int] = {"train": int(counts[TRAIN]), "validation": int(counts[VALIDATION]),
+                                   "test": int(counts[TEST]), "leaks": leaks.prompts}
         warnings = _warnings(len(u), summary, validation, test)
+        if st is None:
+            warnings += _far_ratios(summary, validation, test, n_keys, grouped=bool(group_by))
         for w in warnings:
-            ctx.log.warning(w)
+            ctx.say(w)
+        if warnings:
+            summary["warnings"] = len(warnings)
         report = {
             "parameters": dict(params),
             "examples": len(u),
@@ -809,6 +827,48 @@ def _strata_report(values: list[Any], st: np.ndarray, split: np.ndarray, key_cou
     rows = [{"value": v, "keys": key_counts[s], **{name: int(table[s, k]) for k, name in enumerate(SPLITS)},
              "dropped": int(table[s, DROPPED])} for s, v in enumerate(values)]
     return sorted(rows, key=lambda r: canonical(r["value"]))
+
+
+def _empty_train(art: Artifact, n: int, counts: np.ndarray, validation: Size, test: Size, dropped: int) -> str:
+    """Why train would be empty, and what to do."""
+    name = art.name or str(art.path)
+    if not n:
+        return (f"{name} holds no examples, so every split would be empty: fix the stage or file that feeds split, "
+                "or set `allow_empty: true` on this stage to write empty splits")
+    taken = f"validation: {validation.value} takes {int(counts[VALIDATION]):,}"
+    if test.value:
+        taken += f" and test: {test.value} takes {int(counts[TEST]):,}"
+    if dropped:
+        taken += f" (leakage: dedupe dropped {dropped:,})"
+    return (f"train would be empty: {taken} of the {n:,} example{'s' if n != 1 else ''} in {name}, leaving nothing to "
+            "train on. Ask for less (a smaller count, such as validation: 1, or a smaller ratio), add examples, or "
+            "set `allow_empty: true` on this stage")
+
+
+def far_ratio(name: str, size: Size, got: int, n: int, keys: int, grouped: bool) -> str | None:
+    """A warning when a ratio's realised count of ``n`` examples is far from what it asks, naming the count.
+
+    Far: more than FAR_SDS standard deviations of the binomial count a fair hash gives (by chance
+    about 5 % of the time) and at least FAR_SHARE off as a share, so that large sets stay quiet.
+    An empty split has its own warning (:func:`_warnings`).
+    """
+    p = float(size.value)
+    if size.is_count or not p or not got or not n:
+        return None
+    expected = n * p
+    if abs(got - expected) <= FAR_SDS * math.sqrt(expected * (1 - p)) or abs(got / n - p) < FAR_SHARE:
+        return None
+    per, unit = ("per-group", " groups") if grouped else ("per-example", "")
+    count = size.quota(keys if grouped else n)
+    return (f"{name} is {got:,} of {n:,} examples ({got / n:.0%}) for {name}: {p:g} — ratios are {per} hashes, so "
+            f"small sets vary; for exactly {count:,}{unit} use {name}: {count}")
+
+
+def _far_ratios(summary: Mapping[str, int], validation: Size, test: Size, keys: int, grouped: bool) -> list[str]:
+    n = summary["train"] + summary["validation"] + summary["test"]
+    found = (far_ratio(name, size, summary[name], n, keys, grouped)
+             for name, size in (("validation", validation), ("test", test)))
+    return [w for w in found if w]
 
 
 def _warnings(n: int, summary: Mapping[str, int], validation: Size, test: Size) -> list[str]:
