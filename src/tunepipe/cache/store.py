@@ -10,7 +10,7 @@ Layout under the cache root::
     scratch/<key>/         a stage's checkpoints; survives a crash of that key, removed on success
     shared/<area>/         derived files reused by any stage (e.g. a packaged model converted once)
     state/<pipeline>.json  the last key of each stage of a pipeline (for status and --explain)
-    runs/<pipeline>/       run records and stage logs
+    runs/<pipeline>-<hash>/ run records and stage logs (hash: of the pipeline file's path)
     compiled/              validated specs (see tunepipe.spec)
 
 Commit order: outputs are hashed and renamed into ``objects/`` (atomic), then the key record is
