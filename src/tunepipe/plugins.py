@@ -172,6 +172,10 @@ class StagePlugin(Protocol):
         ``describe(outputs, summary) -> str``: what ``pipeline show STAGE`` prints about finished
             results beyond the file list (e.g. a metrics table and the report's path); ``outputs``
             maps output names to their (read-only) folders.
+        ``secret_env(params) -> Sequence[str]``: the environment variables the stage reads secrets
+            from (e.g. train's ``openai.api_key_env``). Their values become secrets of the whole run
+            whatever the names (``*_KEY``, ``*TOKEN*``, ``*SECRET*``, ``*PASSWORD*`` always are):
+            refused in parameters and ``-S`` values (exit 2) and redacted from logs and errors.
     """
 
     name: str

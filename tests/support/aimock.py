@@ -124,6 +124,21 @@ class Aimock:
         return [e for e in self.journal(path="/v1/files", method="POST", status=status)
                 if e["path"].split("?")[0].rstrip("/") == "/v1/files"]
 
+    def chaos_answers(self, action: str | None = None) -> list[dict[str, Any]]:
+        """The requests chaos answered instead of the emulator (``action``: drop, malformed, rateLimit,
+        disconnect). Chaos strikes before a request is handled: it created nothing."""
+        return [e for e in self.journal() if (e.get("response") or {}).get("chaosAction")
+                and action in (None, e["response"]["chaosAction"])]
+
+    def job_creates_handled(self) -> list[dict[str, Any]]:
+        """The job creates that really created a job: a malformed answer from chaos is journalled with
+        status 200 too (and ``job_creates()`` counts it), but the request never reached the handler."""
+        return [e for e in self.job_creates() if not (e.get("response") or {}).get("chaosAction")]
+
+    def fine_tuning_jobs(self) -> list[dict[str, Any]]:
+        """Every job the emulator holds, newest first (an API request like any other: clear chaos first)."""
+        return self.request("GET", "/v1/fine_tuning/jobs?limit=100")["data"]
+
     def reset(self) -> None:
         """Forget files, jobs, the journal, fixtures and server-wide chaos."""
         self.request("POST", "/__aimock/reset")

@@ -43,7 +43,7 @@ from typing import Any
 from tunepipe.cache.store import Store
 from tunepipe.errors import TunepipeError, UserError
 from tunepipe.execute import StageJob, StageResult
-from tunepipe.redact import redact
+from tunepipe.redact import declared_names, redact
 from tunepipe.registry import Registry
 
 DEFAULT_RETRIES = 3
@@ -93,12 +93,18 @@ class Messages:
         return list(self._starts.get(stage, []))
 
 
-def run_on_ray(job: StageJob, location: str, search_paths: list[str], messages: Any) -> StageResult:
-    """The task body: open the cache and the plugins here, note the node, run the stage."""
+def run_on_ray(job: StageJob, location: str, search_paths: list[str], messages: Any,
+               secret_names: tuple[str, ...] = ()) -> StageResult:
+    """The task body: open the cache and the plugins here, note the node, run the stage.
+    ``secret_names``: the variables the driver's stages declared secret (a node's environment
+    is its own), redacted here too."""
     import ray
 
     from tunepipe.execute import execute
+    from tunepipe.redact import add_secret_names
     from tunepipe.session import open_store
+
+    add_secret_names(secret_names)
 
     node = ray.get_runtime_context().get_node_id()
     ip = ray.util.get_node_ip_address()
@@ -270,7 +276,7 @@ class RayExecutor:
     def submit(self, job: StageJob) -> Future[StageResult]:
         opts = ray_options(job.resources, self.max_retries)
         ref = self._task.options(name=f"tunepipe:{job.stage}", **opts).remote(
-            job, self._location, self._search, self._messages)
+            job, self._location, self._search, self._messages, tuple(declared_names()))
         self._refs[job.stage] = ref
         out: Future[StageResult] = Future()
         out.set_running_or_notify_cancel()

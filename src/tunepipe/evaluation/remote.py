@@ -2,8 +2,9 @@
 
 Retries, two layers:
 
-* the SDK retries a rate limit (429, honouring ``Retry-After``), a server error (5xx), a timeout or
-  a dropped connection up to ``max_retries`` times with its own back-off;
+* the SDK retries a rate limit (429, honouring ``Retry-After``), a server error (5xx), a timeout,
+  a dropped connection or an answer that arrived garbled (not valid JSON: see
+  :mod:`tunepipe.openai_ft.client`) up to ``max_retries`` times with its own back-off;
 * when it gives up on such a transient error, the request waits (5 s, then 20 s, 60 s, while the
   other requests go on) and is tried again, :data:`OUTER_ATTEMPTS` times in all: a long rate-limit
   window slows an evaluation down rather than failing it.

@@ -14,7 +14,7 @@ re-attaches to it. The log says how to cancel it instead.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +56,14 @@ def _api(doing: str, ctx: StageContext, settings: Settings) -> Iterator[None]:
         yield
     except openai.OpenAIError as e:
         fail(e, doing=doing, stage=ctx.stage, settings=settings)
+
+
+def _again_if_unreadable(ctx: StageContext, step: Callable[[], Any]) -> Any:
+    """``step()``, run again when the API's answers to it stayed garbled (see client.again_if_unreadable)."""
+    from tunepipe.openai_ft.client import again_if_unreadable
+    from tunepipe.openai_ft.jobs import sleep_sliced
+
+    return again_if_unreadable(step, log=ctx.log, sleep=lambda t: sleep_sliced(t, ctx.check_cancelled))
 
 
 def _endpoint(settings: Settings) -> str:
@@ -330,7 +338,7 @@ def train_openai(ctx: StageContext, train: Path, validation: Path | None, params
     run = _Run(ctx, train, validation, settings, est, client)
     job = None
     try:
-        job = run.job()
+        job = _again_if_unreadable(ctx, run.job)  # it looks before it acts: a repeat creates nothing twice
         job = run.follow(job)
         for _ in range(MAX_HANDOVERS):  # cancelled as a duplicate by a concurrent run: follow the survivor
             nxt = run.successor(job) if job.status == "cancelled" else None
@@ -346,5 +354,6 @@ def train_openai(ctx: StageContext, train: Path, validation: Path | None, params
         raise
     if job.status != "succeeded":
         run.ended_badly(job)
-    job = run.reconcile(job)  # duplicates created meanwhile by runs that died before reconciling
+    # duplicates created meanwhile by runs that died before reconciling
+    job = _again_if_unreadable(ctx, lambda: run.reconcile(job))
     return run.finish(job, out)

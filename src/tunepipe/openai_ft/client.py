@@ -8,12 +8,24 @@ API that echoed a key back could not leak it through us.
 Retries: the SDK retries 408/409/429/5xx and dropped connections itself (``MAX_RETRIES`` times,
 0.5-8 s back-off, honouring ``Retry-After``). Polling adds its own retry on top (see
 :mod:`tunepipe.openai_ft.jobs`); creating a job does not use the SDK's retries (see there why).
+
+Garbled answers: a 2xx answer whose JSON does not parse (cut short by a proxy, a server bug) makes
+the SDK raise a bare ``json.JSONDecodeError`` from its parser, after its retry loop and outside
+``openai.OpenAIError``, so nothing retried it. The clients made here check such a body as it arrives
+(:func:`check_json`) and raise ``httpx2.DecodingError``, a transport error: the SDK retries it like a
+dropped connection, then raises ``APIConnectionError`` from it. So it is transient everywhere
+(:func:`is_transient`), and a garbled answer to the create call, made with the SDK's retries off,
+goes through ``create_job``'s look-up (did OpenAI create the job anyway?) like any lost answer.
+A step that looks before it acts may also be run again when its answers stay garbled
+(:class:`UnreadableAnswer`, :func:`again_if_unreadable`).
 """
 
 from __future__ import annotations
 
+import json
 import os
-from typing import TYPE_CHECKING, Any, NoReturn
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 from urllib.parse import urlsplit
 
 from tunepipe.errors import StageFailed, UserError
@@ -28,7 +40,16 @@ TIMEOUT_S = 120.0  # per request: a hung connection must not block Ctrl-C for th
 POLL_TIMEOUT_S = 30.0  # per status check or events page while following a job
 CONNECT_TIMEOUT_S = 10.0
 UPLOAD_TIMEOUT_S = 1800.0  # a 512 MB file over a slow link
+STEP_ATTEMPTS = 4  # runs of a look-before-you-act step whose answers stay garbled (again_if_unreadable)
+STEP_WAIT_S = 2.0  # before the second run of such a step; doubled each time
 KEYS_URL = "https://platform.openai.com/api-keys"
+
+T = TypeVar("T")
+
+
+class UnreadableAnswer(StageFailed):
+    """A step failed because the API's answers kept arriving garbled, after the SDK's retries. The
+    server is up and answering, so a step that is safe to repeat is worth running again."""
 
 
 def api_key(settings: Settings) -> str:
@@ -70,7 +91,8 @@ def endpoint_label(settings: Settings) -> str:
 
 def make_client(settings: Settings, *, http_client: Any = None, max_retries: int = MAX_RETRIES) -> openai.OpenAI:
     """An SDK client for the stage's key and endpoint. ``http_client``: an ``openai.DefaultHttpxClient``
-    of the caller's (tests add fault-injection headers through one; proxies could too)."""
+    of the caller's (tests add fault-injection headers through one; proxies could too). Either way its
+    answers go through :func:`check_json` (the hook is added to the caller's client)."""
     import openai
 
     kwargs: dict[str, Any] = {"api_key": api_key(settings), "max_retries": max_retries,
@@ -78,18 +100,58 @@ def make_client(settings: Settings, *, http_client: Any = None, max_retries: int
     url = base_url(settings)
     if url:
         kwargs["base_url"] = url
-    if http_client is not None:
-        kwargs["http_client"] = http_client
+    kwargs["http_client"] = with_json_check(http_client if http_client is not None else openai.DefaultHttpxClient())
     return openai.OpenAI(**kwargs)
 
 
+def with_json_check(http_client: Any) -> Any:
+    """``http_client`` with :func:`check_json` among its response hooks (added once)."""
+    hooks = http_client.event_hooks
+    if check_json not in hooks["response"]:
+        http_client.event_hooks = {**hooks, "response": [*hooks["response"], check_json]}
+    return http_client
+
+
+def check_json(response: Any) -> None:
+    """Response hook: a 2xx answer the SDK would parse as JSON whose body does not parse raises
+    ``httpx2.DecodingError``, which the SDK retries like a dropped connection (a bare JSONDecodeError
+    from its parser is retried by no one). Binary downloads and event streams are left alone."""
+    import httpx2
+
+    kind = response.headers.get("content-type", "").split(";")[0].strip()
+    if not 200 <= response.status_code < 300 or response.status_code == 204 or not kind.endswith("json"):
+        return
+    if response.request.headers.get("accept", "application/json") != "application/json":
+        return  # files.content asks for application/binary: its bytes are returned, not parsed
+    body = response.read()
+    try:
+        json.loads(body)
+    except ValueError:  # JSONDecodeError, or bytes that are not UTF-8
+        request = response.request
+        raise httpx2.DecodingError(f"the answer to {request.method} {request.url.path} is not valid JSON (HTTP "
+                                   f"{response.status_code}, {len(body)} bytes)", request=request) from None
+
+
 def is_transient(exc: BaseException) -> bool:
-    """A failure worth retrying later: rate limit, server error, timeout, dropped connection."""
+    """A failure worth retrying later: rate limit, server error, timeout, dropped connection, an
+    answer that arrived garbled."""
     import openai
 
     if isinstance(exc, (openai.APIConnectionError, openai.RateLimitError, openai.InternalServerError)):
         return True
-    return isinstance(exc, openai.APIStatusError) and exc.status_code in (408, 409)
+    return is_unreadable(exc) or (isinstance(exc, openai.APIStatusError) and exc.status_code in (408, 409))
+
+
+def is_unreadable(exc: BaseException) -> bool:
+    """An answer that arrived but could not be read, however it surfaced: through :func:`check_json`
+    (after the SDK's retries), from the SDK's own parser (a client without the check), or as an
+    answer of the wrong shape (``APIResponseValidationError``)."""
+    import httpx2
+    import openai
+
+    if isinstance(exc, (json.JSONDecodeError, openai.APIResponseValidationError)):
+        return True
+    return isinstance(exc, openai.APIConnectionError) and isinstance(exc.__cause__, httpx2.DecodingError)
 
 
 def describe(exc: BaseException, settings: Settings | None = None) -> str:
@@ -108,6 +170,9 @@ def describe(exc: BaseException, settings: Settings | None = None) -> str:
         return scrub(text, settings)
     if isinstance(exc, openai.APITimeoutError):
         return "the request timed out"
+    if is_unreadable(exc):
+        return scrub(f"the API's answer could not be read: {_unreadable_detail(exc)}; garbled on the way from "
+                     f"{endpoint_label(settings)} (a proxy?) or by the server", settings)
     if isinstance(exc, openai.APIConnectionError):
         cause = exc.__cause__
         return scrub(f"could not reach the API at {endpoint_label(settings)} "
@@ -136,4 +201,35 @@ def fail(exc: BaseException, *, doing: str, stage: str, settings: Settings) -> N
         raise UserError(f"OpenAI answered 404 while {doing}: {describe(exc, settings)}. Check the model name, "
                         f"that openai.base_url / OPENAI_BASE_URL point at the OpenAI API, and that the key in {env} "
                         "belongs to the project that owns the job and files") from None
+    if is_unreadable(exc):
+        raise UnreadableAnswer(stage, f"{doing} failed: {describe(exc, settings)}") from None
     raise StageFailed(stage, f"{doing} failed: {describe(exc, settings)}") from None
+
+
+def _unreadable_detail(exc: BaseException) -> str:
+    """What was wrong with an answer :func:`is_unreadable` says could not be read."""
+    import openai
+
+    if isinstance(exc, json.JSONDecodeError):
+        return f"it is not valid JSON ({exc.msg})"
+    if isinstance(exc, openai.APIResponseValidationError):
+        return f"HTTP {exc.status_code}, but not the shape the API documents"
+    return str(exc.__cause__)
+
+
+def again_if_unreadable(step: Callable[[], T], *, log: Any, sleep: Callable[[float], None],
+                        attempts: int = STEP_ATTEMPTS) -> T:
+    """``step()``, run again from the top (up to ``attempts`` times in all, waiting 2 s, 4 s, ...) when it
+    fails with :class:`UnreadableAnswer`. Only for steps safe to repeat, which look before they act
+    (find or create the job: a repeat finds what the first run uploaded or created)."""
+    wait = STEP_WAIT_S
+    for attempt in range(1, attempts + 1):
+        try:
+            return step()
+        except UnreadableAnswer as e:
+            if attempt == attempts:
+                raise
+            log.warning("%s (attempt %d of %d): trying again in %.0f s", e, attempt, attempts, wait)
+            sleep(wait)
+            wait *= 2
+    raise AssertionError("unreachable")

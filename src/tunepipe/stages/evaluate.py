@@ -151,6 +151,15 @@ class Evaluate:
     def check_params(self, params: Mapping[str, Any]) -> list[ParamProblem]:
         return check_params(params)
 
+    def secret_env(self, params: Mapping[str, Any]) -> list[str]:
+        """The variables OpenAI API keys are read from (models, judge): secrets of the whole run,
+        whatever their names, refused in parameters and redacted everywhere."""
+        names = [(params.get("openai") or {}).get("api_key_env") or "OPENAI_API_KEY"]
+        judge = params.get("judge") or {}
+        if judge.get("api_key_env"):
+            names.append(judge["api_key_env"])
+        return names
+
     def describe(self, outputs: Mapping[str, Path], summary: Mapping[str, Any]) -> str:
         """For ``pipeline show``: report.md up to its worst-regressions list (the headline table
         and the gates), and where the HTML report is."""

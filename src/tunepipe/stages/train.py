@@ -222,6 +222,13 @@ class Train:
 
         return [str(estimate(_jsonl(inputs["train"], "train", ""), p))]
 
+    def secret_env(self, params: Mapping[str, Any]) -> list[str]:
+        """The variable the OpenAI backend reads its API key from: a secret of the whole run, whatever
+        its name (``openai.api_key_env: MYCREDS``), refused in parameters and redacted everywhere."""
+        if params.get("backend") != "openai":
+            return []
+        return [(params.get("openai") or {}).get("api_key_env") or "OPENAI_API_KEY"]
+
 
 def resolve_params(stage: str, params: Mapping[str, Any]) -> dict[str, Any]:
     """The parameters with the backend's defaults filled in, checked across fields."""
