@@ -118,6 +118,63 @@ CATALOG = [
         [(None, None, "the override names no stage 'aa'")], hint="did you mean 'a'?", args=("-S", "aa.text=x")),
     Bad("override-bad-type", f"stages:\n  a:\n    uses: {E}\n",
         [(None, None, "parameter 'repeat' must be an integer, not a string")], args=("-S", "a.repeat=many")),
+    # issue 13: every mistake a clear error
+    Bad("control-character-esc", f"stages:\n  a:\n    uses: {E}\n    with: {{text: \"a\x1bb\"}}\n",
+        [(4, 20, "the file contains the control character U+001B (ESC), which YAML does not allow")],
+        hint='write it as an escape in double quotes: "\\x1b"'),
+    Bad("control-character-nul", f"stages:\n  a:\n    uses: {E}\x00\n",
+        [(3, 30, "the control character U+0000 (NUL)")]),
+    Bad("non-character-uffff", f"stages:\n  a:\n    uses: {E}\n    with: {{text: \uffff}}\n",
+        [(4, 18, "a non-character U+FFFF")], hint='"\\uffff"'),
+    Bad("control-characters-each-reported", "stages:\n  a\x01:\n    uses: x\x02\n",
+        [(2, 4, "U+0001"), (3, 12, "U+0002")]),
+    Bad("inputs-as-a-string", f"stages:\n  a:\n    uses: {L}\n    inputs: x.txt\n",
+        [(4, 13, "stage 'a' (inputs) must be a mapping, not a string (\"x.txt\")")],
+        hint="inputs must be a mapping of input names to files or stage outputs, e.g. `inputs: {data: data.jsonl}`",
+        files={"x.txt": "x"}),
+    Bad("nesting-too-deep", "stages:\n  a:\n    uses: x\nvars:\n  x: " + "[" * 101 + "]" * 101 + "\n",
+        [(5, 104, "the YAML nests more than 100 levels deep here")], hint="flatten this value"),
+    Bad("alias-bomb", "vars:\n  a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]\n"
+        + "".join(f"  {c}: &{c} [{', '.join([f'*{p}'] * 10)}]\n" for p, c in zip("abcdefgh", "bcdefghi", strict=True))
+        + f"stages:\n  s:\n    uses: {E}\n",
+        [(6, 22, "the YAML aliases (*name) expand to more than 50000 values")], hint="billion laughs"),
+    Bad("unclosed-quote", f"stages:\n  a:\n    uses: {E}\n    with:\n      text: \"hi\n  b:\n    uses: {E}\n",
+        [(5, 13, "the quoted value that starts here is not closed (no closing \" before the end of the file)")],
+        hint='add the closing "'),
+    Bad("unclosed-single-quote", f"stages:\n  a:\n    uses: {E}\n    with: {{text: 'hi}}\n",
+        [(4, 18, "the quoted value that starts here is not closed (no closing ' before the end of the file)")]),
+    Bad("unclosed-flow-mapping", f"stages:\n  a:\n    uses: {E}\n    with: {{text: hi\n  b:\n    uses: {E}\n",
+        [(4, 11, "the '{' that starts here is not closed (YAML noticed at line 5, column 4)")],
+        hint="close the mapping with '}' after its last item"),
+    Bad("unclosed-flow-mapping-at-the-end", f"stages:\n  a:\n    uses: {E}\n    with: {{text: hi\n",
+        [(4, 11, "the '{' that starts here is not closed (YAML noticed at line 5, column 1)")]),
+    Bad("unclosed-flow-list", f"stages:\n  a:\n    uses: {E}\n    with:\n      tags: [x, y\n",
+        [(5, 13, "the '[' that starts here is not closed")], hint="close the list with ']'"),
+    Bad("missing-comma-in-a-flow-mapping-over-lines", f"stages:\n  a:\n    uses: {E}\n    with: {{text: x,\n"
+                                                      "           repeat: 2\n           upper: true}\n",
+        [(6, 17, "expected ',' or '}'")], hint="separate the items with ','"),
+    Bad("quoted-number-for-integer-or-null", "stages:\n  c:\n    uses: clean\n    inputs: {records: r.jsonl}\n"
+                                             "    with:\n      max_tokens: \"4096\"\n",
+        [(6, 19, "parameter 'max_tokens' must be an integer or null, not a string (\"4096\")")],
+        hint="write the number without quotes", files={"r.jsonl": "{}\n"}),
+    Bad("empty-stages-and-the-includes-define-none", "include: base.yaml\nstages: {}\n",
+        [(2, 9, "'stages' is empty, and the included files define no stage")], hint="add at least one stage",
+        files={"base.yaml": "vars: {x: 1}\n"}),
+    Bad("override-of-an-undefined-variable", f"vars:\n  name: x\nstages:\n  a:\n    uses: {E}\n",
+        [(None, None, "the override sets the variable 'nme', which the pipeline does not define")],
+        hint="did you mean 'vars.name'? defined variables: name", args=("-S", "vars.nme=1")),
+    Bad("override-of-a-variable-when-there-are-none", f"stages:\n  a:\n    uses: {E}\n",
+        [(None, None, "the override sets the variable 'x', which the pipeline does not define")],
+        hint="the pipeline defines no variables", args=("-S", "vars.x=1")),
+    Bad("override-too-deep", f"stages:\n  a:\n    uses: {E}\n",
+        [(None, None, "the override names 1001 nested keys (at most 20)")], args=("-S", "a" + ".x" * 1000 + "=1")),
+    Bad("variables-chained-too-deep", "vars:\n" + "".join(f"  v{i}: ${{vars.v{i + 1}}}\n" for i in range(300))
+        + f"  v300: hi\nstages:\n  a:\n    uses: {E}\n    with: {{text: '${{vars.v0}}'}}\n",
+        [(2, 7, "variables refer to each other more than 50 levels deep (v0 -> v1 -> v2 -> ... -> v50)")]),
+    Bad("input-from-a-variable-that-is-a-mapping", f"vars:\n  x: {{a: 1}}\nstages:\n  a:\n    uses: {L}\n"
+                                                   "    inputs: {src: '${vars.x}'}\n",
+        [(6, 19, "input 'src' of stage 'a' must be a file path or 'stage.output', not a mapping")],
+        hint="used as an input must hold a string, or a list of strings"),
     Bad("many-problems-at-once", f"stages:\n  a:\n    uses: {E}\n    with:\n      txt: x\n  b:\n    uses: {E}\n"
                                  f"    with:\n      repeat: x\n  c:\n    uses: nope\n",
         [(5, 7, "unknown parameter 'txt'"), (9, 15, "must be an integer"), (11, 11, "unknown plugin 'nope'")]),
@@ -169,3 +226,53 @@ def test_all_problems_are_counted_in_the_header(project) -> None:
     project.spec(next(c for c in CATALOG if c.id == "many-problems-at-once").spec)
     out = project.run("validate", "p.yaml").stderr
     assert out.startswith("3 problems in the pipeline spec:")
+
+
+# --- issue 13: hints and rules that a catalogue entry cannot show ---------------------------------
+
+
+def test_a_word_for_a_number_gets_no_hint_to_drop_quotes(project) -> None:
+    project.spec(f"stages:\n  a:\n    uses: {E}\n    with:\n      sleep: fifteen\n")
+    out = project.run("validate", "p.yaml").stderr
+    assert "parameter 'sleep' must be a number, not a string (\"fifteen\")" in out
+    assert "without quotes" not in out
+    project.spec(f"stages:\n  a:\n    uses: {E}\n    with:\n      sleep: \"1.5e-1\"\n")
+    assert "hint: write the number without quotes" in project.run("validate", "p.yaml").stderr
+    project.spec(f"stages:\n  a:\n    uses: {E}\n    with:\n      repeat: \"1.5\"\n")  # no integer either way
+    assert "without quotes" not in project.run("validate", "p.yaml").stderr
+
+
+def test_empty_stages_in_a_file_that_includes_stages_is_fine(project) -> None:
+    project.write("base.yaml", f"stages:\n  a:\n    uses: {E}\n")
+    project.spec("include: base.yaml\nstages: {}\n")
+    assert "is valid (1 stage: a)" in project.ok("validate", "p.yaml").stdout
+    project.write("vars.yaml", "vars: {x: 1}\nstages: {}\n")  # an included fragment without stages
+    project.spec(f"include: vars.yaml\nstages:\n  b:\n    uses: {E}\n")
+    assert "is valid (1 stage: b)" in project.ok("validate", "p.yaml").stdout
+
+
+def test_removing_every_included_stage_is_an_error(project) -> None:
+    project.write("base.yaml", f"stages:\n  a:\n    uses: {E}\n")
+    project.spec("include: base.yaml\nstages:\n  a: null\n")
+    result = project.run("validate", "p.yaml")
+    assert result.exit_code == 2
+    assert "p.yaml:2:1: error: no stage is left: every included stage is removed (null)" in result.stderr
+
+
+def test_an_escaped_var_in_an_ingest_template_names_both_escapes(project) -> None:
+    """`$${vars.q}` reaches ingest as `${vars.q}`, a field `vars.q`: the error says which escape is which."""
+    project.write("r.csv", "q,a\nhi,yo\n")
+    project.write("r.jsonl", '{"q": "hi", "a": "yo"}\n')
+    for data in ("r.csv", "r.jsonl"):
+        project.spec(f"stages:\n  ingest:\n    uses: ingest\n    inputs: {{data: {data}}}\n"
+                     "    with:\n      map: {user: \"$${vars.q} {q}\", assistant: \"{a}\"}\n")
+        result = project.run("run", "p.yaml")
+        assert result.exit_code == 2, result.output
+        assert "'vars.q'" in result.stderr
+        assert "`$${` escapes only pipeline variables" in result.stderr
+        assert "write `{{` and `}}`" in result.stderr
+    project.spec("stages:\n  ingest:\n    uses: ingest\n    inputs: {data: r.jsonl}\n"
+                 "    with:\n      map: {user: \"$${{vars.q}} {q}\", assistant: \"{a}\"}\n")
+    project.ok("run", "p.yaml")
+    out = project.artifact("ingest", "records") / "records.jsonl"
+    assert '"content":"${vars.q} hi"' in out.read_text(encoding="utf-8")

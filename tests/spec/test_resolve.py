@@ -185,7 +185,7 @@ def test_override_creates_nested_mappings_and_records_its_position() -> None:
 
 
 def test_override_of_vars() -> None:
-    doc = _doc("stages:\n  a: {uses: x}\n")
+    doc = _doc("vars: {x: 1, cfg: {lr: 0.1}}\nstages:\n  a: {uses: x}\n")
     assert apply_overrides(doc, ("vars.x=5", "vars.cfg.lr=0.5")) == []
     assert doc.data["vars"] == {"x": 5, "cfg": {"lr": 0.5}}
     doc = _doc("vars: {x: 1, s: text}\nstages:\n  a: {uses: x}\n")

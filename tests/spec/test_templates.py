@@ -114,7 +114,7 @@ BAD = [
      "did you mean 'times'? allowed parameters: tags, text, times"),
     ("missing-parameter", "  a: {template: shout, params: {times: 3}}\n",
      "p.yaml:{line}:24: error: stage 'a' (template shout) is missing the required parameter 'text'", "add it"),
-    ("wrong-type", "  a: {template: shout, params: {text: x, times: many}}\n",
+    ("wrong-type", "  a: {template: shout, params: {text: x, times: '3'}}\n",
      "p.yaml:{line}:49: error: stage 'a' (template shout) parameter 'times' must be an integer, not a string",
      "without quotes"),
     ("below-minimum", "  a: {template: shout, params: {text: x, times: 0}}\n",

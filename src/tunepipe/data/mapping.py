@@ -169,11 +169,22 @@ class Template:
                 continue
             value = part.get(record)
             if value is _MISSING:
-                raise Reject("missing_field", f"missing field '{part.name}' (used in {self.where})")
+                raise Reject("missing_field", f"missing field '{part.name}' (used in {self.where})"
+                                              f"{escape_note(self.text)}")
             if value is None:
                 raise Reject("missing_field", f"field '{part.name}' is null (used in {self.where})")
             out.append(as_text(value, part.name, self.where))
         return "".join(out)
+
+
+def escape_note(text: str) -> str:
+    """For a template that holds ``${``: ``$${`` escapes only pipeline vars, so ``$${vars.x}``
+    reaches ingest as ``${vars.x}``, a ``{vars.x}`` field here."""
+    if "${" not in text:
+        return ""
+    return ("; note that `$${` escapes only pipeline variables: ingest receives `${...}` and reads `{...}` as a "
+            "column; for literal braces in a column template write `{{` and `}}` (`$${{vars.x}}` in the pipeline "
+            "file gives the text `${vars.x}`)")
 
 
 def as_text(value: Any, name: str, where: str) -> str:
@@ -470,9 +481,9 @@ class Mapper:
                 if f.name not in cols and f.top not in cols:
                     close = difflib.get_close_matches(f.top, cols, n=1)
                     hint = f"did you mean {{{close[0]}}}? " if close else ""
-                    where = next(t.where for _, t in self.map.turns + self.map.outputs if f in t.fields)
-                    return (f"{where} uses the field '{f.name}', but the file has no column '{f.top}' "
-                            f"({hint}columns: {listing}); fix the template or the header")
+                    tmpl = next(t for _, t in self.map.turns + self.map.outputs if f in t.fields)
+                    return (f"{tmpl.where} uses the field '{f.name}', but the file has no column '{f.top}' "
+                            f"({hint}columns: {listing}); fix the template or the header{escape_note(tmpl.text)}")
             return None
         preset = self.preset
         if preset == "auto":

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 from pathlib import Path
 
 from tunepipe import __version__
@@ -61,10 +62,12 @@ def load_pipeline(path: Path, registry: Registry, overrides: tuple[str, ...] = (
     raw: bytes | None = None
     fingerprint = ""
     if compiled_dir is not None:
+        from tunepipe.spec.limits import Refused, read_spec
+
         try:
-            raw = path.read_bytes()
-        except OSError:
-            raw = None
+            raw = read_spec(path)  # not a device, a pipe or a huge file
+        except (OSError, Refused):
+            raw = None  # load_file below says why
         if raw is not None:
             h = hashlib.sha256()
             for part in (str(_FORMAT), _code_stamp(), str(path), display or "", json.dumps(list(overrides)), ""):
@@ -109,6 +112,8 @@ def _sources_unchanged(sources: list[list]) -> bool:
         try:
             st = os.stat(path)
         except OSError:
+            return False
+        if not stat.S_ISREG(st.st_mode):  # now a device or a pipe: validation refuses it, never read it here
             return False
         if st.st_size == size and st.st_mtime_ns == mtime_ns:
             continue

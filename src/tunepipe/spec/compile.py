@@ -43,9 +43,12 @@ def compile_document(doc: Document, path: Path, registry: Registry, overrides: t
                                         "add a `stages:` mapping (see pipelines/sarcasm.yaml for the shape)"
                                         + ("; the included files define none" if assembled.has_includes else ""),
                                         key=True))
-        elif not any(p.message.endswith("'stages' is empty") for p in problems):
+        elif assembled.any_stages:
             problems.append(doc.problem(("stages",), "no stage is left: every included stage is removed (null)",
                                         "keep at least one stage", key=True))
+        elif not any(p.message.endswith("'stages' is empty") for p in problems):
+            problems.append(doc.problem(("stages",), "'stages' is empty, and the included files define no stage",
+                                        "add at least one stage, here or in an included file"))
         raise SpecError(_dedupe(problems, {}))
     problems.extend(apply_overrides(doc, overrides))
     expanded, found = expand(doc, assembled.has_includes)
@@ -157,6 +160,8 @@ def _inputs(doc: Document, name: str, raw: dict[str, Any], loaded: LoadedPlugin,
             problems: list[Problem]) -> tuple[dict[str, list[InputRef]], dict[str, bool]]:
     ports = loaded.plugin.inputs
     given = raw.get("inputs") or {}
+    if not isinstance(given, dict):  # the schema check reported it where it is written
+        return {}, {n: p.multiple for n, p in ports.items()}
     inputs: dict[str, list[InputRef]] = {}
     for input_name, value in given.items():
         ipath: JsonPath = ("stages", name, "inputs", input_name)
@@ -179,7 +184,8 @@ def _inputs(doc: Document, name: str, raw: dict[str, Any], loaded: LoadedPlugin,
         for i, text in enumerate(texts):
             rpath = ipath + ((i,) if isinstance(value, list) else ())
             if not isinstance(text, str):
-                continue  # the schema check already reported it
+                problems.extend(_not_a_ref(doc, name, input_name, text, rpath, problems))
+                continue
             ref = _ref(doc, name, input_name, text, rpath, plugins, stage_names, root, problems)
             if ref is not None:
                 refs.append(ref)
@@ -190,6 +196,20 @@ def _inputs(doc: Document, name: str, raw: dict[str, Any], loaded: LoadedPlugin,
                 ("stages", name), f"stage '{name}' is missing its required input '{input_name}' ({port.description})",
                 f"add `inputs: {{{input_name}: <stage>.<output> or a file path}}`", key=True))
     return inputs, {n: p.multiple for n, p in ports.items()}
+
+
+def _not_a_ref(doc: Document, name: str, input_name: str, value: Any, rpath: JsonPath,
+               problems: list[Problem]) -> list[Problem]:
+    """An input that is not text: written so, the schema check reported it; null, a reference
+    that failed (reported where it is); a ``${vars.NAME}`` that holds a number or a mapping must
+    not silently leave the input out."""
+    pos = doc.position(rpath)
+    if value is None or any(p.position == pos for p in problems):
+        return []
+    return [doc.problem_at(pos, f"input '{input_name}' of stage '{name}' must be a file path or 'stage.output', "
+                                f"not {schema.describe(value)}",
+                           "a reference (${vars...}, ${params...}, ${matrix...}) used as an input must hold a "
+                           "string, or a list of strings")]
 
 
 def split_ref(text: str, stage_names: list[str] | set[str]) -> tuple[str, str] | None:

@@ -7,6 +7,7 @@ import glob as globlib
 from pathlib import Path
 
 from tunepipe.errors import Problem, SpecError, excerpt_at
+from tunepipe.spec.limits import special_kind
 from tunepipe.spec.model import InputRef, Pipeline
 
 GLOB_CHARS = set("*?[")
@@ -21,9 +22,31 @@ def expand(ref: InputRef, root: Path) -> list[Path]:
     return [p] if p.exists() else []
 
 
+def special_file(paths: list[Path]) -> tuple[Path, str] | None:
+    """The first path that is neither a regular file nor a folder, and what it is: reading a
+    device (/dev/zero), a named pipe or a socket never ends or blocks."""
+    for p in paths:
+        try:
+            mode = p.stat().st_mode
+        except OSError:
+            continue  # a broken link: reading it reports it
+        kind = special_kind(mode)
+        if kind is not None:
+            return p, kind
+    return None
+
+
 def file_problem(ref: InputRef, root: Path, stage_names: list[str], stage: str, input_name: str) -> tuple[str, str] | None:
-    """Why a file reference resolves to nothing (message, hint), or None when it is fine."""
-    if expand(ref, root):
+    """Why a file reference resolves to nothing or to something that is not a file (message, hint),
+    or None when it is fine."""
+    found = expand(ref, root)
+    special = special_file(found)
+    if special is not None:
+        path, kind = special
+        shown = f"'{path.name}' (matched by '{ref.text}')" if GLOB_CHARS & set(ref.text) else f"'{ref.text}'"
+        return (f"input '{input_name}' of stage '{stage}' reads {shown}, which is {kind}, not a regular file",
+                "an input must be a file or a folder: copy the data into a file and name that")
+    if found:
         return None
     head, dot, _ = ref.text.partition(".")
     close = difflib.get_close_matches(head, stage_names, n=1) if dot and "/" not in ref.text else []

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import functools
 import hashlib
 import os
 import posixpath
@@ -33,6 +34,7 @@ from typing import Any
 
 from tunepipe.errors import Position, Problem, SpecError
 from tunepipe.spec import schema
+from tunepipe.spec.limits import Refused, read_spec
 from tunepipe.spec.yamlpos import Document, JsonPath, decode, load_text
 
 MERGED = ("vars", "templates", "stages")
@@ -48,6 +50,15 @@ def where_top(rel: JsonPath) -> str:
         rest = ".".join(map(str, rel[2:]))
         return f"template '{rel[1]}'" + (f" ({rest})" if rest else "")
     return "the pipeline" if not rel else f"'{'.'.join(map(str, rel))}'"
+
+
+@functools.cache
+def _part_schema() -> dict[str, Any]:
+    """The schema for one file of several: `stages: {}` is fine there, only the merged pipeline
+    must have a stage (checked after merging)."""
+    out = copy.deepcopy(schema.pipeline_schema())
+    out["properties"]["stages"].pop("minProperties", None)
+    return out
 
 
 def package_ref(text: str) -> tuple[str, str] | None:
@@ -100,6 +111,7 @@ class Assembled:
     stamps: list[SourceStamp]
     cacheable: bool  # False when an included file is not on the file system (a zipped package)
     has_includes: bool
+    any_stages: bool = False  # some file defines a stage (all may be removed by `name: null`)
 
 
 def assemble(doc: Document, path: Path) -> Assembled:
@@ -116,6 +128,7 @@ class _Assembler:
         self.cacheable = True
         self.merged = Document(source=doc.source, text=doc.text, data={})
         self.has_includes = False
+        self.any_stages = False
 
     def run(self) -> Assembled:
         src = Source(display=self.main.source, identity=str(self.path.resolve()), path=self.path)
@@ -134,7 +147,8 @@ class _Assembler:
                 out.values.setdefault(p, self.main.values[p])
             if p in self.main.keys:
                 out.keys.setdefault(p, self.main.keys[p])
-        return Assembled(out, self.problems, list(self.stamps.values()), self.cacheable, self.has_includes)
+        return Assembled(out, self.problems, list(self.stamps.values()), self.cacheable, self.has_includes,
+                         self.any_stages)
 
     # -- one file ----------------------------------------------------------------------------------
 
@@ -146,9 +160,13 @@ class _Assembler:
         if src.base is not None:
             self.merged.bases.setdefault(doc.source, src.base)
         data = doc.data
-        self.problems.extend(schema.check(doc, data, schema.pipeline_schema(), (), where_top))
+        part = bool(chain) or (isinstance(data, dict) and "include" in data)
+        self.problems.extend(schema.check(doc, data, _part_schema() if part else schema.pipeline_schema(), (),
+                                          where_top))
         if not isinstance(data, dict):
             return _Layer()
+        if isinstance(data.get("stages"), dict) and data["stages"]:
+            self.any_stages = True
         acc = _Layer()
         includes = data.get("include")
         items: list[tuple[JsonPath, str]] = []
@@ -197,7 +215,7 @@ class _Assembler:
         display = text if os.path.isabs(text) else os.path.normpath(os.path.join(os.path.dirname(src.display), text))
         sub = Source(display=display, identity=str(path.resolve()), path=path)
         try:
-            raw = path.read_bytes()
+            raw = read_spec(path)
         except FileNotFoundError:
             near = []
             if path.parent.is_dir():
@@ -213,6 +231,9 @@ class _Assembler:
         except IsADirectoryError:
             self.problems.append(doc.problem(ipath, f"the include '{text}' is a folder, not a pipeline file",
                                              "name the YAML file itself"))
+            return None
+        except Refused as e:
+            self.problems.append(doc.problem(ipath, f"the included file '{text}' is {e.what}", e.hint))
             return None
         except OSError as e:
             self.problems.append(doc.problem(ipath, f"cannot read the included file '{text}': {e.strerror}",
@@ -270,7 +291,13 @@ class _Assembler:
                      "and the package must ship the file as package data")
             self.problems.append(doc.problem(ipath, f"the package '{package}' has no file '{inner}'", hint))
             return None
-        raw = res.read_bytes()
+        try:
+            raw = read_spec(res) if isinstance(res, Path) else res.read_bytes()
+        except (OSError, Refused) as e:
+            what = f"is {e.what}" if isinstance(e, Refused) else f"cannot be read: {e.strerror}"
+            self.problems.append(doc.problem(ipath, f"the include '{display}' {what}",
+                                             e.hint if isinstance(e, Refused) else "reinstall the package"))
+            return None
         path = res if isinstance(res, Path) else None
         if path is not None:
             self._stamp(path, raw)

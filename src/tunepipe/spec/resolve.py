@@ -21,6 +21,8 @@ from tunepipe.errors import Position, Problem
 from tunepipe.spec.yamlpos import Document, JsonPath, load_text
 
 _REF = re.compile(r"\$\$\{|\$\{([^}]*)\}")
+MAX_VAR_CHAIN = 50  # ${vars.a} -> ${vars.b} -> ...: far more than a pipeline needs; bounds the recursion
+MAX_OVERRIDE_KEYS = 20  # -S a.b.c...=v: with a value nested up to MAX_DEPTH, still well within recursion limits
 
 
 def interpolate(text: str, namespaces: Collection[str], lookup: Callable[[str], Any],
@@ -141,6 +143,12 @@ class VarResolver:
                 path, f"unknown variable '{name}' in '${{{expr}}}'",
                 f"{hint}defined variables: {defined}".strip()))
             return None
+        if len(chain) >= MAX_VAR_CHAIN and name not in self._resolved:
+            self.problems.append(self.doc.problem(
+                ("vars", chain[0]), f"variables refer to each other more than {MAX_VAR_CHAIN} levels deep "
+                                    f"({' -> '.join(chain[:3])} -> ... -> {name})",
+                "give one of them a plain value"))
+            return None
         if name in chain:
             loop = " -> ".join(chain + (name,))
             self.problems.append(self.doc.problem(("vars", name), f"variables refer to each other in a loop: {loop}",
@@ -179,6 +187,9 @@ def parse_override(text: str) -> tuple[list[str], Any] | Problem:
     if not sep or len(parts) < 2 or not all(parts):
         return Problem(pos, "an override must look like STAGE.PARAM=VALUE or vars.NAME=VALUE",
                        "e.g. -S train.epochs=3 or -S vars.system='Be brief.'")
+    if len(parts) > MAX_OVERRIDE_KEYS:
+        return Problem(pos, f"the override names {len(parts)} nested keys (at most {MAX_OVERRIDE_KEYS})",
+                       "set the outer key to the whole value instead, e.g. -S stage.param='{a: {b: 1}}'")
     if not raw.strip():
         return parts, ""
     try:
@@ -203,6 +214,10 @@ def apply_overrides(doc: Document, overrides: tuple[str, ...]) -> list[Problem]:
         parts, value = parsed
         pos = Position(f"--set {text}")
         if parts[0] == "vars":
+            unknown = _unknown_var(data.get("vars"), parts[1], pos)
+            if unknown is not None:
+                problems.append(unknown)
+                continue
             target_path: JsonPath = ("vars",)
             container = data.setdefault("vars", {})
             keys = parts[1:]
@@ -235,6 +250,18 @@ def apply_overrides(doc: Document, overrides: tuple[str, ...]) -> list[Problem]:
             doc.keys[full] = pos
             _mark_children(doc, full, value, pos)
     return problems
+
+
+def _unknown_var(variables: Any, name: str, pos: Position) -> Problem | None:
+    """An override of a variable the pipeline does not define would change nothing: say so."""
+    defined = sorted(variables) if isinstance(variables, dict) else []
+    if name in defined:
+        return None
+    close = difflib.get_close_matches(name, defined, n=1)
+    hint = (f"did you mean 'vars.{close[0]}'? " if close else "") + (
+        f"defined variables: {', '.join(defined)}" if defined else
+        "the pipeline defines no variables: add it under `vars:` and use it as ${vars." + name + "}")
+    return Problem(pos, f"the override sets the variable '{name}', which the pipeline does not define", hint)
 
 
 def _mark_children(doc: Document, path: JsonPath, value: Any, pos: Position) -> None:

@@ -10,6 +10,7 @@ import copy
 import difflib
 import functools
 import json
+import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -123,14 +124,13 @@ def _convert(doc: Document, err: Any, base: JsonPath, where: Callable[[JsonPath]
                 for m in missing] or [doc.problem(path, f"{place}: {err.message}", "", key=True)]
     if v == "type":
         want = schema["type"]
-        wants = " or ".join(_SCHEMA_TYPES.get(t, t) for t in (want if isinstance(want, list) else [want]))
-        hint = ""
-        if want == "boolean" and isinstance(inst, str) and inst.lower() in {"yes", "no", "on", "off", "y", "n"}:
-            hint = "write true or false: tunepipe reads YAML 1.2, where yes/no/on/off are strings"
-        elif isinstance(inst, str) and want in ("integer", "number"):
-            hint = "write the number without quotes"
-        elif isinstance(inst, (int, float)) and want == "string":
-            hint = "quote it to make it a string"
+        wanted = want if isinstance(want, list) else [want]
+        wants = " or ".join(_SCHEMA_TYPES.get(t, t) for t in wanted)
+        hint = _type_hint(inst, wanted)
+        if not hint and "object" in wanted and noun == "key" and len(path) >= 3 and path[-1] == "inputs" \
+                and path[0] in ("stages", "templates"):
+            hint = ("inputs must be a mapping of input names to files or stage outputs, "
+                    "e.g. `inputs: {data: data.jsonl}`")
         return [doc.problem(path, f"{place} must be {wants}, not {describe(inst)}", hint)]
     if v == "enum":
         choices = [str(c) for c in schema["enum"]]
@@ -145,6 +145,22 @@ def _convert(doc: Document, err: Any, base: JsonPath, where: Callable[[JsonPath]
     if v == "minProperties" and not inst:
         return [doc.problem(path, f"{place} is empty", f"add at least one {noun}")]
     return [doc.problem(path, f"{place}: {err.message}", "")]
+
+
+_INTEGER = re.compile(r"^[-+]?[0-9]+$")
+_NUMBER = re.compile(r"^[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?$")
+
+
+def _type_hint(inst: Any, wanted: list[str]) -> str:
+    """What to write instead, when the value is right but written as the wrong YAML type."""
+    if "boolean" in wanted and isinstance(inst, str) and inst.lower() in {"yes", "no", "on", "off", "y", "n"}:
+        return "write true or false: tunepipe reads YAML 1.2, where yes/no/on/off are strings"
+    if isinstance(inst, str) and (("integer" in wanted and _INTEGER.match(inst.strip()))
+                                  or ("number" in wanted and _NUMBER.match(inst.strip()))):
+        return "write the number without quotes"
+    if isinstance(inst, (int, float)) and "string" in wanted:
+        return "quote it to make it a string"
+    return ""
 
 
 def _pattern_hint(schema: Mapping[str, Any]) -> str:

@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 from yaml.composer import Composer
+from yaml.events import AliasEvent
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from yaml.parser import Parser
 from yaml.reader import Reader
@@ -24,8 +25,10 @@ from yaml.resolver import BaseResolver
 from yaml.scanner import Scanner
 
 from tunepipe.errors import Position, Problem, SpecError, excerpt_at
+from tunepipe.spec.limits import MAX_DEPTH, MAX_NODES, Refused, read_spec
 
 JsonPath = tuple[str | int, ...]
+_SHOWN = 10  # characters YAML refuses: each is a problem, up to this many
 
 
 class _Core12Resolver(BaseResolver):
@@ -47,13 +50,69 @@ for _tag, _regex, _first in (
     _Core12Resolver.add_implicit_resolver(_tag, re.compile(_regex), list(_first))
 
 
+class _Limit(Exception):
+    """A bound of what a spec may cost was crossed at ``mark`` (see MAX_DEPTH, MAX_NODES)."""
+
+    def __init__(self, mark: yaml.Mark, message: str, hint: str) -> None:
+        super().__init__(message)
+        self.mark, self.message, self.hint = mark, message, hint
+
+
 class _Loader(Reader, Scanner, Parser, Composer, _Core12Resolver):
+    """PyYAML's pure-Python loader, counting while it composes: nesting depth and node count,
+    each alias charged with the size and depth of what it stands for, so a bomb stops at once."""
+
     def __init__(self, stream: str) -> None:
         Reader.__init__(self, stream)
         Scanner.__init__(self)
         Parser.__init__(self)
         Composer.__init__(self)
         _Core12Resolver.__init__(self)
+        self._depth = 0
+        self._count = 0
+        self._heights = [0]  # per open collection: the deepest child so far (levels)
+        self._costs: dict[int, tuple[int, int]] = {}  # anchored node -> (nodes, levels) it expands to
+
+    def compose_node(self, parent: Node | None, index: Any) -> Node:
+        event = self.peek_event()
+        if isinstance(event, AliasEvent):
+            node = super().compose_node(parent, index)
+            nodes, levels = self._costs.get(id(node), (1, 1))  # a node still open (recursive): reported later
+            self._charge(nodes, levels, event.start_mark, alias=True)
+            return node
+        before = self._count
+        self._charge(1, 1, event.start_mark, alias=False)
+        self._depth += 1
+        self._heights.append(0)
+        try:
+            node = super().compose_node(parent, index)
+        finally:
+            levels = self._heights.pop() + 1
+            self._depth -= 1
+        self._heights[-1] = max(self._heights[-1], levels)
+        if event.anchor is not None:
+            self._costs[id(node)] = (self._count - before, levels)
+        return node
+
+    def _charge(self, nodes: int, levels: int, mark: yaml.Mark, *, alias: bool) -> None:
+        """Count ``nodes`` more nodes reaching ``levels`` below the current depth; stop at a bound."""
+        self._count += nodes
+        self._heights[-1] = max(self._heights[-1], levels)
+        if self._depth + levels > MAX_DEPTH:
+            if alias:
+                raise _Limit(mark, f"this alias nests the document more than {MAX_DEPTH} levels deep",
+                             "a pipeline needs a few levels: write the value out, or use fewer nested aliases")
+            raise _Limit(mark, f"the YAML nests more than {MAX_DEPTH} levels deep here",
+                         "a pipeline needs about ten levels: flatten this value, or keep such data in an "
+                         "input file")
+        if self._count > MAX_NODES:
+            if alias:
+                raise _Limit(mark, f"the YAML aliases (*name) expand to more than {MAX_NODES} values",
+                             "aliases that repeat aliases grow exponentially (a 'billion laughs'): write the "
+                             "values out, or use fewer aliases")
+            raise _Limit(mark, f"the file has more than {MAX_NODES} values (keys, values and list items)",
+                         "a pipeline file describes stages: keep data in input files and read them with "
+                         "`inputs:`")
 
 
 @dataclass
@@ -202,6 +261,10 @@ class _Builder:
 
 
 def _yaml_problem(source: str, text: str, err: yaml.MarkedYAMLError) -> Problem:
+    better = _unclosed(text, err)
+    if better is not None:
+        pos, problem, hint = _pos(source, better[0]), better[1], better[2]
+        return Problem(pos, f"YAML syntax error: {problem}", hint, excerpt_at(text, pos))
     mark = err.problem_mark or err.context_mark
     pos = _pos(source, mark) if mark is not None else Position(source)
     problem = (err.problem or str(err)).strip()
@@ -213,9 +276,81 @@ def _yaml_problem(source: str, text: str, err: yaml.MarkedYAMLError) -> Problem:
         hint = "a value that contains ': ' must be quoted, or a key is indented wrongly"
     elif "expected <block end>" in problem or "did not find expected key" in problem:
         hint = "the indentation of this line does not match its siblings"
+    elif problem.startswith("expected ','"):
+        hint = "separate the items with ',' (one may be missing at the end of the line before)"
     if err.context and err.context not in problem:
         problem = f"{err.context.strip()}: {problem}"
     return Problem(pos, f"YAML syntax error: {problem}", hint, excerpt_at(text, pos))
+
+
+def _indent(text: str, line: int) -> int:
+    """The indentation of a 0-based line (0 past the end)."""
+    lines = text.splitlines()
+    if line >= len(lines):
+        return 0
+    return len(lines[line]) - len(lines[line].lstrip(" "))
+
+
+def _unclosed(text: str, err: yaml.MarkedYAMLError) -> tuple[yaml.Mark, str, str] | None:
+    """(mark, message, hint) for a quote, ``{`` or ``[`` left open: PyYAML names the place where
+    it gave up (the end of the file, the next key), but the fix is where the value starts."""
+    ctx, mark = err.context or "", err.context_mark
+    problem = err.problem or ""
+    if mark is None or err.problem_mark is None:
+        return None
+    if ctx.startswith("while scanning a quoted scalar") and "end of stream" in problem:
+        lines = text.splitlines()
+        quote = lines[mark.line][mark.column] if mark.line < len(lines) and mark.column < len(lines[mark.line]) \
+            else '"'
+        return (mark, f"the quoted value that starts here is not closed (no closing {quote} before the end "
+                      "of the file)",
+                f"add the closing {quote}; a quoted value may span lines, so YAML found out only at the end of "
+                "the file")
+    flow = {"while parsing a flow mapping": ("{", "}", "mapping", "`{data: data.jsonl}`"),
+            "while parsing a flow sequence": ("[", "]", "list", "`[a.jsonl, b.jsonl]`")}.get(ctx.strip())
+    if flow is None or not problem.startswith("expected ','"):
+        return None
+    opened, closing, kind, example = flow
+    later = err.problem_mark.line > mark.line
+    if not later or (_indent(text, err.problem_mark.line) > _indent(text, mark.line)
+                     and "<stream end>" not in problem):
+        return None  # a missing ',' inside a flow collection that spans lines: the problem mark is right
+    return (mark, f"the '{opened}' that starts here is not closed (YAML noticed at line "
+                  f"{err.problem_mark.line + 1}, column {err.problem_mark.column + 1})",
+            f"close the {kind} with '{closing}' after its last item, e.g. {example}")
+
+
+def _char_name(ch: str) -> str:
+    names = {"\x00": "NUL", "\x1b": "ESC", "\x7f": "DEL", "\x0c": "form feed", "\x0b": "vertical tab",
+             "\x08": "backspace"}
+    code = ord(ch)
+    what = "a non-character" if code in (0xFFFE, 0xFFFF) else \
+        "a lone surrogate" if 0xD800 <= code <= 0xDFFF else "the control character"
+    return f"{what} U+{code:04X}" + (f" ({names[ch]})" if ch in names else "")
+
+
+def _unprintable(text: str, source: str) -> list[Problem]:
+    """Characters YAML refuses (control characters, U+FFFE/U+FFFF), each at its line and column.
+
+    PyYAML raises a ReaderError with an offset only; the excerpt shows each such character as U+FFFD."""
+    found = list(Reader.NON_PRINTABLE.finditer(text))
+    if not found:
+        return []
+    safe = Reader.NON_PRINTABLE.sub("\ufffd", text)
+    problems = []
+    for m in found[:_SHOWN]:
+        lines = (safe[:m.start()] + "x").splitlines()
+        pos = Position(source, len(lines), len(lines[-1]))
+        ch = m.group(0)
+        escape = f"\\x{ord(ch):02x}" if ord(ch) < 0x100 else f"\\u{ord(ch):04x}"
+        problems.append(Problem(pos, f"the file contains {_char_name(ch)}, which YAML does not allow",
+                                f"delete it (editors may show it as nothing, ^[ or a box); to put it in a value, "
+                                f"write it as an escape in double quotes: \"{escape}\"",
+                                excerpt_at(safe, pos)))
+    if len(found) > _SHOWN:
+        problems[-1] = Problem(problems[-1].position, problems[-1].message + f" (and {len(found) - _SHOWN} more "
+                               "such characters)", problems[-1].hint, problems[-1].excerpt)
+    return problems
 
 
 def decode(raw: bytes, source: str) -> str:
@@ -238,9 +373,15 @@ def load_text(text: str, source: str) -> Document:
     if not text.strip() or all(not ln.strip() or ln.lstrip().startswith("#") for ln in text.splitlines()):
         raise SpecError([Problem(Position(source, 1, 1), "the pipeline file is empty",
                                  "a pipeline needs at least a `stages:` mapping; see pipelines/sarcasm.yaml")])
+    unprintable = _unprintable(text, source)
+    if unprintable:
+        raise SpecError(unprintable)
     loader = _Loader(text)
     try:
         root = loader.get_single_node()
+    except _Limit as e:
+        pos = _pos(source, e.mark)
+        raise SpecError([Problem(pos, e.message, e.hint, excerpt_at(text, pos))]) from None
     except yaml.MarkedYAMLError as e:
         raise SpecError([_yaml_problem(source, text, e)]) from None
     except yaml.YAMLError as e:  # pragma: no cover - PyYAML raises marked errors for all syntax faults
@@ -261,11 +402,16 @@ def load_file(path: Path, display: str | None = None) -> Document:
     """Read and parse a spec file; ``display`` is the name used in messages."""
     source = display or str(path)
     try:
-        raw = path.read_bytes()
+        raw = read_spec(path)
     except FileNotFoundError:
         raise SpecError([Problem(Position(source), "the pipeline file does not exist",
                                  "check the path; pipeline files usually live in pipelines/")]) from None
     except IsADirectoryError:
         raise SpecError([Problem(Position(source), "this is a folder, not a pipeline file",
                                  "name the YAML file itself, e.g. pipelines/sarcasm.yaml")]) from None
+    except Refused as e:
+        raise SpecError([Problem(Position(source), f"the pipeline file is {e.what}", e.hint)]) from None
+    except OSError as e:
+        raise SpecError([Problem(Position(source), f"cannot read the pipeline file: {e.strerror}",
+                                 "check the file's permissions")]) from None
     return load_text(decode(raw, source), source)
