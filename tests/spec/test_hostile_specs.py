@@ -220,3 +220,22 @@ def test_limits_are_modest() -> None:
     spec = Path(__file__).parents[2] / "pipelines" / "sarcasm.yaml"
     assert stat.S_ISREG(spec.stat().st_mode) and spec.stat().st_size < MAX_SPEC_BYTES / 1000
     assert MAX_DEPTH >= 50 and MAX_NODES >= 10_000
+
+
+@pytest.mark.timeout(20)
+def test_a_pipe_inside_an_input_folder_is_refused_not_read(tmp_path) -> None:
+    """A folder input's content is digested: a FIFO (or a link to /dev/zero) there would block."""
+    import os
+    import subprocess
+    import sys
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "a.jsonl").write_text('{"messages": [{"role": "user", "content": "q"}]}\n')
+    os.mkfifo(data / "pipe")
+    (data / "zero").symlink_to("/dev/zero")
+    (tmp_path / "p.yaml").write_text("name: p\nstages:\n  ingest: {uses: ingest, inputs: {data: data}}\n")
+    result = subprocess.run([sys.executable, "-m", "tunepipe", "run", "p.yaml"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=20)
+    assert result.returncode == 2, result.stderr
+    assert "is not a regular file" in result.stderr and "Traceback" not in result.stderr

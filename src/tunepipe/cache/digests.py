@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from tunepipe.cache.atomic import write_json
+from tunepipe.errors import UserError
 
 RACY_SECONDS = 2.0
 
@@ -42,6 +43,14 @@ def tree_entries(root: Path) -> list[tuple[str, Path, os.stat_result]]:
     return out
 
 
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISFIFO, "a named pipe"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "not a file"
+
+
 def tree_digest(root: Path, digest_of=file_digest) -> str:
     """A digest of a folder: names, kinds, executable bits and file contents, nothing else."""
     h = hashlib.sha256(b"tunepipe-tree-v1\n")
@@ -50,6 +59,9 @@ def tree_digest(root: Path, digest_of=file_digest) -> str:
             st = p.stat()  # an input folder may link to files: their content counts
         if stat.S_ISDIR(st.st_mode):
             h.update(f"d {rel}\n".encode())
+        elif not stat.S_ISREG(st.st_mode):  # a pipe or device would block or never end
+            raise UserError(f"{p} is not a regular file ({_kind(st.st_mode)}), so it cannot be part of an input "
+                            f"folder's content: remove it from {root} or point the input at the files themselves")
         else:
             x = "x" if st.st_mode & stat.S_IXUSR else "-"
             h.update(f"f {x} {digest_of(p)} {rel}\n".encode())
