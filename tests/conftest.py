@@ -37,7 +37,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for var in ("TUNEPIPE_CACHE", "TUNEPIPE_CRASHPOINT", "TP_SPY"):
+    for var in ("TUNEPIPE_CACHE", "TUNEPIPE_CRASHPOINT", "TP_SPY", "TUNEPIPE_SECRET_ENV"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("NO_COLOR", "1")
     tp_testplugins.CALLS.clear()

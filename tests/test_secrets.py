@@ -158,3 +158,14 @@ def test_a_run_uses_the_key_and_writes_it_nowhere(project_with_data, aimock_fact
     creates = server.job_creates()
     assert len(creates) == 1 and creates[0]["body"]["suffix"] == "marv"
     assert VALUE not in str(server.journal(path="/v1/fine_tuning/jobs"))
+
+
+def test_the_list_of_declared_names_is_not_itself_a_secret(monkeypatch) -> None:
+    """TUNEPIPE_SECRET_ENV matches the name pattern (SECRET) but holds names, not a secret."""
+    from tunepipe.redact import add_secret_names, find_secret
+
+    monkeypatch.delenv("TUNEPIPE_SECRET_ENV", raising=False)
+    monkeypatch.setenv("OTHER_CREDENTIALS", "x" * 20)
+    add_secret_names(["OTHER_CREDENTIALS"])
+    assert find_secret("api_key_env: OTHER_CREDENTIALS") is None
+    assert find_secret("x" * 20) == "OTHER_CREDENTIALS"

@@ -39,6 +39,8 @@ def secret_values() -> dict[str, str]:
     declared = set(declared_names())
     found = {}
     for name, value in os.environ.items():
+        if name == SECRET_ENV:  # names, not a secret (its own name matches the pattern)
+            continue
         if name in declared or _SECRET_NAME.search(name):
             value = value.strip()
             if len(value) >= MIN_LENGTH:
