@@ -1,19 +1,21 @@
 """The ``pipeline`` command: parse, call the core, print. No logic beyond that lives here.
 
-Exit codes: 0 success, 1 a stage failed, 2 a user error (bad spec, option or input), 130 Ctrl-C.
+Exit codes: 0 success, 1 a stage failed, 2 a user error (bad spec, option or input), 130 Ctrl-C or
+SIGTERM (at any moment, start-up included: :func:`main` takes both over first).
 Heavy modules are imported inside the verbs so ``pipeline --help`` stays fast.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import click
 
@@ -61,8 +63,65 @@ def cli() -> None:
     """
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _on_signals(handler: Any) -> None:
+    """Handle Ctrl-C and SIGTERM with ``handler``, except one ignored from the start (a background
+    job of a shell script ignores Ctrl-C: it stays out of reach of the terminal's)."""
+    for sig in STOP_SIGNALS:
+        if signal.getsignal(sig) is not signal.SIG_IGN:
+            signal.signal(sig, handler)
+
+
+def _exit_now(code: int, line: str = "") -> NoReturn:
+    """Exit at once, pool workers first (none may outlive the run), without waiting for the stage
+    threads; the cache stays consistent, as it does after a kill -9. Safe in a signal handler:
+    the line goes straight to the file descriptor, not through a stream the main thread may hold,
+    and nothing here raises (the signal may come in the middle of an import, of that module too)."""
+    stop_workers = getattr(sys.modules.get("tunepipe.data.parallel"), "stop_workers", None)
+    if stop_workers is not None:
+        with contextlib.suppress(Exception):
+            stop_workers()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):  # a stream in the middle of a write refuses: its rest is lost
+            stream.flush()
+    if line:
+        with contextlib.suppress(OSError):
+            os.write(2, line.encode() + b"\n")
+    os._exit(code)
+
+
+def _stop_now(_signum: int, _frame: Any) -> None:
+    """Ctrl-C or SIGTERM where no run is stopping cleanly (start-up, another verb, a second signal):
+    exit 130 with one line, never click's ``Aborted!`` (exit 1) or a traceback."""
+    _exit_now(130, "interrupted")
+
+
 def _interrupt(_signum: int, _frame: Any) -> None:
+    """The first Ctrl-C or SIGTERM of a run stops it cleanly (the runner catches KeyboardInterrupt:
+    finished stages are kept, the run is recorded as interrupted); a second one exits at once."""
+    _on_signals(_stop_now)
     raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _clean_stop() -> Iterator[None]:
+    """While the runner runs, a signal raises KeyboardInterrupt (:func:`_interrupt`); the handlers
+    from before come back after it. Only the main thread may set handlers (not so under some test
+    runners): elsewhere it changes nothing."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+    _on_signals(_interrupt)
+    try:
+        yield
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
 
 
 @cli.command()
@@ -93,22 +152,24 @@ def run(file: str, stages: tuple[str, ...], overrides: tuple[str, ...], cache_di
     from tunepipe.runner import run as run_pipeline
     from tunepipe.session import open_session
 
-    signal.signal(signal.SIGTERM, _interrupt)  # stop like Ctrl-C: finished stages are kept
     session = open_session(file, overrides, cache_dir)
     stages = tuple(session.pipeline.expand_names(stages))  # a matrix stage as written: all its branches
     force = tuple(session.pipeline.expand_names(force))
     opts = RunOptions(targets=stages, force_all="*" in force, force=[f for f in force if f != "*"], jobs=jobs,
                       executor=executor or "", address=address or "", keep_going=keep_going, dry_run=dry_run,
                       explain=explain, argv=sys.argv[1:])
-    reporter = make_reporter(verbosity=-1 if quiet else (1 if verbose else 0), explain=explain)
-    outcome = run_pipeline(session.pipeline, session.store, session.registry, opts, reporter)
+    reporter = make_reporter(verbosity=-1 if quiet else (1 if verbose else 0), explain=explain,
+                             result=sys.stdout)  # the result on stdout, the live view on stderr
+    try:
+        with _clean_stop():  # SIGTERM stops like Ctrl-C: finished stages are kept
+            outcome = run_pipeline(session.pipeline, session.store, session.registry, opts, reporter)
+    except KeyboardInterrupt:  # before the runner could catch it (while it planned)
+        _exit_now(130, "interrupted")
     if dry_run:
         todo = sum(1 for s in outcome.stages.values() if s.status != "cached")
         click.echo(f"plan: {len(outcome.stages) - todo} cached, {todo} to run (nothing was run)", err=True)
     if outcome.status == "interrupted":
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(outcome.exit_code)  # do not wait for plugin threads; the cache is consistent
+        _exit_now(outcome.exit_code)  # do not wait for plugin threads; the cache is consistent
     sys.exit(outcome.exit_code)
 
 
@@ -119,10 +180,13 @@ def run(file: str, stages: tuple[str, ...], overrides: tuple[str, ...], cache_di
 def validate(file: str, overrides: tuple[str, ...]) -> None:
     """Check FILE (schema, plugins, parameters, inputs, cycles) and report every problem."""
     from tunepipe.registry import Registry
+    from tunepipe.session import refuse_secrets
     from tunepipe.spec import check_files, load_pipeline
 
     path = Path(file)
-    pipeline = load_pipeline(path, Registry(search_paths=[path.absolute().parent]), overrides, display=file)
+    registry = Registry(search_paths=[path.absolute().parent])
+    pipeline = load_pipeline(path, registry, overrides, display=file)
+    refuse_secrets(pipeline, registry)  # a secret only a stage names (api_key_env: MYCREDS), as `run` does
     check_files(pipeline)
     n = len(pipeline.stages)
     click.echo(f"ok: {file} is valid ({n} stage{'s' if n != 1 else ''}: {', '.join(pipeline.stages)})")
@@ -288,7 +352,8 @@ def _store(file: str | None, cache_dir: str | None) -> Any:
 @cache.command()
 @click.argument("file", required=False, type=click.Path(dir_okay=False))
 @click.option("--cache-dir", envvar="TUNEPIPE_CACHE", metavar="DIR", help="Cache folder.")
-@click.option("--repair", is_flag=True, help="Remove corrupt artifacts and the records that use them.")
+@click.option("--repair", is_flag=True,
+              help="Remove corrupt artifacts, the records that made them and every record built from them.")
 @_errors
 def verify(file: str | None, cache_dir: str | None, repair: bool) -> None:
     """Recompute every artifact's digest; report corruption (exit 1 if any)."""
@@ -302,9 +367,13 @@ def verify(file: str | None, cache_dir: str | None, repair: bool) -> None:
                    f"{' (record removed)' if repair else ''}")
     for key in r.unreadable:
         click.echo(f"unreadable: record {key}{' (removed)' if repair else ''}")
+    for key, stage, why in r.dropped:  # results made from damaged data: their keys would match again
+        click.echo(f"{'dropped' if repair else 'would drop'}: stage '{stage}' result {key[:16]} ({why})")
     if r.clean:
         click.echo("ok: the cache is consistent")
-    elif not repair:
+    elif repair:
+        click.echo("repaired: the next run recomputes the dropped results")
+    else:
         click.echo("run `pipeline cache verify --repair` to drop the damaged entries; the next run recomputes them")
         sys.exit(1)
 
@@ -326,5 +395,8 @@ def gc(file: str | None, cache_dir: str | None, dry_run: bool) -> None:
 
 
 def main() -> None:
+    """The ``pipeline`` command. Ctrl-C and SIGTERM are taken over first: from here on a signal at any
+    moment ends the command with 130 (:func:`_stop_now`; a run stops cleanly, :func:`_clean_stop`)."""
+    _on_signals(_stop_now)
     name = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "pipeline"
     cli(prog_name="python -m tunepipe" if name == "__main__.py" else name)
