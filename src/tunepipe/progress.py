@@ -4,6 +4,11 @@ On a terminal, :class:`LiveReporter` (rich) keeps one line per stage and updates
 with the elapsed time of running stages. Elsewhere (CI logs, pipes) :class:`LineReporter` prints a
 line per state change, which reads well in a log file. Colour only on a terminal and never when
 ``NO_COLOR`` is set (https://no-color.org).
+
+Streams, as in the command-line tools users know: the run's *result* (the header, each stage's
+final line, the dry-run plan and the closing ``ok:``/``failed:`` line) goes to stdout, so
+``pipeline run x.yaml > out.txt`` captures it; the live view, "running" lines, reasons, progress
+notes, messages and errors go to stderr.
 """
 
 from __future__ import annotations
@@ -52,42 +57,50 @@ class LineReporter:
     """Prints run progress; ``verbosity`` -1 quiet (failures and the result), 0 normal, 1 verbose."""
 
     def __init__(self, stream: TextIO | None = None, verbosity: int = 0, explain: bool = False,
-                 color: bool | None = None) -> None:
+                 color: bool | None = None, result: TextIO | None = None) -> None:
         self.out = stream or sys.stderr
+        self.result = result or self.out  # one stream when a caller gives only one
         self.verbosity = verbosity
         self.explain = explain or verbosity > 0
         self.color = use_color(self.out) if color is None else color
+        self.result_color = use_color(self.result) if color is None else color
         self.width = 8
         self._lock = threading.Lock()
         self._last_progress: dict[str, float] = {}
 
-    def _c(self, text: str, color: str) -> str:
-        return f"\x1b[{_ANSI[color]}m{text}\x1b[0m" if self.color else text
+    def _c(self, text: str, color: str, on: bool | None = None) -> str:
+        return f"\x1b[{_ANSI[color]}m{text}\x1b[0m" if (self.color if on is None else on) else text
 
     def _print(self, text: str) -> None:
         with self._lock:
             print(text, file=self.out, flush=True)
 
+    def _result(self, text: str) -> None:
+        with self._lock:
+            print(text, file=self.result, flush=True)
+
     def start(self, pipeline: Pipeline, selected: list[str], cache: str) -> None:
         self.width = max([8] + [len(n) for n in selected])
         if self.verbosity >= 0:
             n = len(selected)
-            self._print(self._c(f"pipeline {pipeline.name}: {n} stage{'s' if n != 1 else ''}", "bold")
+            self._result(self._c(f"pipeline {pipeline.name}: {n} stage{'s' if n != 1 else ''}", "bold")
                         + (f"  (cache {cache})" if self.verbosity > 0 else ""))
 
     def stage(self, o: StageOutcome) -> None:
         if self.verbosity < 0 and o.status != "failed":
             return
         mark, color = _STYLE.get(o.status, ("?", "bold"))
+        final = o.status != "running"
         dur = f"{o.duration:6.2f}s" if o.status in ("done", "failed") else " " * 7
-        line = f"  {self._c(mark, color)} {o.name:<{self.width}}  {o.status:<9}{dur}"
+        shown = self._c(mark, color, self.result_color if final else None)
+        line = f"  {shown} {o.name:<{self.width}}  {o.status:<9}{dur}"
         if o.status in ("done", "cached") and o.summary:
             line += "  " + format_summary(o.summary)
         if o.node:
             line += f"  [node {o.node[:8]}" + (f", attempt {o.attempts}]" if o.attempts > 1 else "]")
         if o.status == "skipped" and o.reasons:
             line += f"  ({o.reasons[0]})"
-        self._print(line.rstrip())
+        (self._result if final else self._print)(line.rstrip())
         if o.status == "running" and self.explain:
             for r in o.reasons:
                 self._print(f"      because {r}")
@@ -120,11 +133,11 @@ class LineReporter:
 
     def plan(self, plans: list[StagePlan]) -> None:
         for text, color in plan_lines(plans, self.width):
-            self._print(f"  {self._c(text[0], color)}{text[1:]}")
+            self._result(f"  {self._c(text[0], color, self.result_color)}{text[1:]}")
 
     def finish(self, outcome: RunOutcome) -> None:
         text, color = result_line(outcome)
-        self._print(self._c(text, color))
+        self._result(self._c(text, color, self.result_color))
 
 
 def plan_lines(plans: list[StagePlan], width: int) -> list[tuple[str, str]]:
@@ -154,10 +167,15 @@ class LiveReporter:
     """One line per stage, redrawn in place on a terminal (rich); messages scroll above it."""
 
     def __init__(self, stream: TextIO | None = None, verbosity: int = 0, explain: bool = False,
-                 force_terminal: bool | None = None) -> None:
+                 force_terminal: bool | None = None, result: TextIO | None = None) -> None:
         from rich.console import Console
 
         self.console = Console(file=stream or sys.stderr, force_terminal=force_terminal, highlight=False)
+        # The view is erased at the end and the result printed in its place, unless the result goes
+        # to a file or pipe: then the terminal keeps the view and the file gets the result, unwrapped.
+        self.transient = result is None or (hasattr(result, "isatty") and result.isatty())
+        self.result = self.console if result is None else Console(file=result, highlight=False,
+                                                                  soft_wrap=not self.transient)
         self.verbosity = verbosity
         self.explain = explain or verbosity > 0
         self.width = 8
@@ -196,12 +214,12 @@ class LiveReporter:
 
         self.width = max([8] + [len(n) for n in selected])
         n = len(selected)
-        self.console.print(f"[bold]pipeline {pipeline.name}: {n} stage{'s' if n != 1 else ''}[/bold]"
-                           + (f"  (cache {cache})" if self.verbosity > 0 else ""))
+        self.result.print(f"[bold]pipeline {pipeline.name}: {n} stage{'s' if n != 1 else ''}[/bold]"
+                          + (f"  (cache {cache})" if self.verbosity > 0 else ""))
         for name in selected:
             self._rows[name] = StageOutcome(name, "waiting")
         self._live = Live(get_renderable=self._render, console=self.console, refresh_per_second=4,
-                          transient=False)
+                          transient=self.transient)
         self._live.start()
 
     def stage(self, o: StageOutcome) -> None:
@@ -232,26 +250,32 @@ class LiveReporter:
         (self._live.console if self._live else self.console).print(line)
 
     def plan(self, plans: list[StagePlan]) -> None:
+        self._rows.clear()  # a dry run's result is the plan, not the stage lines
         self._stop()
         for text, color in plan_lines(plans, self.width):
-            self.console.print(f"  [{color}]{text[0]}[/{color}]{text[1:]}", markup=True, highlight=False)
+            self.result.print(f"  [{color}]{text[0]}[/{color}]{text[1:]}", markup=True, highlight=False)
 
     def finish(self, outcome: RunOutcome) -> None:
         self._stop()
         text, color = result_line(outcome)
-        self.console.print(text, style=color)
+        self.result.print(text, style=color)
 
     def _stop(self) -> None:
         if self._live is not None:
             self._live.stop()
             self._live = None
+            if self._rows:  # each stage's final line, where the view was (or into the file)
+                self.result.print(self._render())
 
 
-def make_reporter(verbosity: int, explain: bool, stream: TextIO | None = None) -> LineReporter | LiveReporter:
-    """A live view on an interactive terminal; plain lines in logs, pipes, CI and with -q."""
+
+def make_reporter(verbosity: int, explain: bool, stream: TextIO | None = None,
+                  result: TextIO | None = None) -> LineReporter | LiveReporter:
+    """A live view on an interactive terminal; plain lines in logs, pipes, CI and with -q.
+    ``stream`` (stderr) gets the live view and diagnostics, ``result`` (stdout) the result."""
     out = stream or sys.stderr
     interactive = hasattr(out, "isatty") and out.isatty() and os.environ.get("TERM") != "dumb" \
         and not os.environ.get("CI")
     if interactive and verbosity >= 0:
-        return LiveReporter(out, verbosity, explain)
-    return LineReporter(out, verbosity, explain)
+        return LiveReporter(out, verbosity, explain, result=result)
+    return LineReporter(out, verbosity, explain, result=result)
