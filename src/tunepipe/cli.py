@@ -38,6 +38,13 @@ def _errors(fn: F) -> F:
             text = redact(str(e))  # an excerpt of the spec may show a secret the user pasted
             click.echo(text if isinstance(e, SpecError) else f"error: {text}", err=True)
             sys.exit(e.exit_code)
+        except OSError as e:  # a read-only, unwritable or full cache folder: the user's to fix
+            from tunepipe.cache.diskerrors import describe, is_disk_error
+
+            if not is_disk_error(e):
+                raise
+            click.echo(f"error: {describe(e, 'using the cache')}", err=True)
+            sys.exit(2)
 
     return wrapper  # type: ignore[return-value]
 
@@ -200,7 +207,13 @@ def validate(file: str, overrides: tuple[str, ...]) -> None:
 @_errors
 def status(file: str, stages: tuple[str, ...], overrides: tuple[str, ...], cache_dir: str | None,
            as_json: bool) -> None:
-    """Which stages are fresh (cached) and which are stale, and why."""
+    """Which stages are fresh, stale or pending, and why.
+
+    \b
+    fresh    the cache holds the result for the stage as it is now
+    stale    it runs next time (the reasons say what changed)
+    pending  it waits for a stale stage upstream; it reruns only if that changes its inputs
+    """
     from tunepipe.plan import Planner
     from tunepipe.runner import resolve_selection
     from tunepipe.session import open_session
@@ -214,10 +227,9 @@ def status(file: str, stages: tuple[str, ...], overrides: tuple[str, ...], cache
         click.echo(json.dumps({"pipeline": session.pipeline.name, "stages": [p.to_json() for p in plans]}, indent=2))
         return
     width = max(len(p.name) for p in plans)
-    words = {"cached": "fresh", "run": "stale", "pending": "stale?"}
     for p in plans:
         why = "  " + "; ".join(p.unkeyed if p.state == "cached" else p.reasons)
-        click.echo(f"{p.name:<{width}}  {words[p.state]:<6}{why}".rstrip())
+        click.echo(f"{p.name:<{width}}  {p.freshness:<7}{why}".rstrip())
 
 
 @cli.command()
@@ -390,6 +402,9 @@ def gc(file: str | None, cache_dir: str | None, dry_run: bool) -> None:
     store = _store(file, cache_dir)
     r = store.gc(all_state_keys(store.root), dry_run=dry_run)
     verb = "would remove" if dry_run else "removed"
+    if dry_run:
+        for line in r.lines(verb):
+            click.echo(f"  {line}")
     click.echo(f"{verb} {len(r.records)} stage records, {len(r.objects)} artifacts "
                f"({r.freed_bytes / 1e6:.1f} MB) and {len(r.leftovers)} leftovers of interrupted runs")
 

@@ -229,7 +229,7 @@ def _details(session: Session, stage: str, outputs: dict[str, Path], summary: di
 
 
 def describe_artifacts(info: dict[str, Any]) -> str:
-    state = "current" if info["current"] else "stale (" + "; ".join(info["stale_because"]) + ")"
+    state = "fresh" if info["current"] else "stale (" + "; ".join(info["stale_because"]) + ")"
     lines = [f"stage {info['stage']}: {state}", f"  key {info['key']}"]
     if info["summary"]:
         lines.append("  summary: " + ", ".join(f"{k}={json.dumps(v)}" for k, v in info["summary"].items()))

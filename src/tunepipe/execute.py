@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from tunepipe.cache.diskerrors import describe as describe_disk_error
+from tunepipe.cache.diskerrors import is_disk_error
 from tunepipe.cache.store import Store, fetch_intact
 from tunepipe.errors import TunepipeError, UserError
 from tunepipe.plugins import Artifact, Cancelled, StageContext
@@ -83,12 +85,20 @@ class _Redacting(logging.Formatter):
         return redact(super().format(record))
 
 
+class _QuietFileHandler(logging.FileHandler):
+    """A stage log that cannot be written (a full disk) is lost quietly: the stage's own result
+    says what went wrong, and logging's traceback on stderr would only hide it."""
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
+        pass
+
+
 def _stage_logger(job: StageJob) -> tuple[logging.Logger, logging.Handler]:
     Path(job.log_path).parent.mkdir(parents=True, exist_ok=True)
     logger = logging.getLogger(f"tunepipe.stage.{job.stage}.{job.key[:12]}.{threading.get_ident()}")
     logger.setLevel(logging.DEBUG)
     logger.propagate = False
-    handler = logging.FileHandler(job.log_path, encoding="utf-8")
+    handler = _QuietFileHandler(job.log_path, encoding="utf-8")
     handler.setFormatter(_Redacting("%(asctime)s %(levelname)s %(message)s"))
     logger.addHandler(handler)
     return logger, handler
@@ -107,7 +117,19 @@ def _file_identity(inputs: dict[str, list[InputRef]]) -> dict[str, tuple[int, in
 
 def execute(job: StageJob, store: Store, registry: Registry, cancel: threading.Event,
             progress: Callable[[str], None], say: Callable[[str], None]) -> StageResult:
-    """Run ``job`` unless another process already has (then reuse its result)."""
+    """Run ``job`` unless another process already has (then reuse its result). A cache folder
+    that refuses the stage's lock, staging or log (read-only, full) fails the stage as a user error."""
+    try:
+        return _execute(job, store, registry, cancel, progress, say)
+    except OSError as e:
+        if not is_disk_error(e):
+            raise
+        return StageResult(job.stage, "failed", error=describe_disk_error(e, f"preparing stage '{job.stage}'",
+                                                                          store.root), user_error=True)
+
+
+def _execute(job: StageJob, store: Store, registry: Registry, cancel: threading.Event,
+             progress: Callable[[str], None], say: Callable[[str], None]) -> StageResult:
     lock = store.lock(job.key, f"stage '{job.stage}'", say)
     lock.acquire()
     try:
@@ -167,7 +189,10 @@ def _run_locked(job: StageJob, store: Store, registry: Registry, cancel: threadi
         result.error, result.user_error = redact(str(e)), isinstance(e, UserError)
     except Exception as e:  # the plugin's bug: keep the traceback in the log, show one line
         logger.error("%s", traceback.format_exc())
-        result.error = redact(f"{type(e).__name__}: {e}")
+        if is_disk_error(e):  # a full or read-only cache while the stage wrote: say which and how to fix it
+            result.error = describe_disk_error(e, f"running stage '{job.stage}'", store.root)
+        else:
+            result.error = redact(f"{type(e).__name__}: {e}")
     finally:
         handler.close()
         logger.removeHandler(handler)

@@ -26,6 +26,9 @@ from tunepipe.spec.files import expand
 from tunepipe.spec.model import Pipeline, StageSpec
 
 CACHED, RUN, PENDING = "cached", "run", "pending"
+# What users read (`status`, `status --json`, `show`): one word per state, the same everywhere.
+FRESHNESS = {CACHED: "fresh", RUN: "stale", PENDING: "pending"}
+PENDING_NOTE = "reruns only if that changes its inputs"
 
 
 @dataclass
@@ -43,8 +46,13 @@ class StagePlan:
     operational: dict[str, Any] = field(default_factory=dict)  # operational values by path: not in the key
     unkeyed: list[str] = field(default_factory=list)  # operational values changed since the last run
 
+    @property
+    def freshness(self) -> str:
+        """``fresh`` (cached), ``stale`` (runs next time) or ``pending`` (waits for a stale stage upstream)."""
+        return FRESHNESS[self.state]
+
     def to_json(self) -> dict[str, Any]:
-        return {"stage": self.name, "state": self.state, "key": self.key, "reasons": self.reasons,
+        return {"stage": self.name, "state": self.freshness, "key": self.key, "reasons": self.reasons,
                 "operational_changes": self.unkeyed, "outputs": (self.record or {}).get("outputs")}
 
 
@@ -87,12 +95,14 @@ class Planner:
         """The key of the stage's last successful run when this planner started."""
         return self._last.get(stage, {}).get("key")
 
-    def remember(self, plan: StagePlan) -> None:
-        """Keep the stage's key and operational values as its last successful run (if they changed)."""
+    def remember(self, plan: StagePlan) -> str:
+        """Keep the stage's key and operational values as its last successful run (if they changed);
+        returns why that failed (a read-only cache), or ""."""
         last = self._last.get(plan.name, {})
         if plan.key and (last.get("key") != plan.key or
                          canonical_json(last.get("operational")) != canonical_json(plan.operational)):
-            self.state.update(plan.name, plan.key, plan.operational)
+            return self.state.update(plan.name, plan.key, plan.operational)
+        return ""
 
     def inputs(self, spec: StageSpec, upstream: Mapping[str, Mapping[str, str]]) -> dict[str, list[Artifact]] | None:
         """The artifacts of each input, or None while an upstream stage has no outputs yet."""
@@ -146,7 +156,7 @@ class Planner:
         inputs = self.inputs(spec, upstream)
         if inputs is None:
             waits = [u for u in spec.upstream() if u not in upstream]
-            return StagePlan(name, PENDING, reasons=[f"waits for {', '.join(waits)}"])
+            return StagePlan(name, PENDING, reasons=[f"waits for {', '.join(waits)}: {PENDING_NOTE}"])
         parts = self.parts(spec, inputs)
         key = stage_key(parts)
         record = self.store.record(key)

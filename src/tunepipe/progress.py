@@ -150,7 +150,7 @@ def plan_lines(plans: list[StagePlan], width: int) -> list[tuple[str, str]]:
             out.append((f"▶ {p.name:<{width}}  will run: {'; '.join(p.reasons)}", "yellow"))
             out.extend((f"  {'':<{width}}  {note}", "bright_black") for note in p.notes)
         else:
-            out.append((f"… {p.name:<{width}}  will run if its inputs change ({'; '.join(p.reasons)})", "yellow"))
+            out.append((f"… {p.name:<{width}}  pending: {'; '.join(p.reasons)}", "yellow"))
     return out
 
 

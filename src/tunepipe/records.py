@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -43,14 +44,23 @@ class PipelineState:
     def last_key(self, stage: str) -> str | None:
         return self.read().get(stage, {}).get("key")
 
-    def update(self, stage: str, key: str, operational: dict[str, Any] | None = None) -> None:
-        """Remember ``key`` (and the operational values it last ran or was reused with)."""
+    def update(self, stage: str, key: str, operational: dict[str, Any] | None = None) -> str:
+        """Remember ``key`` (and the operational values it last ran or was reused with). Returns why
+        it could not (a read-only or full cache: the state is a convenience, the run goes on), or ""."""
         from filelock import FileLock
 
-        with FileLock(str(self.file) + ".lock"):
-            stages = self.read()
-            stages[stage] = {"key": key, "at": time.time(), "operational": operational or {}}
-            write_json(self.file, {"spec": str(self.spec_path), "name": self.name, "stages": stages})
+        try:
+            with FileLock(str(self.file) + ".lock"):
+                stages = self.read()
+                stages[stage] = {"key": key, "at": time.time(), "operational": operational or {}}
+                write_json(self.file, {"spec": str(self.spec_path), "name": self.name, "stages": stages})
+        except OSError as e:
+            from tunepipe.cache.diskerrors import describe, is_disk_error
+
+            if not is_disk_error(e):
+                raise
+            return describe(e, "remembering the stage's latest result")
+        return ""
 
 
 def all_state_keys(cache_root: Path) -> set[str]:
@@ -71,9 +81,11 @@ class RunRecord:
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
         self.run_id = f"{stamp}-{os.getpid()}"
         folder = cache_root / "runs" / pipeline_id(spec_path, name)
-        folder.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(OSError):  # a read-only cache: _write says why
+            folder.mkdir(parents=True, exist_ok=True)
         self.file = folder / f"{self.run_id}.json"
         self.log_dir = folder / self.run_id
+        self.write_error = ""
         self._lock = threading.Lock()
         self.data: dict[str, Any] = {
             "run_id": self.run_id, "pipeline": name, "spec": str(spec_path), "argv": argv,
@@ -82,7 +94,14 @@ class RunRecord:
         self._write()
 
     def log_path(self, stage: str) -> Path:
-        self.log_dir.mkdir(exist_ok=True)
+        try:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            from tunepipe.cache.diskerrors import cache_write_error, is_disk_error
+
+            if not is_disk_error(e):
+                raise
+            raise cache_write_error(e, f"starting stage '{stage}', which must run") from None
         return self.log_dir / f"{stage}.log"
 
     def stage(self, name: str, **fields: Any) -> None:
@@ -97,4 +116,15 @@ class RunRecord:
             self._write()
 
     def _write(self) -> None:
-        write_json(self.file, self.data)
+        """Write the record; a cache that refuses the write (read-only, full) costs the record, not
+        the run: ``write_error`` says why, and the runner tells the user once."""
+        if self.write_error:
+            return
+        try:
+            write_json(self.file, self.data)
+        except OSError as e:
+            from tunepipe.cache.diskerrors import describe, is_disk_error
+
+            if not is_disk_error(e):
+                raise
+            self.write_error = describe(e, "writing the run record")

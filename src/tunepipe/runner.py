@@ -107,7 +107,13 @@ def resolve_selection(pipeline: Pipeline, targets: Sequence[str], force: Sequenc
             hint = f" Did you mean '{close[0]}'?" if close else ""
             raise UserError(f"there is no stage '{name}' in {pipeline.path.name}.{hint} "
                             f"Stages: {', '.join(pipeline.stages)}")
-    return select(pipeline.deps(), pipeline.order, targets or pipeline.order)
+    selected = select(pipeline.deps(), pipeline.order, targets or pipeline.order)
+    outside = [name for name in force if name not in selected]
+    if outside:
+        raise UserError(f"--force={outside[0]} names a stage this run does not select (it runs "
+                        f"{', '.join(targets)} and what {'they need' if len(targets) > 1 else 'it needs'}), so "
+                        f"it would be ignored: add {outside[0]} to the stages to run, or leave out --force={outside[0]}")
+    return selected
 
 
 def executor_setting(pipeline: Pipeline, opts: RunOptions) -> tuple[str, dict[str, Any]]:
@@ -170,6 +176,7 @@ class _Scheduler:
         self.threads = max(1, (os.cpu_count() or 1) // max(1, jobs))
         self.record.data["executor"] = engine
         self._factory = executor_factory
+        self.warned: set[str] = set()
         self._executor: Executor | None = None  # made at the first stage to run: a cached run starts no cluster
 
     def run(self, t_start: float) -> RunOutcome:
@@ -201,6 +208,8 @@ class _Scheduler:
             status = "failed"
         self.planner.save()
         self.record.finish(status)
+        if self.record.write_error:
+            self.reporter.message(f"the run record was not written: {self.record.write_error}")
         outcome = RunOutcome(self.pipeline.name, {n: self.outcomes[n] for n in self.selected if n in self.outcomes},
                              status, time.monotonic() - t_start, str(self.record.file))
         self.reporter.finish(outcome)
@@ -268,7 +277,10 @@ class _Scheduler:
 
     def _accept(self, plan: StagePlan, outputs: dict[str, str]) -> None:
         self.outputs[plan.name] = outputs
-        self.planner.remember(plan)
+        problem = self.planner.remember(plan)
+        if problem and problem not in self.warned:
+            self.warned.add(problem)
+            self.reporter.message(f"could not keep the pipeline's state: {problem}")
 
     def _set(self, outcome: StageOutcome, write: bool = True, parts: dict[str, Any] | None = None,
              extra: dict[str, Any] | None = None) -> None:

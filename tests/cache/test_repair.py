@@ -130,7 +130,7 @@ def test_a_deleted_cached_output_is_recomputed_not_served(chain) -> None:
 def test_a_truncated_cached_output_is_reported_by_status_and_recomputed(chain) -> None:
     overwrite(chain.artifact("b"), "")
     status = chain.ok("status", "p.yaml").stdout
-    assert "stale   its cached output out is damaged (data.txt has 0 bytes, 6 when published): recomputing" in status
+    assert "stale    its cached output out is damaged (data.txt has 0 bytes, 6 when published): recomputing" in status
     dry = chain.ok("run", "p.yaml", "--dry-run").output
     assert "b" in dry and "will run:" in dry
     chain.ok("run", "p.yaml")

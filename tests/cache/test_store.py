@@ -14,7 +14,7 @@ import pytest
 
 from tunepipe.cache.digests import tree_digest
 from tunepipe.cache.store import LocalStore
-from tunepipe.errors import CacheError, StageFailed
+from tunepipe.errors import StageFailed, UserError
 
 K1, K2, K3 = ("1" * 64, "2" * 64, "3" * 64)
 
@@ -66,10 +66,10 @@ def test_new_store_creates_layout_and_cachedir_tag(tmp_path: Path) -> None:
     LocalStore(tmp_path / "c")  # reopening an existing cache is fine
 
 
-def test_store_on_unusable_folder_raises_cache_error(tmp_path: Path) -> None:
+def test_store_on_unusable_folder_is_a_user_error(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
-    with pytest.raises(CacheError, match="cannot use the cache folder"):
+    with pytest.raises(UserError, match="cannot use the cache folder"):
         LocalStore(blocker / "cache")
 
 

@@ -40,7 +40,8 @@ from typing import Any, Protocol
 from tunepipe.cache.atomic import write_json
 from tunepipe.cache.digests import DigestMemo, tree_digest, tree_entries
 from tunepipe.cache.locks import KeyLock
-from tunepipe.errors import CacheError, StageFailed
+from tunepipe.cache.diskerrors import remember_root
+from tunepipe.errors import CacheError, StageFailed, UserError
 
 LAYOUT_VERSION = "1"
 _counter = itertools.count()
@@ -220,6 +221,21 @@ class GcReport:
     objects: list[str] = field(default_factory=list)
     leftovers: list[str] = field(default_factory=list)
     freed_bytes: int = 0
+    stages: dict[str, str] = field(default_factory=dict)  # record key -> its stage's name (for listing)
+    sizes: dict[str, int] = field(default_factory=dict)  # object digest -> bytes
+
+    def lines(self, verb: str) -> list[str]:
+        """One line per thing removed (or that would be), for ``cache gc -n``."""
+        out = [f"{verb} record {k[:16]} (stage '{self.stages.get(k, '?')}')" for k in self.records]
+        out += [f"{verb} artifact {d[:16]} ({self.sizes.get(d, 0) / 1e6:.1f} MB)" for d in self.objects]
+        return out + [f"{verb} leftover {p}" for p in self.leftovers]
+
+
+def _stage_of(record_path: Path) -> str:
+    try:
+        return str(json.loads(record_path.read_text(encoding="utf-8")).get("stage", "?"))
+    except (OSError, ValueError, AttributeError):
+        return "?"
 
 
 class LocalStore:
@@ -234,10 +250,12 @@ class LocalStore:
             if not marker.exists():
                 marker.write_text("Signature: 8a477f597d28d172789f06886806bc55\n"
                                   f"# tunepipe cache, layout {LAYOUT_VERSION}. Safe to delete.\n")
-        except OSError as e:
-            raise CacheError(f"cannot use the cache folder {self.root}: {e.strerror}. "
-                             "Pass a writable folder with --cache-dir or TUNEPIPE_CACHE") from None
+        except OSError as e:  # under a file, read-only, no permission, full: the user's to fix (exit 2)
+            raise UserError(f"cannot use the cache folder {self.root}: {e.strerror}"
+                            f"{f' ({e.filename})' if e.filename else ''}. Pass a writable folder with "
+                            "--cache-dir or TUNEPIPE_CACHE") from None
         self.digests = DigestMemo(self.root / "digests.json")
+        remember_root(self.root)
 
     # records -------------------------------------------------------------------------------
     def record_path(self, key: str) -> Path:
@@ -465,12 +483,14 @@ class LocalStore:
                     pass
             else:
                 report.records.append(key)
+                report.stages[key] = _stage_of(path)
                 if not dry_run:
                     path.unlink(missing_ok=True)
         for obj in sorted((self.root / "objects").glob("*/*")):
             if obj.name not in used:
                 report.objects.append(obj.name)
-                report.freed_bytes += sum(e[2].st_size for e in tree_entries(obj)) if obj.is_dir() else 0
+                report.sizes[obj.name] = sum(e[2].st_size for e in tree_entries(obj)) if obj.is_dir() else 0
+                report.freed_bytes += report.sizes[obj.name]
                 if not dry_run:
                     _force_rmtree(obj)
         report.leftovers = self.sweep_leftovers(dry_run=dry_run)
