@@ -320,7 +320,7 @@ def _probe(root: Path) -> str:
     env = {**os.environ, "PYTHONPATH": str(SUPPORT)}
     out = subprocess.run([sys.executable, "-c", PROBE], cwd=root, env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    return out.stdout.strip()
+    return out.stdout.splitlines()[-1]  # the probe's line, after the run's result line (-q)
 
 
 def test_the_validated_spec_is_reused_until_an_included_file_changes(project) -> None:
@@ -357,3 +357,22 @@ def test_the_stored_spec_lists_the_included_files(project) -> None:
     (stored,) = (project.cache / "compiled").glob("*.json")
     sources = json.loads(stored.read_text())["pipeline"]["sources"]
     assert [Path(s[0]) for s in sources] == [project.root / "lib" / "base.yaml"]
+
+
+def test_a_package_include_reads_its_file_without_running_the_package(tmp_path: Path) -> None:
+    """`include: pkg:file.yaml` reads package data: the package's __init__ (any code) never runs."""
+    pkg = tmp_path / "frags" / "inner"
+    pkg.mkdir(parents=True)
+    marker = tmp_path / "ran.txt"
+    for folder in (tmp_path / "frags", pkg):
+        (folder / "__init__.py").write_text(f"open({str(marker)!r}, 'w').write('imported')\n")
+    (pkg / "stage.yaml").write_text("stages:\n  a: {uses: tp_testplugins:Emit, with: {text: hi}}\n")
+    (tmp_path / "p.yaml").write_text("name: p\ninclude: [frags.inner:stage.yaml]\n")
+    result = subprocess.run([sys.executable, "-m", "tunepipe", "validate", "p.yaml"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert not marker.exists()
+    (tmp_path / "q.yaml").write_text("name: q\ninclude: [os:x.yaml]\nstages: {}\n")
+    module = subprocess.run([sys.executable, "-m", "tunepipe", "validate", "q.yaml"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=60)
+    assert module.returncode == 2 and "'os' is a module, not a package" in module.stderr

@@ -244,40 +244,30 @@ class _Assembler:
 
     def _package(self, doc: Document, package: str, inner: str,
                  ipath: JsonPath) -> tuple[Source, Document | None] | None:
-        import importlib.resources
-        import importlib.util
+        import importlib
 
         display = f"{package}:{inner}"
         here = str(self.path.parent)  # a package next to the pipeline, as for `module:Name` plugins
         if here not in sys.path:
             sys.path.insert(0, here)
-        try:
-            spec = importlib.util.find_spec(package)
-            if spec is None:  # created since the import system last looked at this folder?
-                importlib.invalidate_caches()
-                spec = importlib.util.find_spec(package)
-        except (ImportError, ValueError) as e:
-            spec = None
-            error = f"{type(e).__name__}: {e}"
-        else:
-            error = ""
-        if spec is None:
-            hint = "install the package that ships it (pip install ...), or check the spelling"
-            if error:
-                hint = f"importing it failed ({error})"
+        # Found on disk without importing it: an include reads a data file, it never runs the
+        # package's code (importing `pkg` would run pkg/__init__.py).
+        locations = _package_folders(package)
+        if locations is None:
+            importlib.invalidate_caches()  # created since the import system last looked at this folder?
+            locations = _package_folders(package)
+        if locations is None:
             self.problems.append(doc.problem(ipath, f"the include '{display}' names the package '{package}', "
-                                                    "which is not installed", hint))
+                                                    "which is not installed",
+                                             "install the package that ships it (pip install ...), or check "
+                                             "the spelling"))
             return None
-        if spec.submodule_search_locations is None:
+        if not locations:
             self.problems.append(doc.problem(ipath, f"the include '{display}': '{package}' is a module, not a package",
                                              "name the package (the folder with __init__.py) that holds the file"))
             return None
-        try:
-            root = importlib.resources.files(package)
-        except Exception as e:  # noqa: BLE001 - the package's own __init__ failed
-            self.problems.append(doc.problem(ipath, f"the include '{display}': importing '{package}' failed: "
-                                                    f"{type(e).__name__}: {e}", "this is a bug in that package"))
-            return None
+        root = next((d for d in locations if d.joinpath(*[p for p in inner.split("/") if p]).is_file()),
+                    locations[0])
         res = root.joinpath(*[p for p in inner.split("/") if p])
         if not res.is_file():
             folder = root.joinpath(*[p for p in posixpath.dirname(inner).split("/") if p])
@@ -402,3 +392,22 @@ def _deep(acc: _Layer, over: _Layer, dst: dict[str, Any], src: dict[str, Any], p
             _drop(acc, q)
             dst[k] = copy.deepcopy(v)
             _copy(acc, over, q)
+
+
+def _package_folders(package: str) -> list[Path] | None:
+    """The folders of an installed (or importable) package, found without importing anything:
+    None when there is no such package, [] when the name is a plain module."""
+    from importlib.machinery import PathFinder
+
+    search: list[str] | None = None
+    spec = None
+    for part in package.split("."):
+        if not part.isidentifier():
+            return None
+        spec = PathFinder.find_spec(part, search)
+        if spec is None:
+            return None
+        if spec.submodule_search_locations is None:
+            return [] if part == package.split(".")[-1] else None
+        search = list(spec.submodule_search_locations)
+    return [Path(p) for p in (search or [])]
