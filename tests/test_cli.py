@@ -54,9 +54,9 @@ def status_lines(result) -> dict[str, str]:
 
 def test_status_before_and_after_a_run(chain) -> None:
     before = status_lines(chain.ok("status", "p.yaml"))
-    assert before == {"a": "stale   never run in this pipeline",
-                      "b": "stale?  waits for a",
-                      "c": "stale   never run in this pipeline"}
+    assert before == {"a": "stale    never run in this pipeline",
+                      "b": "pending  waits for a: reruns only if that changes its inputs",
+                      "c": "stale    never run in this pipeline"}
     assert chain.calls() == []  # status runs nothing
     chain.ok("run", "p.yaml")
     chain.calls()
@@ -67,16 +67,16 @@ def test_status_names_what_changed(chain) -> None:
     chain.ok("run", "p.yaml")
     chain.spec(SPEC.replace('text: "-a"', 'text: "-A"'))
     lines = status_lines(chain.ok("status", "p.yaml"))
-    assert lines["a"] == 'stale   parameter text: "-a" -> "-A"'
-    assert lines["b"] == "stale?  waits for a"
+    assert lines["a"] == 'stale    parameter text: "-a" -> "-A"'
+    assert lines["b"] == "pending  waits for a: reruns only if that changes its inputs"
     assert lines["c"] == "fresh"
     chain.spec(SPEC)
     chain.write("data/in.txt", "other")
     lines = status_lines(chain.ok("status", "p.yaml"))
-    assert lines["a"].startswith("stale   input src (data/in.txt) changed (")
+    assert lines["a"].startswith("stale    input src (data/in.txt) changed (")
     # -S is taken into account like an edit; selecting a stage shows it and what it needs
     lines = status_lines(chain.ok("status", "p.yaml", "c", "-S", "c.repeat=2"))
-    assert lines == {"c": "stale   parameter repeat: 1 -> 2"}
+    assert lines == {"c": "stale    parameter repeat: 1 -> 2"}
 
 
 def test_status_json_shape(chain) -> None:
@@ -87,12 +87,13 @@ def test_status_json_shape(chain) -> None:
     assert [s["stage"] for s in data["stages"]] == ["a", "b", "c"]
     for s in data["stages"]:
         assert set(s) == {"stage", "state", "key", "reasons", "operational_changes", "outputs"}
-    assert by_name["a"]["state"] == "run" and by_name["a"]["reasons"] == ["never run in this pipeline"]
+    assert by_name["a"]["state"] == "stale" and by_name["a"]["reasons"] == ["never run in this pipeline"]
     assert len(by_name["a"]["key"]) == 64 and by_name["a"]["outputs"] is None
-    assert by_name["b"] == {"stage": "b", "state": "pending", "key": None, "reasons": ["waits for a"],
+    assert by_name["b"] == {"stage": "b", "state": "pending", "key": None,
+                            "reasons": ["waits for a: reruns only if that changes its inputs"],
                             "operational_changes": [], "outputs": None}
     c = by_name["c"]
-    assert c["state"] == "cached" and c["reasons"] == [] and set(c["outputs"]) == {"out"}
+    assert c["state"] == "fresh" and c["reasons"] == [] and set(c["outputs"]) == {"out"}
     assert (chain.cache / "objects" / c["outputs"]["out"][:2] / c["outputs"]["out"]).is_dir()
 
 
@@ -271,7 +272,7 @@ def test_show_lists_artifact_files_with_sizes_and_record_counts(project) -> None
     project.spec(INGEST)
     project.ok("run", "p.yaml")
     out = project.ok("show", "p.yaml", "ingest").stdout.splitlines()
-    assert out[0] == "stage ingest: current"
+    assert out[0] == "stage ingest: fresh"
     assert out[2] == '  summary: records=2, rejected=1, files=1, rejected_by_reason={"bad_json": 1}'
     info = json.loads(project.ok("show", "p.yaml", "ingest", "--json").stdout)
     assert info["stage"] == "ingest" and info["current"] is True and info["stale_because"] == []
@@ -372,20 +373,21 @@ def test_python_dash_m_help_names_a_usable_program(tmp_path: Path) -> None:
 
 def test_quiet_prints_only_the_result_line(chain) -> None:
     result = chain.ok("run", "p.yaml", "-q")
-    assert result.stdout == ""
-    lines = result.stderr.splitlines()
+    assert result.stderr == ""  # no running lines, no progress
+    lines = result.stdout.splitlines()
     assert len(lines) == 1 and re.fullmatch(r"ok: 3 done in \d+\.\d\ds", lines[0]), lines
     assert sorted(chain.calls()) == ["a", "b", "c"]
 
 
 def test_verbose_prints_reasons_and_the_cache_folder(chain) -> None:
-    err = chain.ok("run", "p.yaml", "-v").stderr
-    assert f"(cache {chain.cache})" in err.splitlines()[0]
-    assert err.count("because never run in this pipeline") == 3
+    result = chain.ok("run", "p.yaml", "-v")
+    assert f"(cache {chain.cache})" in result.stdout.splitlines()[0]  # the header is part of the result
+    assert result.stderr.count("because never run in this pipeline") == 3  # reasons are diagnostics
+    assert "because" not in result.stdout
     chain.spec(SPEC.replace("text: solo", "text: SOLO"))
     err = chain.ok("run", "p.yaml", "-v").stderr
     assert 'because parameter text: "solo" -> "SOLO"' in err
-    assert "because" not in chain.ok("run", "p.yaml").stderr  # default: no reasons
+    assert "because" not in chain.ok("run", "p.yaml").output  # default: no reasons
 
 
 def test_no_colour_when_not_a_terminal_even_without_no_color(chain, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -394,7 +396,7 @@ def test_no_colour_when_not_a_terminal_even_without_no_color(chain, monkeypatch:
     results = [chain.run("run", "p.yaml", "-k"), chain.run("run", "p.yaml", "-n"),
                chain.run("status", "p.yaml"), chain.run("run", "p.yaml", "-v", "-k")]
     assert [r.exit_code for r in results] == [1, 0, 0, 1]
-    assert "✓ a" in results[0].stderr and "✗ f" in results[0].stderr  # the marks are there, uncoloured
+    assert "✓ a" in results[0].stdout and "✗ f" in results[0].stdout  # the marks are there, uncoloured
     for r in results:
         assert "\x1b[" not in r.output
 
@@ -421,7 +423,7 @@ def test_cache_verify_detects_and_repairs_a_corrupt_artifact(chain) -> None:
     result = chain.ok("cache", "verify", "p.yaml", "--repair")
     assert f"corrupt: artifact {art.name} no longer matches its digest (removed)" in result.stdout
     assert not art.exists()
-    assert status_lines(chain.ok("status", "p.yaml"))["a"] == "stale   its outputs are no longer in the cache"
+    assert status_lines(chain.ok("status", "p.yaml"))["a"] == "stale    its outputs are no longer in the cache"
     chain.ok("run", "p.yaml")
     assert chain.calls() == ["a", "b"]  # b read the corrupt artifact: --repair dropped its result too
     assert (chain.artifact("a") / "data.txt").read_text() == "in-a"
@@ -463,7 +465,10 @@ def test_cache_gc_removes_what_the_latest_run_does_not_use(chain) -> None:
         return chain.cache / "objects" / d[:2] / d
 
     result = chain.ok("cache", "gc", "p.yaml", "--dry-run")
-    assert result.stdout.startswith("would remove 2 stage records, 2 artifacts")
+    listed = result.stdout.splitlines()
+    assert sum(line.startswith("  would remove record ") for line in listed) == 2
+    assert sum(line.startswith("  would remove artifact ") for line in listed) == 2
+    assert listed[-1].startswith("would remove 2 stage records, 2 artifacts")
     assert all(record(s).exists() and obj(s).is_dir() for s in gone + kept)  # dry run: nothing removed
 
     result = chain.ok("cache", "gc", "p.yaml")

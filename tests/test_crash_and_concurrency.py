@@ -31,10 +31,11 @@ class Shout:
 '''
 
 
-def _run(project, *args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
+def _run(project, *args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    """Exit code, stdout (the run's result: stage lines, summary), stderr (running lines, reasons, messages)."""
     proc = project.subprocess(*args, env=env)
-    _, err = proc.communicate(timeout=120)
-    return proc.returncode, err
+    out, err = proc.communicate(timeout=120)
+    return proc.returncode, out, err
 
 
 def test_plugin_code_helper_and_version_changes_invalidate(project) -> None:
@@ -47,10 +48,10 @@ def test_plugin_code_helper_and_version_changes_invalidate(project) -> None:
     project.write("myplug/stage.py", PLUGIN.format(version="1", comment="  # a comment changes nothing"))
     assert "s         cached" in _run(project, "run", "p.yaml")[1]
     project.write("myplug/helpers.py", "def shout(t):\n    return t.upper() + '!'\n")
-    rc, err = _run(project, "run", "p.yaml", "--explain")
-    assert rc == 0 and "s         done" in err and "because plugin code changed" in err
+    rc, out, err = _run(project, "run", "p.yaml", "--explain")
+    assert rc == 0 and "s         done" in out and "because plugin code changed" in err
     project.write("myplug/stage.py", PLUGIN.format(version="2", comment=""))
-    rc, err = _run(project, "run", "p.yaml", "--explain")
+    rc, out, err = _run(project, "run", "p.yaml", "--explain")
     assert "because plugin version 1 -> 2" in err
     info = json.loads(project.ok("show", "p.yaml", "s", "--json").stdout)
     assert (Path(info["outputs"]["out"]["path"]) / "t.txt").read_text() == "HI!"
@@ -115,12 +116,12 @@ def test_kill_9_at_any_point_then_a_rerun_completes_identically(project, point: 
     verify = project.run("cache", "verify", "p.yaml")
     assert verify.exit_code == 0 and "ok: the cache is consistent" in verify.stdout
 
-    rc, err = _run(project, "run", "p.yaml")
+    rc, out, err = _run(project, "run", "p.yaml")
     assert rc == 0, err
     if point == "inside-plugin":
         assert "took over the lock of stage 'a'" in err and "which died" in err
     if point == "after-record":
-        assert "a         cached" in err
+        assert "a         cached" in out
     assert _outputs(project, ".tunepipe") == reference
     assert list((project.cache / "tmp").iterdir()) == []
     assert project.run("cache", "verify", "p.yaml").exit_code == 0
@@ -193,11 +194,11 @@ def test_a_project_plugin_and_the_sibling_modules_it_imports_are_fingerprinted(p
     project.write("localplug.py", LOCAL_PLUGIN)
     project.write("localhelper.py", "TEXT = 'one'\n")
     project.spec("stages:\n  s:\n    uses: localplug:Echo\n")
-    rc, err = _run(project, "run", "p.yaml")
-    assert rc == 0 and "s         done" in err, err
+    rc, out, err = _run(project, "run", "p.yaml")
+    assert rc == 0 and "s         done" in out, out + err
     assert "s         cached" in _run(project, "run", "p.yaml")[1]
     project.write("localhelper.py", "TEXT = 'two'\n")
-    rc, err = _run(project, "run", "p.yaml", "--explain")
-    assert "because plugin code changed" in err, err
+    rc, out, err = _run(project, "run", "p.yaml", "--explain")
+    assert "because plugin code changed" in err, out + err
     info = json.loads(project.ok("show", "p.yaml", "s", "--json").stdout)
     assert (Path(info["outputs"]["out"]["path"]) / "t.txt").read_text() == "two"

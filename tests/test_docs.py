@@ -22,7 +22,7 @@ def test_the_documented_plugin_runs_in_the_documented_pipeline(project) -> None:
     shutil.copytree(PIPELINES / "data", project.root / "data")
     project.spec(spec)
     result = project.ok("run", "p.yaml")
-    assert "short     done" in result.stderr
+    assert "short     done" in result.stdout
     info = json.loads(project.ok("show", "p.yaml", "short", "--json").stdout)
     records = json.loads(project.ok("show", "p.yaml", "ingest", "--json").stdout)["summary"]["records"]
     kept = info["summary"]["kept"]

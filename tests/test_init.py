@@ -26,9 +26,9 @@ def test_init_writes_a_project_that_runs(project) -> None:
     assert sum(1 for line in text.splitlines() if line.lstrip().startswith("#")) > 20  # commented
     run = project.ok("run", "proj/pipeline.yaml")
     for stage in ("ingest", "clean", "format", "split"):
-        assert re.search(rf"✓ {stage} +done", run.stderr), run.stderr
-    assert "ok: 4 done" in run.stderr and run.stderr.startswith("pipeline proj: 4 stages")
-    assert "ok: 4 cached" in project.ok("run", "proj/pipeline.yaml").stderr
+        assert re.search(rf"✓ {stage} +done", run.stdout), run.output
+    assert "ok: 4 done" in run.stdout and run.stdout.startswith("pipeline proj: 4 stages")
+    assert "ok: 4 cached" in project.ok("run", "proj/pipeline.yaml").stdout
     schema = json.loads((root / "pipeline.schema.json").read_text())
     assert list(Draft202012Validator(schema).iter_errors(load_file(root / "pipeline.yaml").data)) == []
 

@@ -87,7 +87,7 @@ def test_a_pipeline_includes_the_package_s_fragment_and_runs(site: Path, tmp_pat
     out = Path(json.loads(shown.stdout)["outputs"]["out"]["path"]) / "shout.txt"
     assert out.read_text() == "HELLO FROM THE PACKAGE!\nQUIET NOTES!\nQUIET NOTES!\nQUIET NOTES!?\n"
     again = pipeline(site, tmp_path, "run", "p.yaml")
-    assert "ok: 3 cached" in again.stderr
+    assert "ok: 3 cached" in again.stdout
 
 
 def test_mistakes_with_the_package_are_reported_with_lines(site: Path, tmp_path: Path) -> None:

@@ -43,8 +43,8 @@ def test_unchanged_rerun_is_a_cache_hit(project) -> None:
     assert sorted(project.calls()) == ["a", "b", "c", "d"]
     result = project.ok("run", "p.yaml")
     assert project.calls() == []  # the spy proves no plugin ran
-    assert [line.split()[2] for line in result.stderr.splitlines()[1:5]] == ["cached"] * 4
-    assert "ok: 4 cached" in result.stderr
+    assert [line.split()[2] for line in result.stdout.splitlines()[1:5]] == ["cached"] * 4
+    assert "ok: 4 cached" in result.stdout
     assert (project.artifact("c") / "data.txt").read_text() == "hello-b-c"
 
 
@@ -105,7 +105,7 @@ def test_identical_upstream_bytes_stop_the_cascade(project) -> None:
     project.spec(spec.replace("text: hello", "text: world"))  # same length
     result = project.ok("run", "p.yaml")
     assert project.calls() == ["a", "n"]
-    assert "c         cached" in result.stderr
+    assert "c         cached" in result.stdout
 
 
 def test_added_and_removed_parameters_invalidate(project) -> None:
@@ -133,14 +133,14 @@ def test_dry_run_shows_a_plugin_s_preview_of_a_stage_whose_inputs_exist(project)
         """)
     result = project.ok("run", "p.yaml", "--dry-run")
     assert project.calls() == []
-    lines = result.stderr.splitlines()
+    lines = result.stdout.splitlines()  # the plan, previews included, is the dry run's result
     at = lines.index(next(x for x in lines if x.startswith("  ▶ a ")))
     assert lines[at + 1].strip() == "would measure 4 characters"
     assert not any("would measure" in x for x in lines[at + 2:] if "b " in x)  # b's input does not exist yet
-    assert "(no preview: ValueError: cannot preview this)" in result.stderr  # a broken preview never stops a plan
+    assert "(no preview: ValueError: cannot preview this)" in result.stdout  # a broken preview never stops a plan
     assert "would measure" not in project.ok("status", "p.yaml").output  # status never runs previews
     project.ok("run", "p.yaml")
-    assert "would measure" not in project.ok("run", "p.yaml", "--dry-run").stderr  # cached: nothing to preview
+    assert "would measure" not in project.ok("run", "p.yaml", "--dry-run").output  # cached: nothing to preview
 
 
 def test_defaults_are_part_of_the_key_and_the_record(project) -> None:
@@ -154,15 +154,16 @@ def test_dry_run_plans_without_running(project) -> None:
     project.spec(CHAIN)
     result = project.ok("run", "p.yaml", "--dry-run")
     assert project.calls() == []
-    assert "a         will run: never run in this pipeline" in result.stderr
-    assert "b         will run if its inputs change (waits for a)" in result.stderr
-    assert "plan: 0 cached, 4 to run (nothing was run)" in result.stderr
+    assert "a         will run: never run in this pipeline" in result.stdout
+    assert "b         pending: waits for a: reruns only if that changes its inputs" in result.stdout
+    # the closing line's stream is pinned in tests/test_streams.py (it is on stderr, unlike the plan)
+    assert "plan: 0 cached, 4 to run (nothing was run)" in result.output
     project.ok("run", "p.yaml")
     project.calls()
     result = project.ok("run", "p.yaml", "-n", "-S", "b.repeat=3")
     assert project.calls() == []
-    assert "b         will run: parameter repeat: 1 -> 3" in result.stderr
-    assert "plan: 2 cached, 2 to run" in result.stderr
+    assert "b         will run: parameter repeat: 1 -> 3" in result.stdout
+    assert "plan: 2 cached, 2 to run" in result.output
 
 
 def test_force_all_and_force_one_stage(project) -> None:
@@ -199,11 +200,12 @@ def test_a_failing_stage_fails_the_run_keeps_nothing_and_skips_its_dependents(pr
     """)
     result = project.run("run", "p.yaml")
     assert result.exit_code == 1
-    assert "bad       failed" in result.stderr
-    assert "RuntimeError: it broke" in result.stderr
+    assert "bad       failed" in result.stdout  # the stage's result line
+    assert "RuntimeError: it broke" in result.stderr  # its error and log: diagnostics
+    assert "it broke" not in result.stdout
     log = Path(result.stderr.split("log: ")[1].split()[0])
     assert "Traceback" in log.read_text() and "it broke" in log.read_text()
-    assert "after     skipped" in result.stderr
+    assert "after     skipped" in result.stdout
     assert "Traceback" not in result.output
     assert list((project.cache / "tmp").iterdir()) == []  # the half-written output is gone
     rec = records(project)[-1]
@@ -345,11 +347,12 @@ def test_validated_specs_are_reused_without_importing_validation(project) -> Non
     out1 = subprocess.run([sys.executable, "-c", probe], cwd=project.root, env=env, capture_output=True, text=True)
     out2 = subprocess.run([sys.executable, "-c", probe], cwd=project.root, env=env, capture_output=True, text=True)
     assert out1.returncode == 0, out1.stderr
-    assert out1.stdout.strip() == "['jsonschema', 'networkx', 'yaml']"
-    assert out2.stdout.strip() == "[]", out2.stderr
+    # stdout: the run's result line (-q), then the probe's
+    assert out1.stdout.splitlines()[-1] == "['jsonschema', 'networkx', 'yaml']", out1.stdout
+    assert out2.stdout.splitlines()[-1] == "[]", out2.stderr
     project.spec(f"stages:\n  a:\n    uses: {E}\n    with: {{text: changed}}\n")
     out3 = subprocess.run([sys.executable, "-c", probe], cwd=project.root, env=env, capture_output=True, text=True)
-    assert out3.stdout.strip() == "['jsonschema', 'networkx', 'yaml']"
+    assert out3.stdout.splitlines()[-1] == "['jsonschema', 'networkx', 'yaml']", out3.stdout
 
 
 def test_results_are_reused_across_projects_sharing_a_cache(project, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -361,7 +364,7 @@ def test_results_are_reused_across_projects_sharing_a_cache(project, monkeypatch
     project.ok("run", "one/p.yaml")
     result = project.ok("run", "two/p.yaml")
     assert project.calls() == ["a"]  # the second project reused the first one's result
-    assert "a         cached" in result.stderr
+    assert "a         cached" in result.stdout
 
 
 def test_a_cached_rerun_of_the_data_stages_imports_no_heavy_library(project) -> None:
@@ -387,7 +390,7 @@ def test_a_cached_rerun_of_the_data_stages_imports_no_heavy_library(project) -> 
              "print(sorted({m.split('.')[0] for m in sys.modules}))")
     out = subprocess.run([sys.executable, "-c", probe], cwd=project.root, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    loaded = set(json.loads(out.stdout.strip().replace("'", '"')))
+    loaded = set(json.loads(out.stdout.splitlines()[-1].replace("'", '"')))  # after the run's result line
     heavy = {"numpy", "tiktoken", "datasketch", "regex", "torch", "transformers", "peft", "openai", "pyarrow",
              "jsonschema", "networkx", "yaml"}
     assert loaded.isdisjoint(heavy), sorted(loaded & heavy)

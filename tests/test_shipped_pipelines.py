@@ -33,11 +33,12 @@ def verdict(correct: int, sarcastic: int) -> str:
 def test_sarcasm_openai_runs_against_the_emulator(shipped, aimock, monkeypatch) -> None:  # noqa: F811
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
     monkeypatch.setenv("OPENAI_BASE_URL", aimock.base_url)
-    plan = shipped.ok("run", "pipelines/sarcasm-openai.yaml", "--dry-run", "split").stderr
-    assert "plan:" in plan
+    plan = shipped.ok("run", "pipelines/sarcasm-openai.yaml", "--dry-run", "split")
+    assert "ingest    will run: never run in this pipeline" in plan.stdout
+    assert "plan:" in plan.output  # its stream: tests/test_streams.py
     shipped.ok("run", "pipelines/sarcasm-openai.yaml", "split")
-    plan = shipped.ok("run", "pipelines/sarcasm-openai.yaml", "--dry-run").stderr
-    assert "billable tokens" in plan and aimock.job_creates() == []  # the estimate, nothing started
+    plan = shipped.ok("run", "pipelines/sarcasm-openai.yaml", "--dry-run").stdout
+    assert "billable tokens" in plan and aimock.job_creates() == []  # the estimate (the plan), nothing started
 
     shipped.ok("run", "pipelines/sarcasm-openai.yaml", "train")
     card = json.loads((Path(json.loads(shipped.ok("show", "pipelines/sarcasm-openai.yaml", "train", "--json").stdout)
@@ -52,7 +53,7 @@ def test_sarcasm_openai_runs_against_the_emulator(shipped, aimock, monkeypatch) 
         {"match": {"model": base}, "response": {"content": "Hmm."}},
     ])
     result = shipped.ok("run", "pipelines/sarcasm-openai.yaml")
-    assert "evaluate  done" in result.stderr and "gates=2/2 passed" in result.stderr
+    assert "evaluate  done" in result.stdout and "gates=2/2 passed" in result.stdout
     shown = shipped.ok("show", "pipelines/sarcasm-openai.yaml", "evaluate").stdout
     assert "| judge_sarcastic | 0.000" in shown and "report: " in shown
     assert len(aimock.job_creates()) == 1
@@ -68,7 +69,7 @@ def test_the_main_job_fine_tunes_marv_and_beats_the_base(shipped) -> None:
     run = subprocess.run([sys.executable, "-m", "tunepipe", "run", "pipelines/sarcasm.yaml"], cwd=shipped.root,
                          capture_output=True, text=True, timeout=1800)
     assert run.returncode == 0, run.stderr[-3000:]
-    assert "gates=2/2 passed" in run.stderr
+    assert "gates=2/2 passed" in run.stdout  # evaluate's result line
     info = json.loads(shipped.ok("show", "pipelines/sarcasm.yaml", "evaluate", "--json").stdout)
     doc = json.loads((Path(info["outputs"]["report"]["path"]) / "metrics.json").read_text())
     for metric in ("rouge_l", "semantic"):
@@ -77,4 +78,5 @@ def test_the_main_job_fine_tunes_marv_and_beats_the_base(shipped) -> None:
              "except SystemExit as e:\n    assert e.code == 0, e.code\n"
              "print(sorted(m for m in ('torch', 'transformers', 'numpy', 'openai') if m in sys.modules))")
     again = subprocess.run([sys.executable, "-c", probe], cwd=shipped.root, capture_output=True, text=True)
-    assert again.returncode == 0 and again.stdout.strip() == "[]", again.stderr
+    # the probe's line follows the run's result line (-q)
+    assert again.returncode == 0 and again.stdout.splitlines()[-1] == "[]", again.stdout + again.stderr

@@ -174,7 +174,7 @@ def run(file: str, stages: tuple[str, ...], overrides: tuple[str, ...], cache_di
         _exit_now(130, "interrupted")
     if dry_run:
         todo = sum(1 for s in outcome.stages.values() if s.status != "cached")
-        click.echo(f"plan: {len(outcome.stages) - todo} cached, {todo} to run (nothing was run)", err=True)
+        click.echo(f"plan: {len(outcome.stages) - todo} cached, {todo} to run (nothing was run)")
     if outcome.status == "interrupted":
         _exit_now(outcome.exit_code)  # do not wait for plugin threads; the cache is consistent
     sys.exit(outcome.exit_code)
@@ -357,7 +357,7 @@ def _store(file: str | None, cache_dir: str | None) -> Any:
     store = open_store(location)
     if not store.is_cache():
         raise UserError(f"there is no tunepipe cache at {store.location()} (no tunepipe-cache.json there): {hint}")
-    store.say = lambda text: click.echo(text, err=True)
+    store.say = click.echo  # verify's and gc's findings on object storage: their result
     return store
 
 

@@ -53,7 +53,7 @@ def test_same_bytes_under_another_name_are_not_served_from_the_other_project(tmp
     assert (x / "p.yaml").read_bytes() == (y / "p.yaml").read_bytes()
     first, second = _run(x, cache), _run(y, cache)
     assert first.returncode == 0 and second.returncode == 0, first.stderr + second.stderr
-    assert "done" in second.stdout + second.stderr and "cached" not in second.stdout + second.stderr
+    assert "ingest    done" in second.stdout and "cached" not in second.stdout + second.stderr
     one, two = _records(x, cache), _records(y, cache)
     assert {r["meta"]["source"] for r in one} == {"x.jsonl"}
     assert {r["meta"]["source"] for r in two} == {"y.jsonl"}
@@ -61,4 +61,4 @@ def test_same_bytes_under_another_name_are_not_served_from_the_other_project(tmp
     # the same name and bytes in a third project is the same result: still shared
     z = _project(tmp_path / "three", "x.jsonl")
     third = _run(z, cache)
-    assert third.returncode == 0 and "cached" in third.stdout + third.stderr
+    assert third.returncode == 0 and "ingest    cached" in third.stdout, third.stdout + third.stderr

@@ -53,10 +53,10 @@ def marv(project):
     return project
 
 
-def statuses(stderr: str, stages: tuple[str, ...] = STAGES) -> dict[str, str]:
-    """Each stage's final state in the run's progress lines ("  ✓ clean     cached ...")."""
+def statuses(stdout: str, stages: tuple[str, ...] = STAGES) -> dict[str, str]:
+    """Each stage's final state in the run's result lines on stdout ("  ✓ clean     cached ...")."""
     out = {}
-    for line in stderr.splitlines():
+    for line in stdout.splitlines():
         words = line.split()
         if len(words) >= 3 and words[1] in stages:
             out[words[1]] = words[2]
@@ -73,13 +73,13 @@ def contents(folder: Path) -> dict[str, bytes]:
 
 def test_a_pipeline_on_s3_runs_once_and_another_machine_reuses_it(marv, s3, monkeypatch) -> None:  # noqa: F811
     first = marv.ok("run", "p.yaml", "--cache-dir", s3.url)
-    assert statuses(first.stderr) == dict.fromkeys(STAGES, "done")
+    assert statuses(first.stdout) == dict.fromkeys(STAGES, "done")
     before = {stage: shown(marv, stage, s3.url) for stage in STAGES}
     assert Path(before["split"]["outputs"]["train"]["path"]).is_relative_to(marv.root / "node-a")
 
     monkeypatch.setenv("TUNEPIPE_LOCAL_CACHE", str(marv.root / "node-b"))  # another machine, same bucket
     again = marv.ok("run", "p.yaml", "--cache-dir", s3.url)
-    assert statuses(again.stderr) == dict.fromkeys(STAGES, "cached")
+    assert statuses(again.stdout) == dict.fromkeys(STAGES, "cached")
     assert not list((marv.root / "node-b" / "objects").glob("*/*"))  # cached stages download nothing
     for stage in STAGES:
         after = shown(marv, stage, s3.url)
@@ -94,16 +94,17 @@ def test_a_pipeline_on_s3_runs_once_and_another_machine_reuses_it(marv, s3, monk
              "    assert e.code == 0, e.code\nprint(sorted(m for m in ('s3fs', 'botocore') if m in sys.modules))")
     rerun = subprocess.run([sys.executable, "-c", probe], cwd=marv.root, capture_output=True, text=True, timeout=120,
                            env={**os.environ, "TUNEPIPE_CACHE": s3.url})
-    assert rerun.returncode == 0 and rerun.stdout.strip() == "[]", rerun.stderr  # no request, no S3 library
+    # no request, no S3 library (the probe's line follows the run's result line, -q)
+    assert rerun.returncode == 0 and rerun.stdout.splitlines()[-1] == "[]", rerun.stdout + rerun.stderr
 
     monkeypatch.setenv("TUNEPIPE_CACHE", s3.url)  # the environment variable works like --cache-dir
     verify = marv.ok("cache", "verify")
     assert "ok: the cache is consistent" in verify.stdout
     artifacts = {out["digest"] for info in before.values() for out in info["outputs"].values()}
-    assert f"{s3.url}: checked {len(artifacts)} artifacts" in verify.stderr
+    assert f"{s3.url}: checked {len(artifacts)} artifacts" in verify.stdout
     records = [k for k in s3.keys() if k.startswith("cache/keys/")]
     gc = marv.ok("cache", "gc")
-    assert "gc keeps its 4 records" in gc.stderr
+    assert "gc keeps its 4 records" in gc.stdout
     assert [k for k in s3.keys() if k.startswith("cache/keys/")] == records and len(records) == 4
 
     written = b"".join(p.read_bytes() for p in marv.root.rglob("*") if p.is_file() and not p.is_symlink())
@@ -131,7 +132,7 @@ def test_an_upload_killed_halfway_leaves_nothing_visible(marv, s3) -> None:  # n
     assert s3.keys() == ["cache/tunepipe-cache.json"]
 
     rerun = marv.ok("run", "p.yaml", "ingest", "--cache-dir", s3.url)
-    assert statuses(rerun.stderr) == {"ingest": "done"}
+    assert statuses(rerun.stdout) == {"ingest": "done"}
     assert "ok: the cache is consistent" in marv.ok("cache", "verify", "--cache-dir", s3.url).stdout
     assert len([k for k in s3.keys() if k.startswith("cache/objects/") and k.endswith(".json")]) == 2
 
@@ -146,7 +147,7 @@ def test_two_machines_compute_a_stage_once(project, s3, tmp_path: Path) -> None:
     results = [(p.wait(timeout=120), *p.communicate()) for p in runs]
     assert [code for code, _, _ in results] == [0, 0], results
     assert len(spy.read_text().splitlines()) == 1  # computed once
-    states = sorted(statuses(err, ("a",)).get("a", "") for _, _, err in results)
+    states = sorted(statuses(out, ("a",)).get("a", "") for _, out, _ in results)
     assert states == ["cached", "done"], results
     waiter = next(err for _, _, err in results if "waiting for stage 'a'" in err)
     assert f"on {socket.gethostname()} (since " in waiter and ") is computing it" in waiter
@@ -159,7 +160,7 @@ def test_bad_cache_locations_are_user_errors(project, s3, monkeypatch) -> None: 
         result = project.run(*args)
         assert result.exit_code == 2, result.output
         assert "Traceback" not in result.output
-        return result.stderr.split("error: ", 1)[1]  # after the run's header line, if it got that far
+        return result.stderr.split("error: ", 1)[1]  # the header line, if the run got that far, is on stdout
 
     assert "not 'gs://'" in fails("run", "p.yaml", "--cache-dir", "gs://bucket/cache")
     err = fails("run", "p.yaml", "--cache-dir", "s3://AKIAX:hunter2-password@bucket/cache")

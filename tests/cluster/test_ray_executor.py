@@ -40,10 +40,13 @@ stages:
 """
 
 
-def _run(project: Project, *args: str, env: dict[str, str] | None = None, timeout: float = 240) -> tuple[int, str]:
+def _run(project: Project, *args: str, env: dict[str, str] | None = None,
+         timeout: float = 240) -> tuple[int, str, str]:
+    """Exit code, stdout (the run's result: stage lines, summary), stderr (messages such as the
+    executor line, errors)."""
     proc = project.subprocess("run", "p.yaml", *args, env=env)
     out, err = proc.communicate(timeout=timeout)
-    return proc.returncode, out + err
+    return proc.returncode, out, err
 
 
 def _record(cache: Path) -> dict:
@@ -56,8 +59,8 @@ def _outputs(cache: Path) -> dict[str, dict[str, str]]:
 
 
 def _local_outputs(project: Project) -> dict[str, dict[str, str]]:
-    code, text = _run(project, "--cache-dir", str(project.root / "local-cache"))
-    assert code == 0, text
+    code, out, err = _run(project, "--cache-dir", str(project.root / "local-cache"))
+    assert code == 0, out + err
     return _outputs(project.root / "local-cache")
 
 
@@ -66,9 +69,9 @@ def test_stages_run_on_both_nodes_with_the_cache_shared_and_match_the_local_exec
         project: Project, ray_cluster: RayCluster) -> None:
     project.write("p.yaml", SPEC.format(sleep=3))
     expected = _local_outputs(project)
-    code, text = _run(project, "--address", ray_cluster.address, env=ray_cluster.env)
-    assert code == 0, text
-    assert "executor: Ray cluster with 2 nodes, 2 CPUs" in text
+    code, out, err = _run(project, "--address", ray_cluster.address, env=ray_cluster.env)
+    assert code == 0, out + err
+    assert "executor: Ray cluster with 2 nodes, 2 CPUs" in err
     record = _record(project.cache)
     assert record["executor"] == "ray"
     stages = record["stages"]
@@ -80,8 +83,8 @@ def test_stages_run_on_both_nodes_with_the_cache_shared_and_match_the_local_exec
     # three stages on two nodes, each in a process of its own (max_calls=1): none reuses another's worker
     assert len({(s["node"], s["pid"]) for s in stages.values()}) == 3 and all(s["pid"] > 0 for s in stages.values())
     # one cache for both nodes: a rerun anywhere reuses everything without starting a task
-    code, text = _run(project, "--address", ray_cluster.address, env=ray_cluster.env)
-    assert code == 0 and "3 cached" in text and "executor:" not in text, text
+    code, out, err = _run(project, "--address", ray_cluster.address, env=ray_cluster.env)
+    assert code == 0 and "3 cached" in out and "executor:" not in out + err, out + err
 
 
 @pytest.mark.slow
@@ -133,9 +136,9 @@ def test_an_unreachable_cluster_is_a_user_error_at_once(project: Project) -> Non
 
     project.write("p.yaml", SPEC.format(sleep=0))
     t0 = time.monotonic()
-    code, text = _run(project, "--address", f"127.0.0.1:{free_port()}")
-    assert code == 2, text
-    assert "cannot reach the Ray cluster at 127.0.0.1:" in text and "Traceback" not in text
+    code, out, err = _run(project, "--address", f"127.0.0.1:{free_port()}")
+    assert code == 2, out + err
+    assert "cannot reach the Ray cluster at 127.0.0.1:" in err and "Traceback" not in out + err
     assert time.monotonic() - t0 < 30
     assert _record(project.cache)["status"] == "failed"
 
@@ -149,11 +152,11 @@ def test_a_cluster_that_refuses_the_token_is_a_user_error(project: Project, tmp_
     try:
         project.write("p.yaml", SPEC.format(sleep=0))
         env = {"RAY_AUTH_MODE": "token", "HOME": str(tmp_path), "RAY_AUTH_TOKEN": "", "RAY_AUTH_TOKEN_PATH": ""}
-        code, text = _run(project, "--address", f"127.0.0.1:{listener.getsockname()[1]}", env=env, timeout=120)
+        code, out, err = _run(project, "--address", f"127.0.0.1:{listener.getsockname()[1]}", env=env, timeout=120)
     finally:
         listener.close()
-    assert code == 2, text
-    assert "cannot join the Ray cluster at '127.0.0.1:" in text and "token" in text and "Traceback" not in text
+    assert code == 2, out + err
+    assert "cannot join the Ray cluster at '127.0.0.1:" in err and "token" in err and "Traceback" not in out + err
     assert _record(project.cache)["status"] == "failed"
 
 
@@ -215,7 +218,7 @@ def test_resources_are_checked_and_do_not_enter_the_cache_key(project: Project) 
     assert project.run("run", "p.yaml").exit_code == 0
     project.write("p.yaml", "stages:\n  a:\n    uses: tp_testplugins:Emit\n    resources: {cpus: 4, gpus: 1}\n")
     result = project.run("run", "p.yaml")
-    assert result.exit_code == 0 and "cached" in result.output
+    assert result.exit_code == 0 and "a         cached" in result.stdout
     project.write("p.yaml", "stages:\n  a:\n    uses: tp_testplugins:Emit\n    resources: {memory: lots}\n")
     bad = project.run("validate", "p.yaml")
     assert bad.exit_code == 2 and "p.yaml:4:" in bad.output and "resources.memory" in bad.output
@@ -227,14 +230,14 @@ def test_resources_are_checked_and_do_not_enter_the_cache_key(project: Project) 
 def test_a_cached_run_starts_no_ray_and_matches_the_local_run(project: Project) -> None:
     project.write("p.yaml", SPEC.format(sleep=0))
     expected = _local_outputs(project)
-    code, text = _run(project, "--address", "local")
-    assert code == 0, text
-    assert "executor: a local Ray instance" in text
+    code, out, err = _run(project, "--address", "local")
+    assert code == 0, out + err
+    assert "executor: a local Ray instance" in err
     assert _outputs(project.cache) == expected
     for f in (project.cache / "runs").glob("*/*.json"):
         f.unlink()
-    code, text = _run(project, "--executor", "ray")
-    assert code == 0 and "executor:" not in text and "3 cached" in text, text
+    code, out, err = _run(project, "--executor", "ray")
+    assert code == 0 and "executor:" not in out + err and "3 cached" in out, out + err
 
 
 @pytest.mark.slow

@@ -253,7 +253,7 @@ def test_changing_one_value_reruns_only_its_branch(project) -> None:
     project.spec(SWEEP.replace("5.0e-4", "1.0e-3"))
     result = project.ok("run", "p.yaml", "--explain")
     assert project.calls() == ["train@lr=0.001", "evaluate@lr=0.001", "compare"]
-    assert re.search(r"train@lr=0.0001 +cached", result.stderr)
+    assert re.search(r"train@lr=0.0001 +cached", result.stdout)
     assert "because input src (evaluate@lr=0.0001.out, evaluate@lr=0.0002.out, evaluate@lr=0.001.out) changed" \
            in result.stderr
     compare = (project.artifact("compare") / "data.txt").read_text()

@@ -85,7 +85,7 @@ def test_cleans_redacts_dedupes_and_accounts_for_every_record(project) -> None:
     ])
     project.spec(spec())
     result = project.ok("run", "p.yaml")
-    assert "clean     done" in result.stderr
+    assert "clean     done" in result.stdout
     out = outputs(project)
     meta = lambda n: {"source": "data/chat.jsonl", "line": n}  # noqa: E731
     assert out["records"] == [
@@ -127,7 +127,7 @@ def test_cleans_redacts_dedupes_and_accounts_for_every_record(project) -> None:
     assert report["tokens"] is None  # no token limits: nothing counted
     assert out["summary"] == {"records_in": 9, "records_out": 5, "dropped": 4, "redacted": 3, "duplicates": 1,
                               "near_duplicates": 1}
-    assert "cached" in project.ok("run", "p.yaml").stderr
+    assert "cached" in project.ok("run", "p.yaml").stdout
 
 
 def test_every_reason_is_counted_for_chat_and_dpo_records(project) -> None:

@@ -33,11 +33,13 @@ def chat(i: int) -> dict[str, Any]:
                          {"role": "assistant", "content": f"Answer number {i}, obviously."}]}
 
 
-def failed(project, *args: str) -> str:
+def failed(project, *args: str) -> tuple[str, str]:
+    """The run's result (stdout: the stage lines, the summary) and its diagnostics (stderr: the
+    error), each on one line: the terminal view may wrap long lines."""
     result = project.run("run", "p.yaml", *args)
     assert result.exit_code == 2, result.output
     assert "Traceback" not in result.output
-    return " ".join(result.stderr.split())  # the terminal view may wrap long lines
+    return " ".join(result.stdout.split()), " ".join(result.stderr.split())
 
 
 def test_an_empty_data_file_fails_at_each_stage_in_turn_until_every_one_allows_it(project) -> None:
@@ -47,12 +49,12 @@ def test_an_empty_data_file_fails_at_each_stage_in_turn_until_every_one_allows_i
     for override, stage, message in STEPS:
         if override:
             overrides += ["-S", override]
-        text = failed(project, *overrides)
-        assert f"✗ {stage} failed" in text and message in text, (stage, text)
-        assert "allow_empty: true" in text or "min_examples: 0" in text  # the fix is named
-        assert "ok:" not in text
+        out, err = failed(project, *overrides)
+        assert f"✗ {stage} failed" in out and message in err, (stage, out, err)
+        assert "allow_empty: true" in err or "min_examples: 0" in err  # the fix is named
+        assert "ok:" not in out
     result = project.ok("run", "p.yaml", *overrides, "-S", "split.allow_empty=true")
-    assert "ok: 3 cached, 1 done" in result.stderr
+    assert "ok: 3 cached, 1 done" in result.stdout
     assert "! split: the input holds no examples: every split is empty" in result.stderr
 
 
@@ -67,12 +69,12 @@ def test_too_little_data_fails_the_stage_that_finds_it(project, records: list[An
     project.write("data/chat.jsonl", "".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in records))
     project.spec(PIPELINE.replace("inputs: {data: data/chat.jsonl}",
                                   "inputs: {data: data/chat.jsonl}, with: {on_error: skip}"))
-    text = failed(project)
-    assert f"✗ {stage} failed" in text and message in text
+    out, err = failed(project)
+    assert f"✗ {stage} failed" in out and message in err
 
 
 def test_twelve_good_examples_run_to_the_end(project) -> None:
     project.write("data/chat.jsonl", "".join(json.dumps(chat(i)) + "\n" for i in range(12)))
     project.spec(PIPELINE)
     result = project.ok("run", "p.yaml")
-    assert "ok: 4 done" in result.stderr and "examples=12" in result.stderr
+    assert "ok: 4 done" in result.stdout and "examples=12" in result.stdout

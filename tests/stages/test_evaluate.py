@@ -100,7 +100,7 @@ def test_train_then_evaluate_locally_through_the_cli(project: Any, tiny_model: P
 
     spec(["tuned.length_ratio >= 0", "tuned.rouge_l <= 1"])
     result = project.ok("run", "p.yaml")
-    assert "evaluate" in result.output and "gates=2/2 passed" in result.output
+    assert "evaluate  done" in result.stdout and "gates=2/2 passed" in result.stdout  # its result line
     info = json.loads(project.ok("show", "p.yaml", "evaluate", "--json").stdout)
     report = Path(info["outputs"]["report"]["path"])
     assert {f["path"] for f in info["outputs"]["report"]["files"]} == {"metrics.json", "predictions.jsonl",
@@ -118,7 +118,8 @@ def test_train_then_evaluate_locally_through_the_cli(project: Any, tiny_model: P
     spec(["tuned.length_ratio >= 0", "tuned.rouge_l - base.rouge_l >= 0.9"])
     result = project.run("run", "p.yaml")
     assert result.exit_code == 1, result.output
-    text = " ".join(result.output.split())
+    assert "evaluate  failed" in result.stdout
+    text = " ".join(result.stderr.split())  # the failed stage's error: a diagnostic
     assert "gate 'tuned.rouge_l - base.rouge_l >= 0.9' failed: tuned.rouge_l - base.rouge_l =" in text
     assert "which is not >= 0.9 (tuned.rouge_l =" in text
     kept = text.split("The report is in ")[1].split(" ")[0]
@@ -154,7 +155,7 @@ def test_an_openai_pipeline_trains_on_the_emulator_and_evaluates_base_against_tu
     aimock.set_fixtures([{"match": {"model": m, "userMessage": q}, "response": {"content": reply}}
                          for q, a in QA[:4] for m, reply in ((tuned, a), (base, "No idea, sorry."))])
     result = project.ok("run", "p.yaml")
-    assert "gates=1/1 passed" in result.output
+    assert "gates=1/1 passed" in result.stdout
     report = Path(json.loads(project.ok("show", "p.yaml", "evaluate", "--json").stdout)["outputs"]["report"]["path"])
     doc = json.loads((report / "metrics.json").read_text())
     assert doc["models"] == {"tuned": tuned, "base": base}
@@ -164,5 +165,5 @@ def test_an_openai_pipeline_trains_on_the_emulator_and_evaluates_base_against_tu
     assert f"# Evaluation: {tuned} vs {base}" in md and "- PASS `delta.token_f1.ci_low > 0`" in md
     # cached: the second run asks nothing
     calls = len(aimock.journal(path="/v1/chat/completions"))
-    assert "cached" in project.ok("run", "p.yaml").output
+    assert "evaluate  cached" in project.ok("run", "p.yaml").stdout
     assert len(aimock.journal(path="/v1/chat/completions")) == calls

@@ -76,7 +76,7 @@ def report(project, stage: str = "format") -> tuple[dict[str, Any], str]:
 def test_openai_chat_keeps_meta_counts_tokens_and_reports_the_headline(project) -> None:
     setup(project, with_meta([{"messages": MARV}] * 10))
     result = project.ok("run", "p.yaml")
-    assert "format    done" in result.stderr
+    assert "format    done" in result.stdout
     # 10 examples x 34 tokens; 10 examples -> the cookbook's rule gives min(25, 100 // 10) = 10 epochs;
     # gpt-4o-mini-2024-07-18 at $3.00 per 1M training tokens (the built-in estimate)
     headline = {"examples": 10, "invalid": 0, "warnings": 0, "tokens_p50": 34, "billable_tokens": 3400,
@@ -100,7 +100,7 @@ def test_openai_chat_keeps_meta_counts_tokens_and_reports_the_headline(project) 
                  "| billable tokens | 3,400 |", "| epochs | 10 |", "| estimated cost (USD) | 0.0102 |",
                  "Training context of `gpt-4o-mini-2024-07-18`: 65,536 tokens", "$0.0102 at $3.00 per 1M"):
         assert text in md, text
-    assert "format    cached" in project.ok("run", "p.yaml").stderr
+    assert "format    cached" in project.ok("run", "p.yaml").stdout
 
 
 def test_tool_calling_and_weights_are_written_as_given(project) -> None:
@@ -170,7 +170,7 @@ def test_skip_sets_every_invalid_example_aside_with_its_reasons(project) -> None
     ]
     setup(project, lines, {"on_invalid": "skip", "min_examples": 3})  # 3 valid: the report still warns
     result = project.ok("run", "p.yaml")
-    assert "format    done" in result.stderr
+    assert "format    done" in result.stdout
     rejects = read_jsonl(project, "rejects", "rejects.jsonl")
     reasons = {r["record"]: [x["category"] for x in r["reasons"]] for r in rejects}
     assert reasons == {
@@ -427,7 +427,7 @@ def test_hf_chat_template_from_a_tokenizer_folder_input(project, smollm2, monkey
     assert rep["tokenizer"] == "tok" and rep["token_limit"]["limit"] == 10 and rep["token_limit"]["over_limit"] == 1
     # the tokenizer folder is an input: editing its template reruns the stage
     (folder / "chat_template.jinja").write_text(TEMPLATE.replace("</s>", "</end>"))
-    assert "format    done" in project.ok("run", "p.yaml").stderr
+    assert "format    done" in project.ok("run", "p.yaml").stdout
     assert read_jsonl(project, "examples", "examples.jsonl")[0]["text"] == "<user>Hi</end><assistant>Hello.</end>"
 
 

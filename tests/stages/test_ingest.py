@@ -42,7 +42,7 @@ def test_reads_chat_examples_and_adds_provenance(project) -> None:
     project.write("data/chat.jsonl", f"{line(first)}\n\n   \n{line(second)}\n")
     project.spec(spec("data/chat.jsonl"))
     result = project.ok("run", "p.yaml")
-    assert "records=2  rejected=0  files=1" in result.stderr
+    assert "records=2  rejected=0  files=1" in result.stdout
     records = output(project, "records")
     assert records == [
         {**first, "meta": {"source": "data/chat.jsonl", "line": 1}},
@@ -50,7 +50,7 @@ def test_reads_chat_examples_and_adds_provenance(project) -> None:
     ]
     assert output(project, "rejects") == []
     assert summary(project) == {"records": 2, "rejected": 0, "files": 1, "rejected_by_reason": {}}
-    assert "cached" in project.ok("run", "p.yaml").stderr
+    assert "cached" in project.ok("run", "p.yaml").stdout
 
 
 def test_tool_calls_without_content_are_accepted(project) -> None:
@@ -76,7 +76,7 @@ def test_a_glob_reads_every_matching_file_in_sorted_order(project) -> None:
     # a new matching file is a changed input
     project.write("data/c.jsonl", line(chat("c1")) + "\n")
     result = project.ok("run", "p.yaml")
-    assert "ingest    done" in result.stderr and summary(project)["records"] == 4
+    assert "ingest    done" in result.stdout and summary(project)["records"] == 4
 
 
 def test_a_list_of_files_is_read_in_the_order_given(project) -> None:
@@ -95,7 +95,7 @@ def test_a_malformed_line_fails_the_run_as_a_user_error(project) -> None:
     assert result.exit_code == 2
     assert "data/chat.jsonl:3: not valid JSON (" in result.stderr  # named as in the pipeline file
     assert "Fix the line, or set `on_error: skip`" in result.stderr
-    assert "ingest    failed" in result.stderr
+    assert "ingest    failed" in result.stdout  # the result line; the error above is on stderr
     assert "Traceback" not in result.output
     # nothing was published or recorded, and the stage is still to run
     assert list((project.cache / "objects").glob("*/*")) == []
@@ -135,7 +135,7 @@ def test_skip_sets_bad_lines_aside_with_their_reasons(project) -> None:
     (project.root / "data" / "chat.jsonl").write_bytes(b"\n".join(lines) + b"\n")
     project.spec(spec("data/chat.jsonl", "skip", max_reject_rate=1))  # 8 of 10 is over the default
     result = project.ok("run", "p.yaml")
-    assert "records=2  rejected=8  files=1" in result.stderr
+    assert "records=2  rejected=8  files=1" in result.stdout
     assert summary(project) == {"records": 2, "rejected": 8, "files": 1, "rejected_by_reason": {
         "bad_content": 1, "bad_json": 1, "bad_message": 1, "no_messages": 1, "not_object": 1, "not_utf8": 1,
         "unknown_role": 1, "unknown_shape": 1}}
@@ -180,7 +180,7 @@ def test_the_shipped_sarcasm_pipeline_runs(project) -> None:
     # the pipeline and its data belong to the main job and change with it: check what ingest guarantees
     shutil.copytree(PIPELINES, project.root / "pipelines", ignore=shutil.ignore_patterns(".tunepipe"))
     result = project.ok("run", "pipelines/sarcasm.yaml", "ingest")  # the whole job: tests/test_shipped_pipelines.py
-    assert "pipeline sarcasm: 1 stage" in result.stderr and "ingest    done" in result.stderr
+    assert "pipeline sarcasm: 1 stage" in result.stdout and "ingest    done" in result.stdout
     info = json.loads(project.ok("show", "pipelines/sarcasm.yaml", "ingest", "--json").stdout)
     folder = Path(info["outputs"]["records"]["path"])
     assert folder.is_relative_to(project.root / "pipelines" / ".tunepipe")
@@ -269,7 +269,7 @@ def test_every_reader_and_gzip_variant_with_provenance(project) -> None:
     write_parquet(project.root / "data/qa.parquet", {"question": [q for q, _ in QA], "answer": [a for _, a in QA]})
     project.spec(spec('"data/*"', sources=[{"match": "qa.*", "map": QA_MAP}]))
     result = project.ok("run", "p.yaml")
-    assert "records=20  rejected=0  files=10" in result.stderr
+    assert "records=20  rejected=0  files=10" in result.stdout
     got = by_source(output(project, "records"))
     position = {"jsonl": ("line", [1, 2]), "json": ("index", [0, 1]), "csv": ("row", [1, 2]), "tsv": ("row", [1, 2]),
                 "parquet": ("row", [1, 2])}
@@ -383,7 +383,7 @@ def test_per_source_mapping_merges_a_jsonl_of_messages_and_a_csv_of_questions(pr
                     assistant: "{{answer}}"
         """)
     result = project.ok("run", "p.yaml")
-    assert "records=4  rejected=0  files=2" in result.stderr
+    assert "records=4  rejected=0  files=2" in result.stdout
     records = output(project, "records")
     assert [r["messages"] for r in records] == [marv(q, a) for q, a in QA] + [
         marv("What is the boiling point of water?", "100 °C at sea level. Riveting."),
@@ -615,7 +615,7 @@ def test_output_is_identical_with_one_or_two_workers(project) -> None:
         [i + 1 for i in range(6000) if i % 97 != 5]
     for workers in ("2", "0"):  # operational: not in the key, so --force makes it run again
         result = project.ok("run", "p.yaml", "--force", "-S", f"ingest.workers={workers}")
-        assert "ingest    done" in result.stderr  # it ran again
+        assert "ingest    done" in result.stdout  # it ran again
         # the same bytes are the same artifact, and the same key
         assert artifacts("-S", f"ingest.workers={workers}") == one
         assert json.loads(project.ok("show", "p.yaml", "ingest", "--json", "-S", f"ingest.workers={workers}")

@@ -241,7 +241,7 @@ def test_splits_are_deterministic_without_meta_and_in_input_order(project) -> No
         assert all(set(r) == {"messages"} for r in rows)
     digests = {n: project.artifact("split", n).name for n in SPLITS}
     result = project.ok("run", "p.yaml", "--force")
-    assert "split     done" in result.stderr
+    assert "split     done" in result.stdout
     assert {n: project.artifact("split", n).name for n in SPLITS} == digests
     summary = json.loads(project.ok("show", "p.yaml", "split", "--json").stdout)["summary"]
     assert summary == {"train": len(out["train"]), "validation": len(out["validation"]),
@@ -548,7 +548,7 @@ def test_an_ingest_to_split_pipeline_reads_a_folder_artifact(project) -> None:
     project.spec("stages:\n  ingest:\n    uses: ingest\n    inputs: {data: data/x.jsonl}\n"
                  "  split:\n    uses: split\n    inputs: {examples: ingest.records}\n")
     result = project.ok("run", "p.yaml")
-    assert "split     done" in result.stderr and "leaks=0" in result.stderr
+    assert "split     done" in result.stdout and "leaks=0" in result.stdout
     out = outputs(project)
     assert sum(len(v) for v in out.values()) == 50 and all("meta" not in r for v in out.values() for r in v)
     assert report(project)["parameters"] == {"validation": 0.1, "test": 0, "seed": 0, "group_by": None,

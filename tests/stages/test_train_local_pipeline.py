@@ -36,7 +36,7 @@ def local(project, tiny_model: Path, monkeypatch: pytest.MonkeyPatch):
 
 def test_local_training_writes_a_model_reference_and_is_cached(local, tiny_model: Path) -> None:
     result = local.ok("run", "p.yaml")
-    assert "train     done" in result.stderr and "train_loss=" in result.stderr and "val_loss=" in result.stderr
+    assert "train     done" in result.stdout and "train_loss=" in result.stdout and "val_loss=" in result.stdout
     folder = local.artifact("train", "model")
     card = json.loads((folder / "model.json").read_text())
     assert card["format"] == "tunepipe-model/1" and card["backend"] == "local" and card["kind"] == "lora"
@@ -48,8 +48,8 @@ def test_local_training_writes_a_model_reference_and_is_cached(local, tiny_model
     metrics = json.loads((folder / "metrics.json").read_text())
     assert metrics["steps"] == len([r for r in rows if r["train_loss"]])
 
-    assert "train     cached" in local.ok("run", "p.yaml").stderr
-    changed = local.ok("run", "p.yaml", "-S", "train.learning_rate=0.001").stderr
+    assert "train     cached" in local.ok("run", "p.yaml").stdout
+    changed = local.ok("run", "p.yaml", "-S", "train.learning_rate=0.001").stdout
     assert "split     cached" in changed and "train     done" in changed
 
 

@@ -51,8 +51,8 @@ def remote(project, aimock, monkeypatch: pytest.MonkeyPatch):  # noqa: F811
 def test_dry_run_shows_the_cost_estimate_and_starts_nothing(remote, aimock) -> None:  # noqa: F811
     remote.ok("run", "p.yaml", "split")
     result = remote.ok("run", "p.yaml", "--dry-run")
-    assert "train     will run: never run in this pipeline" in result.stderr
-    assert "billable tokens" in result.stderr and "$" in result.stderr
+    assert "train     will run: never run in this pipeline" in result.stdout
+    assert "billable tokens" in result.stdout and "$" in result.stdout  # the plugin's preview: part of the plan
     assert aimock.job_creates() == [] and aimock.uploads() == []
 
 
@@ -76,7 +76,7 @@ def test_a_run_fine_tunes_once_and_a_rerun_is_cached(remote, aimock) -> None:  #
     assert body["metadata"]["tunepipe_stage"] == "train" and body["suffix"] == "marv"
 
     again = remote.ok("run", "p.yaml")
-    assert "train     cached" in again.stderr
+    assert "train     cached" in again.stdout
     assert len(aimock.job_creates()) == 1
 
     written = b"".join(p.read_bytes() for p in remote.cache.rglob("*") if p.is_file())
@@ -111,10 +111,10 @@ def test_runs_that_differ_only_in_operational_settings_create_one_job(remote, ai
                    ["-S", "train.openai.prices={gpt-4o-mini-2024-07-18: 9.0}"],
                    ["-S", "train.openai.context_limits={gpt-4o-mini-2024-07-18: 70000}"]):
         again = remote.ok("run", "p.yaml", "--explain", *change)
-        assert "train     cached" in again.stderr, again.stderr
-        assert "(operational, not in the key)" in again.stderr
+        assert "train     cached" in again.stdout, again.output
+        assert "(operational, not in the key)" in again.stderr  # --explain's note under the cached line
     plan = remote.ok("run", "p.yaml", "-n", "--explain", "-S", "train.openai.max_cost_usd=2")
-    assert "will run" not in plan.stderr
+    assert "train     cached" in plan.stdout and "will run" not in plan.stdout
     assert len(aimock.job_creates()) == 1  # the emulator's journal: one job over all these runs
 
 
@@ -123,7 +123,7 @@ def test_another_endpoint_is_another_service_and_says_so(remote, aimock) -> None
     right, and the run says where it creates it and what it should cost before it does."""
     remote.ok("run", "p.yaml")
     other = remote.run("run", "p.yaml", "-n", "-S", f"train.openai.base_url={aimock.base_url}")
-    assert "train     will run: parameter openai.base_url: null -> " in other.stderr
+    assert "train     will run: parameter openai.base_url: null -> " in other.stdout
     moved = remote.ok("run", "p.yaml", "-S", f"train.openai.base_url={aimock.base_url}")
     assert f"train: no job of this stage key at {aimock.base_url.rstrip('/')}" in moved.stderr
     assert "billable tokens" in moved.stderr.split("no job of this stage key")[1].splitlines()[0]
