@@ -62,6 +62,7 @@ def test_sarcasm_openai_runs_against_the_emulator(shipped, aimock, monkeypatch) 
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # the whole main job (about 8 minutes on 2 idle cores); a busy machine is slower
 def test_the_main_job_fine_tunes_marv_and_beats_the_base(shipped) -> None:
     """`pipeline run pipelines/sarcasm.yaml` exactly as the README says: SmolLM2 fine-tuned locally
     on the cleaned Marv data beats its base on ROUGE-L and semantic similarity (the pipeline's own
