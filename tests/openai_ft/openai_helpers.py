@@ -5,7 +5,10 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import os
 import re
+import subprocess
+import sys
 import threading
 import uuid
 from collections.abc import Callable
@@ -155,3 +158,21 @@ def chaos_client(rules: list[dict[str, Any]], lose_responses: list[dict[str, Any
     client = openai.DefaultHttpxClient(event_hooks={"request": [on_request], "response": [on_response]})
     client.rules, client.losses = rules, losses  # type: ignore[attr-defined]
     return client
+
+
+DRIVER = Path(__file__).with_name("driver.py")
+
+
+def spawn_driver(root: Path, key: str, data: dict[str, Path], params: dict,
+                 crashpoint: str | None = None) -> subprocess.Popen[str]:
+    """train_openai in a process of its own (driver.py), with the test key and no ambient endpoint."""
+    root.mkdir(parents=True, exist_ok=True)
+    spec = root / "spec.json"
+    spec.write_text(json.dumps({"root": str(root), "key": key, "stage": "train", "train": str(data["train"]),
+                                "validation": str(data["validation"]), "params": params}))
+    env = {k: v for k, v in os.environ.items() if k not in ("TUNEPIPE_CRASHPOINT", "OPENAI_BASE_URL")}
+    env["OPENAI_API_KEY"] = KEY
+    if crashpoint:
+        env["TUNEPIPE_CRASHPOINT"] = crashpoint
+    return subprocess.Popen([sys.executable, str(DRIVER), str(spec)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)

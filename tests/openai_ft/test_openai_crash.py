@@ -2,36 +2,16 @@
 
 from __future__ import annotations
 
-import json
-import os
 import signal
-import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
 
 import pytest
-from openai_helpers import KEY, Ctx, make_params
+from openai_helpers import KEY, Ctx, make_params, spawn_driver
 
 from tunepipe.openai_ft.backend import train_openai
 from tunepipe.openai_ft.state import load
-
-DRIVER = Path(__file__).with_name("driver.py")
-
-
-def _spawn(root: Path, key: str, data: dict[str, Path], params: dict, crashpoint: str | None = None):
-    root.mkdir(parents=True, exist_ok=True)
-    spec = root / "spec.json"
-    spec.write_text(json.dumps({"root": str(root), "key": key, "stage": "train", "train": str(data["train"]),
-                                "validation": str(data["validation"]), "params": params}))
-    env = {k: v for k, v in os.environ.items() if k not in ("TUNEPIPE_CRASHPOINT", "OPENAI_BASE_URL")}
-    env["OPENAI_API_KEY"] = KEY
-    if crashpoint:
-        env["TUNEPIPE_CRASHPOINT"] = crashpoint
-    return subprocess.Popen([sys.executable, str(DRIVER), str(spec)], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-
 
 def _rerun(root: Path, key: str, data: dict[str, Path], params: dict) -> tuple[dict, str]:
     c = Ctx(root, key=key)  # the same scratch folder: what the runner gives a re-run of the same key
@@ -47,7 +27,7 @@ def _rerun(root: Path, key: str, data: dict[str, Path], params: dict) -> tuple[d
 def test_kill_9_right_after_create_then_rerun_creates_no_second_job(point, aimock, env_key, data, tmp_path) -> None:
     key = uuid.uuid4().hex * 2
     params = make_params(aimock.base_url)
-    proc = _spawn(tmp_path / "run", key, data, params, crashpoint=point)
+    proc = spawn_driver(tmp_path / "run", key, data, params, crashpoint=point)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == -signal.SIGKILL, err
     assert len(aimock.job_creates()) == 1
@@ -71,7 +51,7 @@ def test_kill_9_right_after_create_then_rerun_creates_no_second_job(point, aimoc
 def test_kill_9_while_polling_then_rerun_reattaches(aimock, env_key, data, tmp_path) -> None:
     key = uuid.uuid4().hex * 2
     params = make_params(aimock.base_url, poll_seconds=30)
-    proc = _spawn(tmp_path / "run", key, data, params)
+    proc = spawn_driver(tmp_path / "run", key, data, params)
     deadline = time.monotonic() + 60
     while load(tmp_path / "run" / "scratch").job_id is None:
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()

@@ -7,21 +7,16 @@ same request (and so the same ``tunepipe_key`` metadata) at a chosen moment of o
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 import uuid
-from pathlib import Path
 from typing import Any
 
 import openai
 import pytest
-from openai_helpers import KEY, make_params
+from openai_helpers import KEY, make_params, spawn_driver
 
 from tunepipe.openai_ft.backend import train_openai
 
-DRIVER = Path(__file__).with_name("driver.py")
 CREATE = re.compile(r".*/fine_tuning/jobs")
 
 
@@ -96,23 +91,12 @@ def test_a_followed_job_cancelled_as_a_duplicate_hands_over_to_the_survivor(aimo
     assert sorted(j.status for j in _jobs(aimock.base_url)) == ["cancelled", "succeeded"]
 
 
-def _spawn(root: Path, key: str, data: dict[str, Path], params: dict) -> subprocess.Popen[str]:
-    root.mkdir(parents=True, exist_ok=True)
-    spec = root / "spec.json"
-    spec.write_text(json.dumps({"root": str(root), "key": key, "stage": "train", "train": str(data["train"]),
-                                "validation": str(data["validation"]), "params": params}))
-    env = {k: v for k, v in os.environ.items() if k not in ("TUNEPIPE_CRASHPOINT", "OPENAI_BASE_URL")}
-    env["OPENAI_API_KEY"] = KEY
-    return subprocess.Popen([sys.executable, str(DRIVER), str(spec)], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("runs", [4])
 def test_concurrent_runs_on_separate_caches_end_with_one_live_job(runs, aimock, env_key, data, tmp_path) -> None:
     key = uuid.uuid4().hex * 2
     params = make_params(aimock.base_url, poll_seconds=0.2)
-    procs = [_spawn(tmp_path / f"machine{i}", key, data, params) for i in range(runs)]
+    procs = [spawn_driver(tmp_path / f"machine{i}", key, data, params) for i in range(runs)]
     for p in procs:
         _, err = p.communicate(timeout=180)
         assert p.returncode == 0, err

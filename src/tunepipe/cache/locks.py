@@ -16,15 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+from tunepipe.procs import alive
 
 
 def describe_owner(owner: dict) -> str:
@@ -77,7 +69,7 @@ class KeyLock:
         here = socket.gethostname()
         if old and (old.get("pid"), old.get("host")) != (os.getpid(), here):
             # We hold the OS lock, so the recorded owner does not: it died without cleaning up.
-            state = "died" if old.get("host") != here or not _alive(old.get("pid", 0)) else "no longer holds it"
+            state = "died" if old.get("host") != here or not alive(old.get("pid", 0)) else "no longer holds it"
             self.say(f"took over the lock of {old.get('what', self.what)} from {describe_owner(old)}, which {state}")
         me = {"pid": os.getpid(), "host": here, "since": time.time(), "what": self.what}
         tmp = self.owner_path.with_suffix(f".{os.getpid()}.tmp")

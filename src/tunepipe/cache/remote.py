@@ -44,7 +44,6 @@ from tunepipe.cache.store import (LAYOUT_VERSION, GcReport, LocalStore, VerifyRe
                                   reader_lines)
 from tunepipe.errors import CacheError, UserError
 from tunepipe.execute import crashpoint
-from tunepipe.redact import redact
 
 LOCAL_ENV = "TUNEPIPE_LOCAL_CACHE"
 _MANIFEST = re.compile(r"objects/[0-9a-f]{2}/([0-9a-f]{64})\.json")

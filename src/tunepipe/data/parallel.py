@@ -31,6 +31,8 @@ from dataclasses import dataclass
 from itertools import chain, islice
 from typing import Any, TypeVar
 
+from tunepipe.procs import alive
+
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -159,20 +161,9 @@ def _watch_owner(owner: int) -> None:
         poller.register(fd, select.POLLIN)  # readable once the process has ended
         poller.poll()
     else:
-        while os.getppid() == owner if forked else _alive(owner):
+        while os.getppid() == owner if forked else alive(owner):
             time.sleep(PARENT_POLL_S)
     os._exit(1)
-
-
-def _alive(pid: int) -> bool:
-    """``pid`` is running (or a zombie: only a pidfd tells those apart)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _submit(pool: ProcessPoolExecutor, fn: Callable[[T], R], item: T, hold: bool) -> Future[R]:
