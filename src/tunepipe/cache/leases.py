@@ -34,7 +34,8 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from tunepipe.cache.locks import KeyLock, _alive, describe_owner
+from tunepipe.cache.locks import KeyLock, describe_owner
+from tunepipe.procs import alive
 from tunepipe.errors import TunepipeError, UserError
 
 if TYPE_CHECKING:
@@ -72,7 +73,7 @@ class LeaseState:
     @property
     def dead_here(self) -> bool:
         """The holder ran on this host and its process is gone (no need to wait for the ttl)."""
-        return self.owner.get("host") == socket.gethostname() and not _alive(int(self.owner.get("pid") or 0))
+        return self.owner.get("host") == socket.gethostname() and not alive(int(self.owner.get("pid") or 0))
 
     @property
     def expired(self) -> bool:
