@@ -132,11 +132,11 @@ class Planner:
         paths = getattr(self.registry.load(spec.uses).plugin, "operational", ()) or ()
         return split_operational(spec.params, paths)
 
-    def parts(self, spec: StageSpec, inputs: Mapping[str, list[Artifact]]) -> dict[str, Any]:
+    def parts(self, spec: StageSpec, inputs: Mapping[str, list[Artifact]], params: Mapping[str, Any]) -> dict[str, Any]:
+        """The key's parts; ``params``: the stage's parameters less the operational ones."""
         loaded = self.registry.load(spec.uses)
         if loaded.module not in self._code:
             self._code[loaded.module] = code_fingerprint(loaded.module)
-        params, _ = self.operational(spec)
         parts = key_parts(
             plugin=loaded.plugin.name, identity=loaded.identity, version=loaded.plugin.version,
             code=self._code[loaded.module], params=params,
@@ -157,11 +157,11 @@ class Planner:
         if inputs is None:
             waits = [u for u in spec.upstream() if u not in upstream]
             return StagePlan(name, PENDING, reasons=[f"waits for {', '.join(waits)}: {PENDING_NOTE}"])
-        parts = self.parts(spec, inputs)
+        keyed, operational = self.operational(spec)
+        parts = self.parts(spec, inputs, keyed)
         key = stage_key(parts)
         record = self.store.record(key)
-        plan = StagePlan(name, RUN, key=key, parts=parts, inputs=inputs, record=record,
-                         operational=self.operational(spec)[1])
+        plan = StagePlan(name, RUN, key=key, parts=parts, inputs=inputs, record=record, operational=operational)
         last = self._last.get(name, {})
         if "operational" in last:  # a state written before operational values were kept: nothing to compare
             plan.unkeyed = operational_changes(last["operational"], plan.operational)
