@@ -86,7 +86,7 @@ def _exit_now(code: int, line: str = "") -> NoReturn:
     threads; the cache stays consistent, as it does after a kill -9. Safe in a signal handler:
     the line goes straight to the file descriptor, not through a stream the main thread may hold,
     and nothing here raises (the signal may come in the middle of an import, of that module too)."""
-    stop_workers = getattr(sys.modules.get("tunepipe.data.parallel"), "stop_workers", None)
+    stop_workers = getattr(sys.modules.get("tunepipe.data.pool"), "stop_workers", None)
     if stop_workers is not None:
         with contextlib.suppress(Exception):
             stop_workers()

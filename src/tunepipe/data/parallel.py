@@ -3,7 +3,7 @@
 ``multiprocessing.Pool.imap`` reads its whole input ahead (its feeder thread does not wait), so
 memory would grow with the file. Here at most ``window`` batches are in flight; results come back
 in input order, so a stage's output does not depend on scheduling. The workers end with the
-process that owns the pool, however it ends (Ctrl-C, SIGTERM, ``kill -9``; :func:`_init_worker`).
+process that owns the pool, however it ends (Ctrl-C, SIGTERM, ``kill -9``; :mod:`tunepipe.data.pool`).
 
 On a Ray cluster (``engine="ray"``: the stage runs as a Ray task, or in a driver connected to a
 cluster) the same map runs on **Ray Data** across the cluster instead of a local process pool, with
@@ -13,25 +13,23 @@ the same items, the same function and the same order, so the stage writes the sa
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import multiprocessing
 import multiprocessing.context
 import os
 import pickle
-import signal
 import sys
 import time
 import traceback
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
 from itertools import chain, islice
 from typing import Any, TypeVar
 
-from tunepipe.procs import alive
+from tunepipe.data.pool import process_pool, submit
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -74,10 +72,10 @@ def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int, window: 
         return
     window = window or workers * 3
     pending: deque[Future[R]] = deque()
-    with _process_pool(workers, initializer, initargs) as (pool, forks):
+    with process_pool(workers, initializer, initargs, _pool_context()) as (pool, forks):
         try:
             for item in items:
-                pending.append(_submit(pool, fn, item, hold=forks))
+                pending.append(submit(pool, fn, item, hold=forks))
                 if len(pending) >= window:
                     yield pending.popleft().result()
             while pending:
@@ -93,124 +91,6 @@ def _pool_context() -> multiprocessing.context.BaseContext | None:
     the moment of a fork, and a forked child then blocks on them for good; a ``forkserver`` starts
     from a clean interpreter instead, at the price of importing the stage's modules once per worker."""
     return multiprocessing.get_context("forkserver") if _on_ray() else None
-
-
-# -------------------------------------------------------------------- workers that end with their owner
-
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-PR_SET_PDEATHSIG = 1  # prctl(2) on Linux: a signal the kernel sends this process when its parent dies
-PARENT_POLL_S = 0.5  # where the kernel cannot tell, a worker looks for its owner this often
-
-_POOLS: set[ProcessPoolExecutor] = set()  # the pools open in this process, for stop_workers
-
-
-def _init_worker(owner: int, initializer: Callable[..., None] | None, initargs: tuple) -> None:
-    """A worker dies with the process that owns its pool (``owner``), even one killed with ``kill -9``:
-    a worker left behind blocks for good on the pool's pipes and holds the run's stdout and stderr,
-    so whatever captures them (CI, a pipe) hangs. Ctrl-C is the owner's to handle and SIGTERM ends a
-    worker at once, so a worker never prints a KeyboardInterrupt traceback."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    if hasattr(signal, "pthread_sigmask"):  # blocked across the fork by _submit; handled as above from now on
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
-    _die_with(owner)
-    if initializer is not None:
-        initializer(*initargs)
-
-
-def _die_with(owner: int) -> None:
-    """End this worker when ``owner`` ends. A forked worker's parent is ``owner`` (for the kernel, the
-    thread that forked it: the one that uses the pool, which outlives it), and on Linux the kernel
-    kills the worker when it dies; the request is checked after it is made, since the parent may
-    have died before. Otherwise (a forkserver's worker: the forkserver outlives ``owner`` for as
-    long as its workers live; or no such request) a thread watches ``owner``."""
-    if os.getppid() == owner and _set_parent_death_signal():
-        if os.getppid() != owner:  # re-parented: the owner died before the request
-            os._exit(1)
-        return
-    import threading
-
-    threading.Thread(target=_watch_owner, args=(owner,), name="tunepipe-owner-watch", daemon=True).start()
-
-
-def _set_parent_death_signal() -> bool:
-    """``prctl(PR_SET_PDEATHSIG, SIGKILL)``: False where there is no such call (not Linux)."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        import ctypes
-
-        return ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) == 0
-    except (OSError, AttributeError):
-        return False
-
-
-def _watch_owner(owner: int) -> None:
-    """Exit once ``owner`` has ended: told by the kernel (a pidfd, Linux 5.3+: no pid reuse, and a
-    zombie counts as ended), else by looking every ``PARENT_POLL_S`` (a forked worker: whether it
-    was re-parented, which also happens to a zombie's children)."""
-    import select
-
-    forked = os.getppid() == owner
-    try:
-        fd = os.pidfd_open(owner)
-    except (AttributeError, OSError):  # no pidfds here, or the owner is already gone
-        fd = None
-    if fd is not None:
-        poller = select.poll()
-        poller.register(fd, select.POLLIN)  # readable once the process has ended
-        poller.poll()
-    else:
-        while os.getppid() == owner if forked else alive(owner):
-            time.sleep(PARENT_POLL_S)
-    os._exit(1)
-
-
-def _submit(pool: ProcessPoolExecutor, fn: Callable[[T], R], item: T, hold: bool) -> Future[R]:
-    """``pool.submit``; with ``hold`` (a forking pool), with Ctrl-C and SIGTERM held back in this
-    thread: a submit may fork a worker, which inherits this process's handlers (Ctrl-C raises
-    KeyboardInterrupt) until ``_init_worker`` replaces them; with the signals blocked, one that comes
-    before waits for that. The process itself still gets them at once: the kernel hands them to a
-    thread that does not block them. Not around a forkserver's start: it would keep them blocked."""
-    if not hold or not hasattr(signal, "pthread_sigmask"):
-        return pool.submit(fn, item)
-    before = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
-    try:
-        return pool.submit(fn, item)
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, before)
-
-
-def stop_workers() -> None:
-    """Kill the workers of every pool of this process now, without waiting for their items.
-
-    For a process on its way out (Ctrl-C, SIGTERM: the CLI calls it before ``os._exit``), so that no
-    worker outlives it even where the kernel does not kill them (not Linux). A pool whose workers
-    were killed is broken: never call this in a process that goes on using its pools.
-    """
-    for pool in tuple(_POOLS):
-        for proc in tuple((getattr(pool, "_processes", None) or {}).values()):
-            try:
-                proc.kill()
-            except Exception:  # noqa: BLE001 - already gone, or not started: nothing to stop
-                pass
-
-
-@contextlib.contextmanager
-def _process_pool(workers: int, initializer: Callable[..., None] | None,
-                  initargs: tuple) -> Iterator[tuple[ProcessPoolExecutor, bool]]:
-    """A process pool whose workers die with this process (:func:`_init_worker`), and whether it
-    forks them; while it is open, :func:`stop_workers` can kill them. Closing it waits for the items
-    under way, as before."""
-    context = _pool_context() or multiprocessing.get_context()  # what the pool would take by itself
-    pool = ProcessPoolExecutor(max_workers=workers, initializer=_init_worker,
-                               initargs=(os.getpid(), initializer, initargs), mp_context=context)
-    _POOLS.add(pool)
-    try:
-        with pool:
-            yield pool, context.get_start_method() == "fork"
-    finally:
-        _POOLS.discard(pool)
 
 
 # ------------------------------------------------------------------------------------------- on Ray
