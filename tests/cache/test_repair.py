@@ -13,7 +13,8 @@ import pytest
 from s3 import s3, s3_server  # noqa: F401  (pytest fixtures)
 
 from tunepipe.cache.remote import RemoteStore
-from tunepipe.cache.store import LocalStore, downstream, record_inputs
+from tunepipe.cache.integrity import downstream, record_inputs
+from tunepipe.cache.store import LocalStore
 
 E = "tp_testplugins:Emit"
 

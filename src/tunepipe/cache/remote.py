@@ -40,8 +40,8 @@ from typing import Any
 from tunepipe.cache.digests import file_digest, tree_digest, tree_entries
 from tunepipe.cache.leases import LeaseLock, read_lease
 from tunepipe.cache.s3 import Remote
-from tunepipe.cache.store import (LAYOUT_VERSION, GcReport, LocalStore, VerifyReport, _force_rmtree, downstream,
-                                  reader_lines)
+from tunepipe.cache.integrity import downstream, reader_lines
+from tunepipe.cache.store import LAYOUT_VERSION, GcReport, LocalStore, VerifyReport, _force_rmtree
 from tunepipe.errors import CacheError, UserError
 from tunepipe.execute import crashpoint
 
