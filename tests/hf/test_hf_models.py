@@ -20,9 +20,9 @@ from tunepipe.hf.models import (
     check_target_modules,
     linear_layer_names,
     load_model,
-    read_model_json,
     resolve_base,
 )
+from tunepipe.modelref import read as read_model_reference
 
 PACKAGED = "smollm2-135m-instruct"
 
@@ -100,7 +100,7 @@ def test_a_trained_model_folder_needs_its_model_json(tmp_path: Path) -> None:
         load_model(tmp_path, None)
     (tmp_path / "model.json").write_text(json.dumps({"format": "tunepipe-model/0"}))
     with pytest.raises(UserError, match="train the model again"):
-        read_model_json(tmp_path)
+        read_model_reference(tmp_path)
 
 
 # --- the packaged model (real GGUF; slow) --------------------------------------------------------

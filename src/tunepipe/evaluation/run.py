@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tunepipe import modelref
 from tunepipe.errors import StageFailed, UserError
 from tunepipe.evaluation import gates as G
 from tunepipe.evaluation import metrics as M
@@ -30,7 +31,6 @@ from tunepipe.evaluation.store import ReplyStore, digest_folder, digest_json
 from tunepipe.plugins import Artifact, StageContext
 
 FORMAT = "tunepipe-evaluation/1"
-MODEL_FORMAT = "tunepipe-model/1"
 RANK_ORDER = ("rouge_l", "token_f1", "semantic", "bleu", "exact_match")
 SHARED_AREA = "evaluate"
 
@@ -53,24 +53,14 @@ class Side:
 # --- the model reference ----------------------------------------------------------------------
 
 def read_model(art: Artifact, stage: str) -> dict[str, Any]:
-    path = art.path / "model.json" if art.path.is_dir() else art.path
-    try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"stage '{stage}': input 'model' ({art.name}) has no model.json; connect the output of a "
-                        "train stage (train.model)") from None
-    except ValueError as e:
-        raise UserError(f"stage '{stage}': {art.name}/model.json is not valid JSON ({e}); train again") from None
-    if not isinstance(info, dict) or info.get("format") != MODEL_FORMAT:
-        fmt = info.get("format") if isinstance(info, dict) else None
-        raise UserError(f"stage '{stage}': {art.name}/model.json has format {fmt!r}, this tunepipe reads "
-                        f"{MODEL_FORMAT}: train the model again with this version")
+    ref = modelref.read(art.path, name=art.name, digest=art.digest, where=f"stage '{stage}': input 'model': ")
+    info = dict(ref.info)
     if info.get("backend") not in ("local", "openai"):
         raise UserError(f"stage '{stage}': {art.name}/model.json names backend {info.get('backend')!r}; "
                         "expected local or openai")
-    if info["backend"] == "openai" and not info.get("fine_tuned_model"):
-        raise UserError(f"stage '{stage}': {art.name}/model.json has no fine_tuned_model: the fine-tuning job did not "
-                        "succeed; run the train stage again")
+    if info["backend"] == "openai":
+        modelref.require(ref, {"fine_tuned_model": "the fine-tuning job did not succeed; run the train stage again"},
+                         where=f"stage '{stage}': ")
     return info
 
 

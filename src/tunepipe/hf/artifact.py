@@ -2,7 +2,7 @@
 
 ::
 
-    model.json     what the folder holds and how to load it (format tunepipe-model/1)
+    model.json     what the folder holds and how to load it (the model reference: tunepipe.modelref)
     adapter/       the LoRA adapter (PEFT save_pretrained), for kind lora
     merged/        the base model with the adapter merged in, when merge is on
     full/          the whole fine-tuned model, for kind full
@@ -19,15 +19,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from tunepipe.hf.models import MODEL_FORMAT
-
 LOSS_COLUMNS = ("step", "epoch", "train_loss", "val_loss", "learning_rate", "tokens")
 
 
 def model_json(*, base_model: str, base_source: Mapping[str, Any], kind: str, merged: bool,
                max_seq_length: int, device: str, dtype: str, chat_template: bool) -> dict[str, Any]:
+    """What model.json records for a local model (the format is added by :func:`tunepipe.modelref.write`)."""
     return {
-        "format": MODEL_FORMAT,
         "backend": "local",
         "base_model": base_model,
         "base_source": dict(base_source),

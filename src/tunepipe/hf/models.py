@@ -31,7 +31,6 @@ from tunepipe.errors import UserError
 
 log = logging.getLogger(__name__)
 
-MODEL_FORMAT = "tunepipe-model/1"
 CONVERTED_MARKER = "tunepipe-converted.json"
 _DIGESTS: dict[tuple[str, int, int], str] = {}
 _UMASK = os.umask(0o022)  # read once at import (setting it is process-wide), as tunepipe.cache.atomic does
@@ -290,20 +289,6 @@ def load_base(spec: str, shared: Path | None, *, device: str = "cpu", dtype: Any
     return model, tok
 
 
-def read_model_json(model_dir: Path) -> dict[str, Any]:
-    try:
-        info = json.loads((Path(model_dir) / "model.json").read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"{model_dir} is not a trained model: it has no model.json (connect the "
-                        "output of a train stage with backend: local)") from None
-    except ValueError as e:
-        raise UserError(f"{model_dir}/model.json is not valid JSON ({e}); train the model again") from None
-    if info.get("format") != MODEL_FORMAT:
-        raise UserError(f"{model_dir}/model.json has format {info.get('format')!r}; this tunepipe reads "
-                        f"{MODEL_FORMAT}: train the model again with this version")
-    return info
-
-
 def load_model(model_dir: Path, shared: Path | None, *, device: str = "cpu",
                prefer_merged: bool = True) -> tuple[Any, Any]:
     """(model, tokenizer) of a trained artifact, in eval mode.
@@ -314,8 +299,10 @@ def load_model(model_dir: Path, shared: Path | None, *, device: str = "cpu",
     """
     import torch
 
+    from tunepipe import modelref
+
     model_dir = Path(model_dir)
-    info = read_model_json(model_dir)
+    info = modelref.read(model_dir).info
     if info.get("kind") not in ("lora", "full"):
         raise UserError(f"{model_dir}/model.json has kind {info.get('kind')!r}, not lora or full: a local model "
                         "artifact is written by the train stage with backend: local; train the model again")

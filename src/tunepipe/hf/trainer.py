@@ -42,6 +42,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from tunepipe import modelref
 from tunepipe.errors import UserError
 from tunepipe.hf import artifact, batching, checkpoint
 from tunepipe.hf.device import cpu_threads, placement, resolve_device
@@ -694,7 +695,7 @@ class _Run:
                                    merged=s.merge, max_seq_length=s.max_seq_length, device=self.device,
                                    dtype=self.place.dtype_name,
                                    chat_template=bool(getattr(tok, "chat_template", None)))
-        artifact.write_json(out / "model.json", info)
+        modelref.write(out, info)
         artifact.write_loss_csv(out / "loss.csv", self.state.history)
         metrics = _metrics(s, self.state, self.train_set, self.val_set, self.trainable, self.total_params,
                            self.total_steps, self.warmup, self.device, self.threads, self.resumed_from, duration,

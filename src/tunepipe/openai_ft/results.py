@@ -1,7 +1,7 @@
 """What a finished job gives back, turned into the train stage's artifact files. Pure functions.
 
-* ``model.json``: the model card (``tunepipe-model/1``): base and fine-tuned model, the job, the
-  hyperparameters OpenAI resolved, trained tokens, checkpoints, result files, the estimate.
+* ``model.json``: the model reference (:mod:`tunepipe.modelref`): base and fine-tuned model, the job,
+  the hyperparameters OpenAI resolved, trained tokens, checkpoints, result files, the estimate.
 * ``metrics.csv``: the job's result file as OpenAI wrote it (``step,train_loss,train_accuracy,
   valid_loss,valid_mean_token_accuracy``; validation columns blank on most steps). Its content has
   been seen base64-encoded: both forms are accepted.
@@ -24,9 +24,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from tunepipe import modelref
 from tunepipe.cache.atomic import write_bytes
 
-FORMAT = "tunepipe-model/1"
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 ENDED_BADLY = frozenset({"failed", "cancelled"})
 RESULT_COLUMNS = ("step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy")
@@ -117,9 +117,9 @@ def checkpoint_records(checkpoints: Iterable[Any]) -> list[dict[str, Any]]:
 
 def model_record(job: Any, *, checkpoints: Sequence[Mapping[str, Any]], estimate: Mapping[str, Any] | None,
                  metrics_source: str | None) -> dict[str, Any]:
-    """model.json: what the train stage hands to evaluate and deploy."""
+    """model.json: what the train stage hands to evaluate and deploy (the format is added by
+    :func:`tunepipe.modelref.write`)."""
     return {
-        "format": FORMAT,
         "backend": "openai",
         "base_model": get(job, "model"),
         "fine_tuned_model": get(job, "fine_tuned_model"),
@@ -252,7 +252,7 @@ def write_artifacts(out: Path, record: Mapping[str, Any], columns: Sequence[str]
     """model.json, metrics.csv, loss.csv and metrics.json into ``out``. ``result_csv``: the decoded
     result file, written as metrics.csv as it is; without it metrics.csv is written from ``rows``."""
     out.mkdir(parents=True, exist_ok=True)
-    write_bytes(out / "model.json", (json.dumps(record, indent=1, ensure_ascii=False) + "\n").encode())
+    modelref.write(out, record)
     if result_csv is not None:
         text = result_csv.replace("\r\n", "\n")
         write_bytes(out / "metrics.csv", (text if text.endswith("\n") else text + "\n").encode())
