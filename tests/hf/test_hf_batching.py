@@ -10,7 +10,7 @@ import torch
 
 from tunepipe.hf.batching import collate, epoch_batches, optimizer_steps, steps_per_epoch
 from tunepipe.hf.render import IGNORE, Example
-from tunepipe.hf.trainer import _plain_head, loss_sum
+from tunepipe.hf.forward import loss_sum, plain_head
 
 
 def test_collate_pads_right_with_the_pad_id_and_masks_padding_out_of_the_loss() -> None:
@@ -75,7 +75,7 @@ def _examples() -> list[Example]:
 @torch.no_grad()
 def test_padding_changes_no_example_loss(tiny: Any) -> None:
     exs = _examples()
-    head = _plain_head(tiny)
+    head = plain_head(tiny)
     alone = [loss_sum(tiny, collate([e], 2), head) for e in exs]
     together, n = loss_sum(tiny, collate(exs, 2), head)
     assert n == sum(c for _, c in alone) == sum(e.trained for e in exs)
@@ -85,7 +85,7 @@ def test_padding_changes_no_example_loss(tiny: Any) -> None:
 @torch.no_grad()
 def test_the_fast_head_gives_the_loss_of_the_full_logits(tiny: Any) -> None:
     batch = collate(_examples(), 2)
-    head = _plain_head(tiny)
+    head = plain_head(tiny)
     assert head is not None
     fast, n1 = loss_sum(tiny, batch, head)
     full, n2 = loss_sum(tiny, batch, None)

@@ -24,7 +24,9 @@ from tunepipe.hf.artifact import LOSS_COLUMNS, read_loss_csv
 from tunepipe.hf.batching import collate
 from tunepipe.hf.models import load_base, load_model
 from tunepipe.hf.render import read_examples
-from tunepipe.hf.trainer import StopRequested, evaluate, settings, train_local, warmup_steps
+from tunepipe.hf.loop import StopRequested, validation_loss
+from tunepipe.hf.settings import settings, warmup_steps
+from tunepipe.hf.trainer import train_local
 from tunepipe.plugins import Cancelled
 
 
@@ -54,9 +56,9 @@ def curve(out: Path) -> list[dict[str, Any]]:
 def test_a_lora_run_writes_the_model_folder_metrics_and_loss_curve(tiny_model: Path, data: Any, tmp_path: Path,
                                                                    tiny_tokenizer: Any,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    from tunepipe.hf import trainer
+    from tunepipe.hf import loop
 
-    monkeypatch.setattr(trainer, "PROGRESS_INTERVAL", 0.0)  # every note shows: check them all
+    monkeypatch.setattr(loop, "PROGRESS_INTERVAL", 0.0)  # every note shows: check them all
     train, val = data
     summary, out, ctx = run(tmp_path, tiny_model, train, val)
     # 12 examples, batch 2 -> 6 steps an epoch, 2 epochs
@@ -194,9 +196,9 @@ def test_a_run_whose_training_finished_before_a_crash_only_writes_the_artifact(t
 ])
 def test_ctrl_c_saves_a_checkpoint_and_the_next_run_resumes_from_it(
         tiny_model: Path, data: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, at: str, saved: int) -> None:
-    from tunepipe.hf import trainer
+    from tunepipe.hf import loop
 
-    monkeypatch.setattr(trainer, "PROGRESS_INTERVAL", 0.0)  # every note shows: the cancel lands where we say
+    monkeypatch.setattr(loop, "PROGRESS_INTERVAL", 0.0)  # every note shows: the cancel lands where we say
     train, val = data
     _, straight, _ = run(tmp_path / "straight", tiny_model, train, val, **RESUME)
     ctx = make_ctx(tmp_path / "cancelled")
@@ -245,7 +247,7 @@ class _NoCancel:
 def _val_loss(model: Any, tok: Any, val: Path) -> float:
     """The validation loss as the trainer computes it (mean over trained tokens, eval mode)."""
     data = read_examples(val, tok, 256)
-    return evaluate(_NoCancel(), model, data, tok.pad_token_id, 2, "cpu", nullcontext, None)  # type: ignore[arg-type]
+    return validation_loss(_NoCancel(), model, data, tok.pad_token_id, 2, "cpu", nullcontext, None)  # type: ignore[arg-type]
 
 
 @torch.no_grad()

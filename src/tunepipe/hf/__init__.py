@@ -11,6 +11,11 @@ package at module level, so the data stages never pay for them):
   assistant turns).
 * :mod:`tunepipe.hf.batching`: the seeded per-epoch order and padded batches.
 * :mod:`tunepipe.hf.checkpoint`: resumable checkpoints in the stage's scratch folder.
-* :mod:`tunepipe.hf.artifact`: the trained model's folder (``model.json``, metrics, loss curve).
-* :mod:`tunepipe.hf.trainer`: :func:`~tunepipe.hf.trainer.train_local`, the loop.
+* :mod:`tunepipe.hf.settings`: the training parameters, checked, and the resume fingerprint.
+* :mod:`tunepipe.hf.forward`: LoRA (or full) trainable weights and the training loss.
+* :mod:`tunepipe.hf.loop`: the training loop (:class:`~tunepipe.hf.loop.Run`) and its
+  :class:`~tunepipe.hf.loop.World` (one process, or Ray Train's workers in
+  :mod:`tunepipe.hf.distributed`).
+* :mod:`tunepipe.hf.artifact`: the trained model's folder (weights, ``model.json``, metrics, loss curve).
+* :mod:`tunepipe.hf.trainer`: :func:`~tunepipe.hf.trainer.train_local`, what the backend calls.
 """

@@ -19,6 +19,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from tunepipe.hf.models import BaseSource
+from tunepipe.hf.render import DataSet
+from tunepipe.hf.settings import Settings
+
 LOSS_COLUMNS = ("step", "epoch", "train_loss", "val_loss", "learning_rate", "tokens")
 
 
@@ -70,4 +74,82 @@ def read_loss_csv(path: Path) -> list[dict[str, Any]]:
             for k, v in r.items():
                 row[k] = None if v == "" else (int(v) if k in ("step", "epoch", "tokens") else float(v))
             out.append(row)
+    return out
+
+
+def write_model(model: Any, tok: Any, s: Settings, out: Path) -> None:
+    """The tokenizer and the weights: ``adapter/`` (and ``merged/``) for LoRA, ``full/`` otherwise."""
+    tok.save_pretrained(str(out / "tokenizer"))
+    if s.lora is None:
+        model.save_pretrained(str(out / "full"))
+        return
+    config = model.peft_config["default"]
+    config.base_model_name_or_path = s.model  # portable: not a cache path
+    if isinstance(config.target_modules, (set, frozenset)):  # a set: saved in hash order, which varies by process
+        config.target_modules = sorted(config.target_modules)
+    model.save_pretrained(str(out / "adapter"), save_embedding_layers=False)  # the vocabulary is never resized
+    if s.merge:
+        merged = model.merge_and_unload()
+        merged.save_pretrained(str(out / "merged"))
+
+
+def training_metrics(s: Settings, state: Any, train_set: DataSet, val_set: DataSet, trainable: int,
+                     total_params: int, total_steps: int, warm: int, device: str, threads: int,
+                     resumed_from: int | None, duration: float, source: BaseSource) -> dict[str, Any]:
+    """metrics.json of a finished run; ``state`` is the loop's :class:`tunepipe.hf.loop.Progress`."""
+    losses = [r["train_loss"] for r in state.history]
+    vals = [r["val_loss"] for r in state.history if r["val_loss"] is not None]
+    return {
+        "kind": s.kind,
+        "base_model": s.model,
+        "epochs": state.epochs,
+        "train_loss": {"first": losses[0] if losses else None, "last": losses[-1] if losses else None,
+                       "last_epoch": state.epochs[-1]["train_loss"] if state.epochs else None},
+        "val_loss": {"before": state.val_before, "first": vals[0], "last": vals[-1], "best": min(vals)}
+        if vals else None,
+        "steps": total_steps,
+        "tokens": state.tokens,
+        "trained_tokens": state.trained_tokens,
+        "tokens_per_s": round(state.tokens / state.train_seconds, 1) if state.train_seconds else None,
+        "seconds_per_step": round(state.train_seconds / total_steps, 3) if total_steps else None,
+        "train_seconds": round(state.train_seconds, 1),
+        "duration_s": round(duration, 1),
+        "examples": len(train_set.examples),
+        "truncated": train_set.truncated,
+        "train": train_set.describe(),
+        "validation": val_set.describe() if val_set.records else None,
+        "trainable_params": trainable,
+        "total_params": total_params,
+        "learning_rate": s.learning_rate,
+        "warmup_steps": warm,
+        "schedule": s.schedule,
+        "batch_size": s.batch_size,
+        "gradient_accumulation": s.accumulation,
+        "seed": s.seed,
+        "device": device,
+        "threads": threads,
+        "resumed_from_step": resumed_from,
+        "converted_base_s": round(source.converted_in, 1) if source.converted_in is not None else None,
+    }
+
+
+def _arrow(first: float | None, last: float | None) -> str | None:
+    if first is None or last is None:
+        return None
+    return f"{first:.3f}→{last:.3f}"
+
+
+def summary(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """The run line's summary: steps, train loss first→last step, validation loss before→after
+    training, speed, truncation."""
+    val = metrics.get("val_loss")
+    # the run line shows the first four: the headline numbers come first
+    out = {"train_loss": _arrow(metrics["train_loss"]["first"], metrics["train_loss"]["last"]),
+           "val_loss": _arrow(val["before"], val["last"]) if val else None,
+           "steps": metrics["steps"], "tokens_per_s": metrics["tokens_per_s"],
+           "kind": metrics["kind"], "examples": metrics["examples"], "truncated": metrics["truncated"]}
+    if metrics.get("resumed_from_step") is not None:
+        out["resumed_from_step"] = metrics["resumed_from_step"]
+    if metrics.get("workers", 1) > 1:
+        out["workers"] = metrics["workers"]
     return out

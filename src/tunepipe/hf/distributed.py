@@ -4,7 +4,7 @@ The stage, running as a Ray task (``--executor ray``), is only the coordinator: 
 base model and fingerprints the data as the ordinary run does, then starts a
 ``ray.train.torch.TorchTrainer`` with N workers (``ScalingConfig(num_workers=N, use_gpu=...)``;
 gloo on CPUs, NCCL on GPUs) and waits. Each worker runs the ordinary loop of
-:mod:`tunepipe.hf.trainer` with a :class:`RayWorld`, so the two paths share every line of the
+:mod:`tunepipe.hf.loop` with a :class:`RayWorld`, so the two paths share every line of the
 training arithmetic:
 
 * **Batches.** ``batch_size`` is per worker, as ``micro_batch_size`` in Axolotl, ``batch_size`` in
@@ -47,7 +47,9 @@ from pathlib import Path
 from typing import Any
 
 from tunepipe.errors import UserError
-from tunepipe.hf.trainer import Settings, World, summary
+from tunepipe.hf.artifact import summary
+from tunepipe.hf.loop import World
+from tunepipe.hf.settings import Settings
 from tunepipe.plugins import Cancelled, StageContext
 
 MAX_FAILURES = 2  # worker-group restarts (from the newest checkpoint) after a worker or node dies
@@ -162,7 +164,7 @@ def train_distributed(ctx: StageContext, train: Path, validation: Path | None, p
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from tunepipe.hf.models import file_sha256, resolve_base
-    from tunepipe.hf.trainer import fingerprint
+    from tunepipe.hf.settings import fingerprint
 
     if validation is not None and validation.stat().st_size == 0:
         validation = None
@@ -423,7 +425,7 @@ def _loss_module(model: Any, head: Any) -> Any:
     gradient hooks fire however the loss reaches the weights."""
     import torch
 
-    from tunepipe.hf.trainer import loss_sum
+    from tunepipe.hf.forward import loss_sum
 
     class LossModule(torch.nn.Module):
         def __init__(self) -> None:
@@ -592,7 +594,9 @@ def _worker(config: dict[str, Any]) -> None:
     import torch
 
     from tunepipe.hf.device import cpu_threads
-    from tunepipe.hf.trainer import _quiet_transformers, _Run, settings
+    from tunepipe.hf.forward import quiet_transformers
+    from tunepipe.hf.loop import Run
+    from tunepipe.hf.settings import settings
 
     context = ray.train.get_context()
     rank, size = context.get_world_rank(), context.get_world_size()
@@ -601,7 +605,7 @@ def _worker(config: dict[str, Any]) -> None:
     cancel = threading.Event()
     device = _worker_device(config["use_gpu"], s.device)
     world = RayWorld(rank, size, link, s.seed, cancel, "cuda" if config["use_gpu"] else "cpu")
-    _quiet_transformers()
+    quiet_transformers()
     with tempfile.TemporaryDirectory(prefix="tunepipe-worker-") as scratch, \
             cpu_threads(config["threads"] if device == "cpu" else None) as threads, torch.enable_grad():
         ctx = _worker_ctx(config, rank, Path(scratch), cancel)
@@ -609,7 +613,7 @@ def _worker(config: dict[str, Any]) -> None:
         try:
             train = _data_file(ray, link, config["train"])
             validation = _data_file(ray, link, config["validation"])
-            run = _Run(ctx, s, params, device, threads, train, validation, source=config["source"],
+            run = Run(ctx, s, params, device, threads, train, validation, source=config["source"],
                        load_from=_model_source(ray, config), fingerprint_=config["fingerprint"], world=world)
         except UserError as e:
             problem = str(e)
