@@ -21,13 +21,8 @@ from eval_helpers import (
 )
 
 from tunepipe.evaluation.examples import Example
-from tunepipe.evaluation.generate import (
-    Decoding,
-    Reply,
-    generate_local,
-    render_prompt,
-    stop_ids,
-)
+from tunepipe.hf.generate import generate_local, render_prompt, stop_ids
+from tunepipe.replies import Decoding, Reply
 
 
 @pytest.fixture(scope="module")
@@ -49,13 +44,14 @@ def examples(n: int = 6) -> list[Example]:
 
 def run(model: Any, tok: Any, exs: list[Example], decoding: Decoding, batch_size: int) -> dict[int, Reply]:
     out: dict[int, Reply] = {}
-    generate_local(model, tok, exs, decoding, batch_size=batch_size, device="cpu", done=out.__setitem__)
+    generate_local(model, tok, [ex.as_prompt() for ex in exs], decoding, batch_size=batch_size, device="cpu",
+                   done=out.__setitem__)
     return out
 
 
 def test_the_prompt_is_rendered_through_the_chat_template_with_the_generation_prompt(loaded: tuple[Any, Any]) -> None:
     _, tok = loaded
-    text = render_prompt(tok, examples(1)[0])
+    text = render_prompt(tok, examples(1)[0].as_prompt())
     assert text.startswith(f"<|im_start|>system\n{SYSTEM}<|im_end|>")
     assert text.endswith("<|im_start|>assistant\n")
     assert tok.convert_tokens_to_ids("<|im_end|>") in stop_ids(tok, loaded[0])
@@ -70,7 +66,7 @@ def test_left_padded_batches_give_the_same_replies_as_one_at_a_time(loaded: tupl
         assert {i: r.text for i, r in run(model, tok, exs, decoding, size).items()} == {i: r.text for i, r in one.items()}
     assert len({r.text for r in one.values()}) > 1 and all(r.text for r in one.values())
     for i, r in one.items():
-        assert r.prompt_tokens == len(tok(render_prompt(tok, exs[i]), add_special_tokens=False)["input_ids"])
+        assert r.prompt_tokens == len(tok(render_prompt(tok, exs[i].as_prompt()), add_special_tokens=False)["input_ids"])
         assert 1 <= r.completion_tokens <= 10
         assert r.finish in ("stop", "length") and (r.finish == "stop" or r.completion_tokens == 10)
         assert r.latency_s > 0 and not r.truncated_prompt

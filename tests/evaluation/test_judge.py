@@ -25,7 +25,7 @@ from tunepipe.evaluation.judge import (
     parse_verdict,
     user_message,
 )
-from tunepipe.evaluation.remote import Endpoint
+from tunepipe.openai_ft.chat import Endpoint
 
 BASE = "gpt-4o-mini-2024-07-18"
 TUNED = "ft:gpt-4o-mini-2024-07-18:aimock:marv:abc123"

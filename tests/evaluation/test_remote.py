@@ -23,9 +23,9 @@ from eval_helpers import (
 
 from tunepipe.errors import StageFailed, UserError
 from tunepipe.evaluation.examples import Example
-from tunepipe.evaluation.generate import Decoding, Reply
 from tunepipe.evaluation.metrics import METRICS
-from tunepipe.evaluation.remote import Caller, Endpoint, chat_request, complete_all
+from tunepipe.openai_ft.chat import Caller, Endpoint, chat_request, complete_all
+from tunepipe.replies import Decoding, Reply
 
 BASE = "gpt-4o-mini-2024-07-18"
 TUNED = "ft:gpt-4o-mini-2024-07-18:aimock:marv:abc123"
@@ -65,7 +65,7 @@ def send(aimock: Any, exs: list[Example], model: str, endpoint: Endpoint | None 
     client = endpoint.client(http_client)
     out: dict[int, Reply] = {}
     complete_all(call or Caller(client, endpoint, "evaluate", lambda: False), endpoint,
-                 [(ex.index, chat_request(ex, model, Decoding(max_new_tokens=64, seed=5))) for ex in exs],
+                 [(ex.index, chat_request(ex.as_prompt(), model, Decoding(max_new_tokens=64, seed=5))) for ex in exs],
                  stage="evaluate", doing=f"asking {model}", done=out.__setitem__)
     return out
 

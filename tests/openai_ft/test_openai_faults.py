@@ -213,8 +213,8 @@ def test_answers_garbled_after_the_job_was_created_still_make_one_job(aimock, en
 
 def test_chat_completions_outlast_30_percent_garbled_answers(aimock, env_key) -> None:
     from tunepipe.evaluation.examples import Example
-    from tunepipe.evaluation.generate import Decoding, Reply
-    from tunepipe.evaluation.remote import Caller, Endpoint, chat_request, complete_all
+    from tunepipe.openai_ft.chat import Caller, Endpoint, chat_request, complete_all
+    from tunepipe.replies import Decoding, Reply
 
     questions = [f"What is {i} plus {i}?" for i in range(24)]  # 0.7 ** 24: chaos strikes all but surely
     aimock.set_fixtures([{"match": {"userMessage": q}, "response": {"content": f"{2 * i}, obviously."}}
@@ -224,7 +224,7 @@ def test_chat_completions_outlast_30_percent_garbled_answers(aimock, env_key) ->
     examples = [Example(i, i + 1, [{"role": "user", "content": q}], "") for i, q in enumerate(questions)]
     replies: dict[int, Reply] = {}
     complete_all(Caller(endpoint.client(), endpoint, "evaluate", lambda: False), endpoint,
-                 [(ex.index, chat_request(ex, MODEL, Decoding(max_new_tokens=16, seed=1))) for ex in examples],
+                 [(ex.index, chat_request(ex.as_prompt(), MODEL, Decoding(max_new_tokens=16, seed=1))) for ex in examples],
                  stage="evaluate", doing="asking the model", done=replies.__setitem__)
     assert {i: r.text for i, r in replies.items()} == {i: f"{2 * i}, obviously." for i in range(len(questions))}
     assert aimock.chaos_answers("malformed"), "the chaos did not strike: the test proves nothing"

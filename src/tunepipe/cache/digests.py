@@ -27,6 +27,19 @@ def file_digest(path: Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
+def folder_digest(folder: Path) -> str:
+    """A digest of a folder's files (relative names and contents), for identities outside the
+    store (a model folder whose replies are cached)."""
+    h = hashlib.sha256()
+    for p in sorted(q for q in folder.rglob("*") if q.is_file()):
+        h.update(p.relative_to(folder).as_posix().encode() + b"\0")
+        with open(p, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        h.update(b"\0")
+    return h.hexdigest()
+
+
 def tree_entries(root: Path) -> list[tuple[str, Path, os.stat_result]]:
     """Every entry below ``root`` as (relative posix path, path, lstat), sorted by path.
 

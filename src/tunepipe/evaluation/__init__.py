@@ -1,10 +1,8 @@
 """The evaluate stage's parts: the fine-tuned model against its base on held-out examples.
 
 * :mod:`~tunepipe.evaluation.examples`: held-out examples -> (prompt messages, reference reply).
-* :mod:`~tunepipe.evaluation.generate`: replies from a local model (batched, left padding, the
-  artifact's chat template, the same decoding and seed for base and tuned).
-* :mod:`~tunepipe.evaluation.remote`: replies from an OpenAI model (bounded concurrency, retries,
-  rate limits; usage and latency recorded).
+* replies come from the model's backend (:mod:`tunepipe.backends`), through its replier
+  (:class:`tunepipe.replies.Replier`): the same decoding and seed for base and tuned.
 * :mod:`~tunepipe.evaluation.store`: replies kept per side (resume after a crash, reuse across runs).
 * :mod:`~tunepipe.evaluation.metrics` and :mod:`~tunepipe.evaluation.semantic`: per-example scores
   (definitions in :data:`tunepipe.evaluation.metrics.DEFINITIONS`).

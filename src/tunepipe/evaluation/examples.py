@@ -17,6 +17,7 @@ from typing import Any
 from tunepipe.data import jsonl
 from tunepipe.errors import StageInputError, UserError
 from tunepipe.plugins import Artifact
+from tunepipe.replies import Prompt
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,10 @@ class Example:
     prompt: list[dict[str, Any]]  # the messages sent to the model
     reference: str
     tools: list[Any] | None = field(default=None)
+
+    def as_prompt(self) -> Prompt:
+        """What the models are asked for this example."""
+        return Prompt(self.prompt, self.tools, f"examples record {self.line}")
 
     @property
     def last_user(self) -> str:

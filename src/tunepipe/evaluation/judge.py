@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from tunepipe.evaluation.examples import Example, content_text
-from tunepipe.evaluation.generate import Reply
-from tunepipe.evaluation.remote import Caller, Endpoint
+from tunepipe.openai_ft.chat import Caller, Endpoint
+from tunepipe.replies import Reply
 
 SCORE_MIN, SCORE_MAX = 1, 5
 MAX_TOKENS = 600

@@ -25,10 +25,10 @@ from tunepipe.errors import StageFailed, UserError
 from tunepipe.evaluation import gates as G
 from tunepipe.evaluation import metrics as M
 from tunepipe.evaluation.examples import Example, examples_file, load_examples
-from tunepipe.evaluation.generate import Decoding, Reply
-from tunepipe.evaluation.remote import Endpoint
-from tunepipe.evaluation.store import ReplyStore, digest_folder, digest_json
+from tunepipe.evaluation.store import ReplyStore, digest_json
+from tunepipe.openai_ft.chat import Endpoint
 from tunepipe.plugins import Artifact, StageContext
+from tunepipe.replies import Decoding, Replier, Reply
 
 FORMAT = "tunepipe-evaluation/1"
 RANK_ORDER = ("rouge_l", "token_f1", "semantic", "bleu", "exact_match")
@@ -148,73 +148,19 @@ class Generator:
         self.ctx.log.info("%s: %s", side.name, json.dumps(side.stats))
 
 
-def generate_local_sides(ctx: StageContext, model_art: Artifact, info: Mapping[str, Any], sides: Sequence[Side],
-                         examples: Sequence[Example], decoding: Decoding, p: Mapping[str, Any]) -> dict[str, Any]:
-    from transformers.utils import logging as hf_logging
-
-    from tunepipe.evaluation.generate import generate_local, release
-    from tunepipe.hf.device import cpu_threads, resolve_device
-    from tunepipe.hf.models import load_base, load_model, load_tokenizer
-
-    hf_logging.disable_progress_bar()  # the stage log is a file: no progress bars in it
-    device = resolve_device(p["device"])
-    model_dir = model_art.path
-    shared_models = ctx.shared("models")
-    gen = Generator(ctx, examples)
-    tok_dir = model_dir / (info.get("tokenizer") or "tokenizer")
-    tok_digest = digest_folder(tok_dir) if tok_dir.is_dir() else None
-    base_source = info.get("base_source") or {}
-    base_spec = info["base_model"]
-    if base_source.get("kind") == "folder" and Path(str(base_source.get("location"))).is_dir():
-        base_spec = base_source["location"]
-    common = {"backend": "local", "decoding": decoding.as_dict(), "batch_size": p["batch_size"], "device": device}
-    with cpu_threads(p["threads"] or ctx.threads) as threads:
-        for side in sides:
-            def produce(todo: list[Example], done: Callable[[int, Reply], None], side: Side = side) -> None:
-                ctx.progress(f"loading the {side.name} model")
-                if side.name == "tuned":
-                    model, tok = load_model(model_dir, shared_models, device=device)
-                else:
-                    model, _ = load_base(base_spec, shared_models, device=device)
-                    tok = load_tokenizer(tok_dir)  # the artifact's template: the same prompts as tuned
-                try:
-                    generate_local(model, tok, todo, decoding, batch_size=p["batch_size"], device=device, done=done,
-                                   check_cancelled=ctx.check_cancelled,
-                                   progress=lambda n: ctx.progress(f"{side.name} {n}/{len(todo)} replies"))
-                finally:
-                    del model
-                    release()
-
-            if side.name == "tuned":
-                identity = {**common, "model": model_art.digest or digest_folder(model_dir)}
-            else:
-                identity = {**common, "base": base_source.get("identity") or base_spec, "tokenizer": tok_digest}
-            gen.run(side, identity, produce)
-    return {"device": device, "threads": threads}
-
-
-def generate_remote_sides(ctx: StageContext, info: Mapping[str, Any], sides: Sequence[Side],
-                          examples: Sequence[Example], decoding: Decoding, endpoint: Endpoint,
-                          http_client: Any = None) -> dict[str, Any]:
-    from tunepipe.evaluation.remote import Caller, chat_request, complete_all
-
-    gen = Generator(ctx, examples)
-    client = None
+def generate_sides(gen: Generator, repliers: Mapping[str, Replier], sides: Sequence[Side],
+                   decoding: Decoding) -> None:
+    """Each side's replies from its replier (through the reply store: reused, resumed or made)."""
     for side in sides:
-        model = info["fine_tuned_model"] if side.name == "tuned" else info["base_model"]
+        replier = repliers[side.name]
 
-        def produce(todo: list[Example], done: Callable[[int, Reply], None], side: Side = side, model: str = model) -> None:
-            nonlocal client
-            client = client or endpoint.client(http_client)
-            call = Caller(client, endpoint, ctx.stage, lambda: ctx.cancelled)
-            complete_all(call, endpoint, [(ex.index, chat_request(ex, model, decoding)) for ex in todo],
-                         stage=ctx.stage, doing=f"asking {model} ({side.name}) for replies", done=done,
-                         check_cancelled=ctx.check_cancelled,
-                         progress=lambda n: ctx.progress(f"{side.name} {n}/{len(todo)} replies"))
+        def produce(todo: list[Example], done: Callable[[int, Reply], None], replier: Replier = replier) -> None:
+            try:
+                replier.reply([ex.as_prompt() for ex in todo], decoding, done=lambda i, r: done(todo[i].index, r))
+            finally:
+                replier.close()
 
-        gen.run(side, {"backend": "openai", "model": model, "endpoint": endpoint.label(),
-                       "decoding": decoding.as_dict()}, produce)
-    return {"endpoint": endpoint.label(), "concurrency": endpoint.concurrency}
+        gen.run(side, {**replier.identity(), "decoding": decoding.as_dict()}, produce)
 
 
 # --- scoring ------------------------------------------------------------------------------------
@@ -247,7 +193,7 @@ def judge_sides(ctx: StageContext, spec: Any, sides: Sequence[Side], examples: S
         metric_name,
         normalized,
     )
-    from tunepipe.evaluation.remote import Caller, complete_all
+    from tunepipe.openai_ft.chat import Caller, complete_all
 
     client = None
     info: dict[str, Any] = {"model": spec.model, "rubric": dict(spec.rubric), "unscored": {}, "prompt_tokens": 0,
@@ -416,19 +362,16 @@ def evaluate(ctx: StageContext, inputs: Mapping[str, Any], p: Mapping[str, Any],
                         "non-empty split (e.g. give split a validation count such as validation: 50)")
     decoding = Decoding.from_params(p["decoding"])
     backend = info["backend"]
-    base_name = info["base_model"]
-    tuned_name = info["fine_tuned_model"] if backend == "openai" else \
-        f"{info['base_model']} fine-tuned ({info.get('kind', 'lora')}, {model_art.name or 'train'})"
-    sides = ([Side("base", base_name)] if compare_base else []) + [Side("tuned", tuned_name)]
+    names = (["base"] if compare_base else []) + ["tuned"]
+    repliers = {n: _replier(ctx, model_art, info, n == "base", p, http_client) for n in names}
+    sides = [Side(n, repliers[n].name) for n in names]
+    tuned_name, base_name = repliers["tuned"].name, info["base_model"]
     ctx.log.info("evaluating %s against %s on %d examples of %s", tuned_name,
                  base_name if compare_base else "nothing", len(examples), ex_art.label(ex_path))
 
     t0 = time.monotonic()
-    if backend == "local":
-        where = generate_local_sides(ctx, model_art, info, sides, examples, decoding, p)
-    else:
-        where = generate_remote_sides(ctx, info, sides, examples, decoding, Endpoint.from_params(p["openai"]),
-                                      http_client)
+    generate_sides(Generator(ctx, examples), repliers, sides, decoding)
+    where = repliers["tuned"].info()
     gen_seconds = time.monotonic() - t0
     score_sides(sides, examples, text_metrics, where.get("device", "cpu"), ctx)
     judge_info = judge_sides(ctx, judge_spec, sides, examples, http_client) if judge_spec else None
@@ -479,6 +422,18 @@ def evaluate(ctx: StageContext, inputs: Mapping[str, Any], p: Mapping[str, Any],
         raise StageFailed(stage, f"{failed[0].message}{more}. The report is in {target}/report.html "
                                  "(kept in the stage's scratch folder: a failed stage publishes nothing)")
     return summary(doc)
+
+
+def _replier(ctx: StageContext, art: Artifact, info: Mapping[str, Any], base: bool, p: Mapping[str, Any],
+             http_client: Any) -> Replier:
+    ref = modelref.ModelRef(art.path, info, art.name, art.digest)
+    if info["backend"] == "local":
+        from tunepipe.hf.replier import LocalReplier
+
+        return LocalReplier(ctx, ref, base=base, settings=p)
+    from tunepipe.openai_ft.replier import OpenAIReplier
+
+    return OpenAIReplier(ctx, ref, base=base, settings=p, http_client=http_client)
 
 
 def _judge_definition(spec: Any, metric: str) -> str:

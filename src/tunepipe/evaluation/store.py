@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from tunepipe.cache.atomic import canonical_json, write_bytes
-from tunepipe.evaluation.generate import Reply
+from tunepipe.replies import Reply
 
 FORMAT = "tunepipe-replies/1"
 
@@ -30,18 +30,6 @@ def identity_key(identity: Mapping[str, Any]) -> str:
 
 def digest_json(value: Any) -> str:
     return hashlib.sha256(canonical_json(value).encode()).hexdigest()
-
-
-def digest_folder(folder: Path) -> str:
-    """A digest of a folder's files (relative names and contents)."""
-    h = hashlib.sha256()
-    for p in sorted(q for q in folder.rglob("*") if q.is_file()):
-        h.update(p.relative_to(folder).as_posix().encode() + b"\0")
-        with open(p, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        h.update(b"\0")
-    return h.hexdigest()
 
 
 class ReplyStore:

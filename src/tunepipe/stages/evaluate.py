@@ -7,10 +7,11 @@ What it does
 ------------
 1. Replies to every example (the messages before the last assistant message) from the fine-tuned
    model and, with ``compare_base`` (default), from its base model, under the same decoding and
-   seed. Local models: batched generation through the artifact's chat template
-   (:mod:`tunepipe.evaluation.generate`). OpenAI models (base = ``base_model``, tuned =
-   ``fine_tuned_model``): chat completions, ``openai.concurrency`` at a time, with retries and
-   rate-limit handling (:mod:`tunepipe.evaluation.remote`).
+   seed, through the replier of the backend that trained it (:mod:`tunepipe.backends`). Local
+   models: batched generation through the artifact's chat template (:mod:`tunepipe.hf.replier`).
+   OpenAI models (base = ``base_model``, tuned = ``fine_tuned_model``): chat completions,
+   ``openai.concurrency`` at a time, with retries and rate-limit handling
+   (:mod:`tunepipe.openai_ft.replier`).
 2. Scores each reply against the reference (the last assistant message): exact_match, token_f1,
    rouge_l, bleu, length_ratio, semantic (definitions: :data:`tunepipe.evaluation.metrics.DEFINITIONS`,
    also written into metrics.json and the report), and with ``judge`` an OpenAI model's 1-5 verdict

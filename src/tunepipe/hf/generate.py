@@ -1,7 +1,8 @@
 """Replies from a local model: batched generation with left padding through the chat template.
 
-Both sides are rendered with the **trained artifact's tokenizer** (the chat template training used),
-so base and tuned see the very same prompt tokens. Decoding is one explicit ``GenerationConfig``
+The local replier (:mod:`tunepipe.hf.replier`) renders both a trained model's prompts and its
+base's with the **trained artifact's tokenizer** (the chat template training used), so base and
+tuned see the very same prompt tokens. Decoding is one explicit ``GenerationConfig``
 (the model's own generation defaults are not used), and torch's generator is seeded with
 ``decoding.seed`` before each side, so both sides decode alike. ``temperature: 0`` is greedy.
 
@@ -13,71 +14,22 @@ keeps its last tokens (counted as ``truncated_prompt``).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from tunepipe.errors import StageInputError
-from tunepipe.evaluation.examples import Example
+from tunepipe.replies import Decoding, Prompt, Reply
 
 
-@dataclass(frozen=True)
-class Decoding:
-    max_new_tokens: int = 128
-    temperature: float = 0.0
-    top_p: float = 1.0
-    seed: int = 0
-
-    @classmethod
-    def from_params(cls, p: Mapping[str, Any]) -> Decoding:
-        return cls(int(p["max_new_tokens"]), float(p["temperature"]), float(p["top_p"]), int(p["seed"]))
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature == 0
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"max_new_tokens": self.max_new_tokens, "temperature": self.temperature, "top_p": self.top_p,
-                "seed": self.seed, "strategy": "greedy" if self.greedy else "sampling"}
-
-
-@dataclass
-class Reply:
-    """One generated reply and what it cost. ``latency_s``: local, the time of the batch it came in;
-    remote, from the first request to the answer (retries included). ``finish``: stop (an end of
-    turn), length (``max_new_tokens`` reached) or, remote, what the API said."""
-
-    text: str
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    latency_s: float = 0.0
-    finish: str = "stop"
-    retries: int = 0
-    truncated_prompt: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def as_dict(self) -> dict[str, Any]:
-        out = {"text": self.text, "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
-               "latency_s": round(self.latency_s, 4), "finish": self.finish, "retries": self.retries,
-               "truncated_prompt": self.truncated_prompt}
-        out.update(self.extra)
-        return out
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> Reply:
-        known = {"text", "prompt_tokens", "completion_tokens", "latency_s", "finish", "retries", "truncated_prompt"}
-        return cls(**{k: d[k] for k in known if k in d}, extra={k: v for k, v in d.items() if k not in known})
-
-
-def render_prompt(tok: Any, example: Example) -> str:
+def render_prompt(tok: Any, prompt: Prompt) -> str:
     from tunepipe.hf.render import template_message
 
-    kwargs = {"tools": example.tools} if example.tools else {}
+    kwargs = {"tools": prompt.tools} if prompt.tools else {}
     try:
-        return tok.apply_chat_template([template_message(m) for m in example.prompt], tokenize=False,
+        return tok.apply_chat_template([template_message(m) for m in prompt.messages], tokenize=False,
                                        add_generation_prompt=True, **kwargs)
     except Exception as e:  # a template's raise_exception, a jinja error
-        raise StageInputError(f"examples record {example.line}: the model's chat template cannot render this "
+        raise StageInputError(f"{prompt.where or 'a prompt'}: the model's chat template cannot render this "
                               f"prompt: {type(e).__name__}: {e}") from None
 
 
@@ -112,16 +64,16 @@ def context_length(model: Any) -> int | None:
     return None
 
 
-def generate_local(model: Any, tok: Any, examples: Sequence[Example], decoding: Decoding, *, batch_size: int,
+def generate_local(model: Any, tok: Any, prompts: Sequence[Prompt], decoding: Decoding, *, batch_size: int,
                    device: str, done: Callable[[int, Reply], None],
                    check_cancelled: Callable[[], None] = lambda: None,
                    progress: Callable[[int], None] = lambda _n: None) -> None:
-    """Generate a reply for each example and hand it to ``done(example.index, reply)`` as each batch
-    finishes (so a caller can keep them for a resume)."""
+    """Generate a reply for each prompt and hand it to ``done(i, reply)`` (``i``: the prompt's
+    position) as each batch finishes (so a caller can keep them for a resume)."""
     import torch
     from transformers import GenerationConfig
 
-    if not examples:
+    if not prompts:
         return
     stops = stop_ids(tok, model)
     pad = tok.pad_token_id if tok.pad_token_id is not None else stops[0] if stops else 0
@@ -131,11 +83,11 @@ def generate_local(model: Any, tok: Any, examples: Sequence[Example], decoding: 
                                                              "top_p": decoding.top_p, "top_k": 0}))
     limit = context_length(model)
     room = None if limit is None else max(1, limit - decoding.max_new_tokens)
-    encoded: list[tuple[Example, list[int], bool]] = []
-    for ex in examples:
-        ids = tok(render_prompt(tok, ex), add_special_tokens=False)["input_ids"]
+    encoded: list[tuple[int, list[int], bool]] = []
+    for i, prompt in enumerate(prompts):
+        ids = tok(render_prompt(tok, prompt), add_special_tokens=False)["input_ids"]
         truncated = room is not None and len(ids) > room
-        encoded.append((ex, ids[-room:] if truncated and room else ids, truncated))
+        encoded.append((i, ids[-room:] if truncated and room else ids, truncated))
     order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i][1]))
     torch.manual_seed(decoding.seed)
     finished = 0
@@ -153,12 +105,12 @@ def generate_local(model: Any, tok: Any, examples: Sequence[Example], decoding: 
             out = model.generate(input_ids=input_ids.to(device), attention_mask=mask.to(device),
                                  generation_config=config)
         seconds = time.monotonic() - t0
-        for row, (ex, ids, truncated) in enumerate(batch):
+        for row, (i, ids, truncated) in enumerate(batch):
             new = out[row, width:].tolist()
             ended = next((k for k, t in enumerate(new) if t in stops), None)
             kept = new if ended is None else new[:ended]
             text = tok.decode(kept, skip_special_tokens=True).strip()
-            done(ex.index, Reply(text, len(ids), len(kept) + (0 if ended is None else 1), seconds,
+            done(i, Reply(text, len(ids), len(kept) + (0 if ended is None else 1), seconds,
                                  "length" if ended is None else "stop", truncated_prompt=truncated))
         finished += len(batch)
         progress(finished)

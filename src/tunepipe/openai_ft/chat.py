@@ -1,4 +1,5 @@
-"""Replies from an OpenAI model: chat completions, ``concurrency`` requests at a time.
+"""Chat completions from an OpenAI model, ``concurrency`` requests at a time (the OpenAI replier's
+and the evaluate stage's judge's way of asking).
 
 Retries, two layers:
 
@@ -11,8 +12,8 @@ Retries, two layers:
 
 A refused key (401), a permission error (403) or an unknown model (404) stops the stage at once (a
 UserError that says what to fix). A request the API rejects for its content (400/422, e.g. a prompt
-over the context window) gives that example an empty reply marked ``finish: error`` with the API's
-message, and the evaluation goes on; when every request of a side fails, the stage fails.
+over the context window) gives that prompt an empty reply marked ``finish: error`` with the API's
+message, and the others go on; when every request of a batch fails, the stage fails.
 
 Each reply records its token usage, the latency from the first attempt to the answer, and how many
 retries it took; ``seed`` is sent, so the API decodes as reproducibly as it can.
@@ -27,8 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tunepipe.errors import StageFailed
-from tunepipe.evaluation.examples import Example
-from tunepipe.evaluation.generate import Decoding, Reply
+from tunepipe.replies import Decoding, Prompt, Reply
 
 OUTER_ATTEMPTS = 4
 OUTER_WAITS_S = (5.0, 20.0, 60.0)
@@ -64,12 +64,12 @@ class Endpoint:
         return endpoint_label(self.settings("-"))
 
 
-def chat_request(example: Example, model: str, decoding: Decoding) -> dict[str, Any]:
-    """The chat-completions request for one example: its prompt, the stage's decoding."""
-    req: dict[str, Any] = {"model": model, "messages": example.prompt, "max_completion_tokens": decoding.max_new_tokens,
+def chat_request(prompt: Prompt, model: str, decoding: Decoding) -> dict[str, Any]:
+    """The chat-completions request for one prompt under ``decoding``."""
+    req: dict[str, Any] = {"model": model, "messages": prompt.messages, "max_completion_tokens": decoding.max_new_tokens,
                            "temperature": decoding.temperature, "top_p": decoding.top_p, "seed": decoding.seed}
-    if example.tools:
-        req["tools"] = example.tools
+    if prompt.tools:
+        req["tools"] = prompt.tools
     return req
 
 
