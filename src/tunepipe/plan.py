@@ -73,6 +73,13 @@ def _package_versions(names: Iterable[str]) -> dict[str, str]:
     return out
 
 
+def stage_packages(plugin: Any, params: Mapping[str, Any]) -> list[str]:
+    """The distributions whose versions enter a stage's key: the plugin's ``packages`` and, with the
+    optional ``packages_for(params)``, those these parameters bring in (train: an installed backend)."""
+    more = getattr(plugin, "packages_for", None)
+    return list(dict.fromkeys([*plugin.packages, *(more(params) if more is not None else ())]))
+
+
 class Planner:
     """Computes keys and reasons; shared by the runner, ``status`` and ``--dry-run``."""
 
@@ -141,7 +148,7 @@ class Planner:
             plugin=loaded.plugin.name, identity=loaded.identity, version=loaded.plugin.version,
             code=self._code[loaded.module], params=params,
             inputs={k: [(a.name, a.digest) for a in v] for k, v in inputs.items()},
-            outputs=list(spec.outputs), env=_package_versions(loaded.plugin.packages))
+            outputs=list(spec.outputs), env=_package_versions(stage_packages(loaded.plugin, spec.params)))
         secret = find_secret(canonical_json(spec.params))
         if secret:
             raise UserError(

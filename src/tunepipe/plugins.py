@@ -176,6 +176,9 @@ class StagePlugin(Protocol):
             from (e.g. train's ``openai.api_key_env``). Their values become secrets of the whole run
             whatever the names (``*_KEY``, ``*TOKEN*``, ``*SECRET*``, ``*PASSWORD*`` always are):
             refused in parameters and ``-S`` values (exit 2) and redacted from logs and errors.
+        ``packages_for(params) -> Sequence[str]``: distributions whose versions enter the key for
+            these parameters, besides ``packages`` (train: the package of an installed backend when
+            it is the chosen one, since its code is not in the stage's code fingerprint).
     """
 
     name: str

@@ -21,11 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from tunepipe import modelref
+from tunepipe.backends.contract import optional
 from tunepipe.errors import StageFailed, UserError
 from tunepipe.evaluation import gates as G
 from tunepipe.evaluation import metrics as M
 from tunepipe.evaluation.examples import Example, examples_file, load_examples
 from tunepipe.evaluation.store import ReplyStore, digest_json
+from tunepipe.modelref import ModelRef
 from tunepipe.openai_ft.chat import Endpoint
 from tunepipe.plugins import Artifact, StageContext
 from tunepipe.replies import Decoding, Replier, Reply
@@ -52,16 +54,18 @@ class Side:
 
 # --- the model reference ----------------------------------------------------------------------
 
-def read_model(art: Artifact, stage: str) -> dict[str, Any]:
+def read_model(art: Artifact, stage: str) -> ModelRef:
+    """The model reference of the ``model`` input, checked by the backend that wrote it (which must
+    be installed here)."""
+    from tunepipe.backends.registry import installed
+
     ref = modelref.read(art.path, name=art.name, digest=art.digest, where=f"stage '{stage}': input 'model': ")
-    info = dict(ref.info)
-    if info.get("backend") not in ("local", "openai"):
-        raise UserError(f"stage '{stage}': {art.name}/model.json names backend {info.get('backend')!r}; "
-                        "expected local or openai")
-    if info["backend"] == "openai":
-        modelref.require(ref, {"fine_tuned_model": "the fine-tuning job did not succeed; run the train stage again"},
-                         where=f"stage '{stage}': ")
-    return info
+    backends = installed()
+    if ref.backend not in backends.names():
+        raise UserError(f"stage '{stage}': {art.name}/model.json names backend {ref.backend!r}, which is not installed "
+                        f"here (installed: {', '.join(backends.names())}): install the package that provides it")
+    modelref.require(ref, optional(backends.get(ref.backend), "model_fields", {}), where=f"stage '{stage}': ")
+    return ref
 
 
 def read_loss(model_dir: Path) -> list[dict[str, float | None]]:
@@ -354,18 +358,18 @@ def evaluate(ctx: StageContext, inputs: Mapping[str, Any], p: Mapping[str, Any],
 
     model_art: Artifact = inputs["model"]
     ex_art: Artifact = inputs["examples"]
-    info = read_model(model_art, stage)
+    ref = read_model(model_art, stage)
     ex_path = examples_file(ex_art, stage)
     examples = load_examples(ex_path, p["max_examples"], label=ex_art.label(ex_path))
     if not examples:
         raise UserError(f"stage '{stage}': the examples input ({ex_art.name}) holds no examples; evaluate on a "
                         "non-empty split (e.g. give split a validation count such as validation: 50)")
     decoding = Decoding.from_params(p["decoding"])
-    backend = info["backend"]
+    backend = ref.backend
     names = (["base"] if compare_base else []) + ["tuned"]
-    repliers = {n: _replier(ctx, model_art, info, n == "base", p, http_client) for n in names}
+    repliers = {n: _replier(ctx, ref, n == "base", p, http_client) for n in names}
     sides = [Side(n, repliers[n].name) for n in names]
-    tuned_name, base_name = repliers["tuned"].name, info["base_model"]
+    tuned_name, base_name = repliers["tuned"].name, ref.base_model
     ctx.log.info("evaluating %s against %s on %d examples of %s", tuned_name,
                  base_name if compare_base else "nothing", len(examples), ex_art.label(ex_path))
 
@@ -424,16 +428,10 @@ def evaluate(ctx: StageContext, inputs: Mapping[str, Any], p: Mapping[str, Any],
     return summary(doc)
 
 
-def _replier(ctx: StageContext, art: Artifact, info: Mapping[str, Any], base: bool, p: Mapping[str, Any],
-             http_client: Any) -> Replier:
-    ref = modelref.ModelRef(art.path, info, art.name, art.digest)
-    if info["backend"] == "local":
-        from tunepipe.hf.replier import LocalReplier
+def _replier(ctx: StageContext, ref: ModelRef, base: bool, p: Mapping[str, Any], http_client: Any) -> Replier:
+    from tunepipe.backends.registry import installed
 
-        return LocalReplier(ctx, ref, base=base, settings=p)
-    from tunepipe.openai_ft.replier import OpenAIReplier
-
-    return OpenAIReplier(ctx, ref, base=base, settings=p, http_client=http_client)
+    return installed().get(ref.backend).replier(ctx, ref, base=base, settings=p, http_client=http_client)
 
 
 def _judge_definition(spec: Any, metric: str) -> str:

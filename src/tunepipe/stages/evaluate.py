@@ -37,28 +37,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from tunepipe.backends import params as B
+from tunepipe.backends.registry import Backends, installed
 from tunepipe.plugins import ParamProblem, Port, StageContext
 
 METRICS = ("exact_match", "token_f1", "rouge_l", "bleu", "length_ratio", "semantic")  # = evaluation.metrics.METRICS
 CRITERION = r"^[a-z][a-z0-9_]{0,39}$"
 ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
-
-_OPENAI = {
-    "type": "object",
-    "additionalProperties": False,
-    "description": "OpenAI models (a train stage with backend: openai): how to call the API.",
-    "properties": {
-        "api_key_env": {"type": "string", "pattern": ENV_NAME, "default": "OPENAI_API_KEY",
-                        "description": "The environment variable holding the API key (never the key itself)."},
-        "base_url": {"type": ["string", "null"], "default": None,
-                     "description": "API base URL (default: OPENAI_BASE_URL, else OpenAI's)."},
-        "concurrency": {"type": "integer", "minimum": 1, "maximum": 64, "default": 4,
-                        "description": "Requests in flight at once."},
-        "max_retries": {"type": "integer", "minimum": 0, "maximum": 20, "default": 5,
-                        "description": "The SDK's retries of a rate limit (honouring Retry-After), server error or "
-                                       "dropped connection; then the request waits and is tried again (3 more times)."},
-    },
-}
 
 _JUDGE = {
     "type": ["object", "null"],
@@ -79,65 +64,67 @@ _JUDGE = {
     },
 }
 
+# The stage's own settings, in the order `pipeline stages` lists them; the backends' reply settings
+# go after decoding (see schema()).
+HEAD: Mapping[str, Any] = {
+    "metrics": {"type": "array", "items": {"enum": list(METRICS)}, "minItems": 1, "uniqueItems": True,
+                "default": list(METRICS),
+                "description": "Metrics per example and in aggregate (all six by default)."},
+    "compare_base": {"type": "boolean", "default": True,
+                     "description": "Also generate with the base model and compare (false: tuned only)."},
+    "max_examples": {"type": ["integer", "null"], "minimum": 1, "default": None,
+                     "description": "Evaluate the first N examples only (null: all)."},
+    "decoding": {
+        "type": "object", "additionalProperties": False, "default": {},
+        "description": "The same for base and tuned.",
+        "properties": {
+            "max_new_tokens": {"type": "integer", "minimum": 1, "maximum": 32768, "default": 128},
+            "temperature": {"type": "number", "minimum": 0, "maximum": 2, "default": 0,
+                            "description": "0: greedy (deterministic)."},
+            "top_p": {"type": "number", "exclusiveMinimum": 0, "maximum": 1, "default": 1},
+            "seed": {"type": "integer", "minimum": 0, "default": 0},
+        },
+    },
+}
+TAIL: Mapping[str, Any] = {
+    "judge": _JUDGE,
+    "gates": {"type": "array", "items": {"type": "string", "minLength": 1}, "default": [],
+              "description": "Comparisons that must hold, e.g. 'tuned.rouge_l - base.rouge_l >= 0.05', "
+                             "'delta.semantic.ci_low > 0', 'rouge_l >= 0.2' (a bare metric is tuned's)."},
+    "bootstrap": {
+        "type": "object", "additionalProperties": False, "default": {},
+        "properties": {
+            "samples": {"type": "integer", "minimum": 0, "maximum": 100000, "default": 1000,
+                        "description": "Resamples (0: no intervals)."},
+            "confidence": {"type": "number", "minimum": 0.5, "maximum": 0.999, "default": 0.95},
+            "seed": {"type": "integer", "minimum": 0, "default": 0},
+        },
+    },
+    "rank_by": {"type": ["string", "null"], "default": None,
+                "description": "The metric whose difference orders the examples (worst regression first); "
+                               "default: rouge_l, else the first of token_f1, semantic, bleu, exact_match."},
+    "html_examples": {"type": "integer", "minimum": 0, "default": 2000,
+                      "description": "Examples shown in report.html (the worst first); all are in "
+                                     "predictions.jsonl."},
+}
+
+
+def schema(backends: Backends) -> dict[str, Any]:
+    """The stage's settings with each backend's reply settings after ``decoding`` (the local
+    backend's ``batch_size``, ``device``, ``threads``; OpenAI's ``openai:``)."""
+    return {"type": "object", "additionalProperties": False,
+            "properties": {**HEAD, **B.properties(backends.all(), B.REPLY), **TAIL}}
+
 
 class Evaluate:
     name = "evaluate"
     version = "0.1.0"
     description = ("Compare the fine-tuned model with its base on held-out examples: metrics with bootstrap "
                    "intervals, an optional judge, regression gates, an HTML and a Markdown report.")
-    params_schema: Mapping[str, Any] = {
-        "type": "object",
-        "additionalProperties": False,
-        "properties": {
-            "metrics": {"type": "array", "items": {"enum": list(METRICS)}, "minItems": 1, "uniqueItems": True,
-                        "default": list(METRICS),
-                        "description": "Metrics per example and in aggregate (all six by default)."},
-            "compare_base": {"type": "boolean", "default": True,
-                             "description": "Also generate with the base model and compare (false: tuned only)."},
-            "max_examples": {"type": ["integer", "null"], "minimum": 1, "default": None,
-                             "description": "Evaluate the first N examples only (null: all)."},
-            "decoding": {
-                "type": "object", "additionalProperties": False, "default": {},
-                "description": "The same for base and tuned.",
-                "properties": {
-                    "max_new_tokens": {"type": "integer", "minimum": 1, "maximum": 32768, "default": 128},
-                    "temperature": {"type": "number", "minimum": 0, "maximum": 2, "default": 0,
-                                    "description": "0: greedy (deterministic)."},
-                    "top_p": {"type": "number", "exclusiveMinimum": 0, "maximum": 1, "default": 1},
-                    "seed": {"type": "integer", "minimum": 0, "default": 0},
-                },
-            },
-            "batch_size": {"type": "integer", "minimum": 1, "maximum": 1024, "default": 8,
-                           "description": "local: prompts generated together."},
-            "device": {"enum": ["auto", "cpu", "cuda", "mps"], "default": "auto",
-                       "description": "local: auto picks CUDA, then MPS, then CPU."},
-            "threads": {"type": ["integer", "null"], "minimum": 1, "default": None,
-                        "description": "local: CPU threads for torch (default: the run's -j)."},
-            "openai": {**_OPENAI, "default": {}},
-            "judge": _JUDGE,
-            "gates": {"type": "array", "items": {"type": "string", "minLength": 1}, "default": [],
-                      "description": "Comparisons that must hold, e.g. 'tuned.rouge_l - base.rouge_l >= 0.05', "
-                                     "'delta.semantic.ci_low > 0', 'rouge_l >= 0.2' (a bare metric is tuned's)."},
-            "bootstrap": {
-                "type": "object", "additionalProperties": False, "default": {},
-                "properties": {
-                    "samples": {"type": "integer", "minimum": 0, "maximum": 100000, "default": 1000,
-                                "description": "Resamples (0: no intervals)."},
-                    "confidence": {"type": "number", "minimum": 0.5, "maximum": 0.999, "default": 0.95},
-                    "seed": {"type": "integer", "minimum": 0, "default": 0},
-                },
-            },
-            "rank_by": {"type": ["string", "null"], "default": None,
-                        "description": "The metric whose difference orders the examples (worst regression first); "
-                                       "default: rouge_l, else the first of token_f1, semantic, bleu, exact_match."},
-            "html_examples": {"type": "integer", "minimum": 0, "default": 2000,
-                              "description": "Examples shown in report.html (the worst first); all are in "
-                                             "predictions.jsonl."},
-        },
-    }
+    params_schema = B.FromBackends(schema)
     # How the replies are produced, never which: not in the cache key (the report notes what a run used).
-    operational = ("device", "threads", "openai.concurrency", "openai.max_retries", "openai.api_key_env",
-                   "judge.api_key_env")
+    # Each backend lists its own (the local device and threads; OpenAI's concurrency, retries, key variable).
+    operational = B.FromBackends(lambda backends: (*B.operational(backends.all(), B.REPLY), "judge.api_key_env"))
     inputs = {"model": Port("the model to evaluate: a train stage's output (train.model)"),
               "examples": Port("held-out chat examples: split.validation or split.test, or a JSONL file")}
     outputs = {"report": Port("metrics.json, predictions.jsonl, report.html (self-contained), report.md")}
@@ -153,9 +140,10 @@ class Evaluate:
         return check_params(params)
 
     def secret_env(self, params: Mapping[str, Any]) -> list[str]:
-        """The variables OpenAI API keys are read from (models, judge): secrets of the whole run,
-        whatever their names, refused in parameters and redacted everywhere."""
-        names = [(params.get("openai") or {}).get("api_key_env") or "OPENAI_API_KEY"]
+        """The variables API keys are read from (each backend's, whichever trained the model; the
+        judge's): secrets of the whole run, whatever their names, refused in parameters and redacted
+        everywhere."""
+        names = B.secret_env(installed().all(), B.REPLY, params)
         judge = params.get("judge") or {}
         if judge.get("api_key_env"):
             names.append(judge["api_key_env"])
