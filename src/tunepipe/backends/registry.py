@@ -50,7 +50,7 @@ class Backends:
 
     def names(self) -> list[str]:
         """The built-ins in their order, then the installed ones by name."""
-        return [*self.builtin, *sorted(n for n in self._entry_points() if n not in self.builtin)]
+        return [*self.builtin, *sorted(self._entry_points())]
 
     def all(self) -> list[Backend]:
         return [self.get(n) for n in self.names()]
@@ -70,7 +70,14 @@ class Backends:
         if self._eps is None:
             from importlib.metadata import entry_points
 
-            self._eps = {ep.name: ep for ep in entry_points(group=self.group)}
+            found = {ep.name: ep for ep in entry_points(group=self.group)}
+            taken = sorted(set(found) & set(self.builtin))
+            if taken:
+                ep = found[taken[0]]
+                raise PluginError(f"the installed package {ep.dist.name if ep.dist is not None else ep.value} "
+                                  f"registers a backend named '{ep.name}', the name of a built-in backend: rename "
+                                  f"its entry point (group {self.group}) or uninstall the package")
+            self._eps = found
         return self._eps
 
     def _load(self, name: str) -> Backend:
