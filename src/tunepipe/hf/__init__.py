@@ -18,4 +18,6 @@ package at module level, so the data stages never pay for them):
   :mod:`tunepipe.hf.distributed`).
 * :mod:`tunepipe.hf.artifact`: the trained model's folder (weights, ``model.json``, metrics, loss curve).
 * :mod:`tunepipe.hf.trainer`: :func:`~tunepipe.hf.trainer.train_local`, what the backend calls.
+* :mod:`tunepipe.hf.generate` and :mod:`tunepipe.hf.replier`: replies from a trained model or its
+  base (batched, left padding, the artifact's chat template).
 """
