@@ -17,6 +17,8 @@ SRC = Path(__file__).parents[1] / "src"
 ABOVE = {
     "tunepipe.modelref": ("tunepipe.hf", "tunepipe.openai_ft", "tunepipe.backends", "tunepipe.evaluation",
                           "tunepipe.stages"),
+    "tunepipe.exports": ("tunepipe.hf", "tunepipe.openai_ft", "tunepipe.backends", "tunepipe.evaluation",
+                         "tunepipe.stages"),
     "tunepipe.replies": ("tunepipe.hf", "tunepipe.openai_ft", "tunepipe.backends", "tunepipe.evaluation",
                          "tunepipe.stages"),
     "tunepipe.hf": ("tunepipe.openai_ft", "tunepipe.backends", "tunepipe.evaluation", "tunepipe.stages"),

@@ -6,6 +6,7 @@ Reasons are data (a list of strings per stage), as in pydoit: ``--dry-run``, ``-
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -80,6 +81,14 @@ def stage_packages(plugin: Any, params: Mapping[str, Any]) -> list[str]:
     return list(dict.fromkeys([*plugin.packages, *(more(params) if more is not None else ())]))
 
 
+def stage_code(plugin: Any, params: Mapping[str, Any], inputs: Mapping[str, list[Artifact]]) -> list[str]:
+    """Modules whose code enters a stage's key besides the plugin's own, from the optional
+    ``code_for(params, inputs)`` (train: the chosen backend's training code; evaluate: the replier of
+    the backend that trained the model)."""
+    more = getattr(plugin, "code_for", None)
+    return list(more(params, inputs)) if more is not None else []
+
+
 class Planner:
     """Computes keys and reasons; shared by the runner, ``status`` and ``--dry-run``."""
 
@@ -142,11 +151,9 @@ class Planner:
     def parts(self, spec: StageSpec, inputs: Mapping[str, list[Artifact]], params: Mapping[str, Any]) -> dict[str, Any]:
         """The key's parts; ``params``: the stage's parameters less the operational ones."""
         loaded = self.registry.load(spec.uses)
-        if loaded.module not in self._code:
-            self._code[loaded.module] = code_fingerprint(loaded.module)
         parts = key_parts(
             plugin=loaded.plugin.name, identity=loaded.identity, version=loaded.plugin.version,
-            code=self._code[loaded.module], params=params,
+            code=self.code(loaded.module, *stage_code(loaded.plugin, spec.params, inputs)), params=params,
             inputs={k: [(a.name, a.digest) for a in v] for k, v in inputs.items()},
             outputs=list(spec.outputs), env=_package_versions(stage_packages(loaded.plugin, spec.params)))
         secret = find_secret(canonical_json(spec.params))
@@ -156,6 +163,15 @@ class Planner:
                 "pipeline file or --set (they would reach cache keys and records); plugins read them "
                 "from the environment")
         return parts
+
+    def code(self, module: str, *more: str) -> str:
+        """The code fingerprint of a plugin's module (and of the modules ``code_for`` adds)."""
+        for m in (module, *more):
+            if m not in self._code:
+                self._code[m] = code_fingerprint(m)
+        if not more:
+            return self._code[module]
+        return hashlib.sha256(canonical_json({m: self._code[m] for m in (module, *more)}).encode()).hexdigest()
 
     def prepare(self, name: str, upstream: Mapping[str, Mapping[str, str]], forced: bool) -> StagePlan:
         """Plan one stage given the outputs of the stages before it."""

@@ -13,16 +13,22 @@ be as cheap as reading a dataclass.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any, Protocol, runtime_checkable
 
+from tunepipe.exports import EXPORT_FORMATS, Exported
 from tunepipe.modelref import ModelRef
 from tunepipe.plugins import Artifact, StageContext
 from tunepipe.replies import Replier
 
-EXPORT_FORMATS = ("hf-adapter", "merged", "gguf")  # what `export` may be asked for
+# what a backend's author imports from here (the export types live below, in tunepipe.exports)
+__all__ = ["EXPORT_FORMATS", "ROLES", "Backend", "Exported", "Settings", "TrainData", "code_modules", "optional", "part"]
+
+ROLES = ("train", "reply", "export")  # what a backend's ``code`` names a module for
 
 
 @dataclass(frozen=True)
@@ -56,17 +62,6 @@ class TrainData:
     base_model: Artifact | None = None
 
 
-@dataclass(frozen=True)
-class Exported:
-    """What :meth:`Backend.export` wrote: the format, the folder, its files (relative names) and a
-    note for the user (e.g. why no weights were written)."""
-
-    format: str
-    folder: Path
-    files: tuple[str, ...] = ()
-    note: str = ""
-
-
 @runtime_checkable
 class Backend(Protocol):
     """A model backend.
@@ -92,6 +87,11 @@ class Backend(Protocol):
             backends (a proxy, tests' fault injection), others ignore it.
 
     Optional members (looked up with ``getattr``; a backend without them works):
+        ``code`` (mapping): role (``train``, ``reply``, ``export``) -> the module that does that
+            work. The backend's own module then loads it by name (:func:`part`) instead of importing
+            it, so a stage's code fingerprint follows only its role's code: editing the replier
+            never re-runs a (paid) training job, nor the trainer an evaluation. Without ``code``
+            the backend's module and everything it imports enter every key that uses it.
         ``model_help`` (str): what ``model:`` names for it, for the train stage's description.
         ``packages`` (tuple): distributions whose versions enter the train stage's cache key.
         ``model_fields`` (mapping): fields its model.json must hold -> what to do when one is
@@ -106,7 +106,7 @@ class Backend(Protocol):
             ``resources`` hook in docs/plugins.md).
         ``preview(train, params) -> list[str]``: lines ``run --dry-run`` shows before training
             (a cost estimate); ``train`` is the training file. Must change nothing.
-        ``export(model, fmt, out) -> Exported``: write the trained model in format ``fmt`` (one
+        ``export(model, fmt, out, **options) -> Exported``: write the trained model in format ``fmt`` (one
             of :data:`EXPORT_FORMATS`) into the folder ``out``; a UserError for a format it cannot
             write, saying why.
     """
@@ -131,3 +131,16 @@ DEFAULT_FOREIGN_HINT = "remove it or set backend: {owner}"
 def optional(backend: Backend, name: str, default: Any) -> Any:
     """An optional member of a backend, or ``default``."""
     return getattr(backend, name, default)
+
+
+def part(backend: Backend, role: str) -> ModuleType:
+    """The module a backend's ``code`` names for ``role``, imported now (see ``code`` above)."""
+    return importlib.import_module(optional(backend, "code", {})[role])
+
+
+def code_modules(backend: Backend, role: str) -> list[str]:
+    """The modules whose code makes a backend's results of ``role``: the backend's own module (its
+    settings and defaults) and the one its ``code`` names for the role. Their fingerprints, with
+    what each imports, enter the key of a stage that uses the backend in that role."""
+    named = optional(backend, "code", {}).get(role)
+    return [type(backend).__module__, *([named] if named else [])]

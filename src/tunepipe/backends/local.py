@@ -1,19 +1,19 @@
 """The ``local`` backend: LoRA or full fine-tuning with transformers + PEFT on this machine, offline.
 
-Training is :func:`tunepipe.hf.trainer.train_local`, replies :class:`tunepipe.hf.replier.LocalReplier`;
-both are imported when used, so loading this backend costs no torch. Its train settings sit at the
+Training is :func:`tunepipe.hf.trainer.train_local`, replies :class:`tunepipe.hf.replier.LocalReplier`,
+export :func:`tunepipe.hf.export.export`; each is loaded by name when used (``code``), so loading this
+backend costs no torch and a stage's key covers only the code of its role. Its train settings sit at the
 top of the train stage's ``with:`` (``learning_rate``, ``lora``, ...), its reply settings at the
 top of the evaluate stage's (``batch_size``, ``device``, ``threads``).
 """
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from tunepipe.backends.contract import EXPORT_FORMATS, Exported, Settings, TrainData
+from tunepipe.backends.contract import Exported, Settings, TrainData, part
 from tunepipe.errors import UserError
 from tunepipe.modelref import ModelRef
 from tunepipe.plugins import ParamProblem, StageContext
@@ -95,6 +95,8 @@ class LocalBackend:
     train_settings = TRAIN
     reply_settings = REPLY
     packages: tuple[str, ...] = ("torch", "transformers", "peft")
+    code: Mapping[str, str] = {"train": "tunepipe.hf.trainer", "reply": "tunepipe.hf.replier",
+                               "export": "tunepipe.hf.export"}
 
     def check_params(self, params: Mapping[str, Any]) -> list[ParamProblem]:
         model = params.get("model") or ""
@@ -122,47 +124,18 @@ class LocalBackend:
         return {"cpus": 0} if (params.get("workers") or 1) > 1 else {}
 
     def train(self, ctx: StageContext, data: TrainData, params: Mapping[str, Any], out: Path) -> dict[str, Any]:
-        from tunepipe.hf.trainer import train_local
-
         p = dict(params)
         if data.base_model is not None:
             if not data.base_model.path.is_dir():
                 raise UserError(f"stage '{ctx.stage}': base_model ({data.base_model.name}) must be a folder holding "
                                 "a Hugging Face model (config.json and weights)")
             p["model"] = str(data.base_model.path)
-        return train_local(ctx, data.train, data.validation, p, out)
+        return part(self, "train").train_local(ctx, data.train, data.validation, p, out)
 
     def replier(self, ctx: StageContext, model: ModelRef, *, base: bool, settings: Mapping[str, Any],
                 http_client: Any = None) -> Replier:
-        from tunepipe.hf.replier import LocalReplier
+        return part(self, "reply").LocalReplier(ctx, model, base=base, settings=settings)
 
-        return LocalReplier(ctx, model, base=base, settings=settings)
-
-    def export(self, model: ModelRef, fmt: str, out: Path) -> Exported:
-        """``hf-adapter``: the LoRA adapter and the tokenizer (with its chat template) in one folder,
-        which PEFT and transformers load as they are; ``merged`` and ``gguf`` come later."""
-        if fmt not in EXPORT_FORMATS:
-            raise UserError(f"unknown export format {fmt!r}: use one of {', '.join(EXPORT_FORMATS)}")
-        if fmt != "hf-adapter":
-            merged = " (the train stage's merge: true writes the merged model into the artifact's merged/ folder)"
-            raise UserError(f"exporting a local model as {fmt} is not yet supported: export it as hf-adapter"
-                            f"{merged if fmt == 'merged' else ''}")
-        if model.get("kind") != "lora" or not model.get("adapter"):
-            raise UserError(f"{model.label} was fully fine-tuned ({model.get('kind')!r}): it has no LoRA adapter to "
-                            "export as hf-adapter; its whole model is the artifact's full/ folder")
-        out.mkdir(parents=True, exist_ok=True)
-        files = _copy_files(model.file("adapter", "adapter"), out) + _copy_files(model.file("tokenizer", "tokenizer"), out)
-        return Exported(fmt, out, tuple(sorted(set(files))),
-                        f"the LoRA adapter of {model.base_model} and its tokenizer (with the chat template training "
-                        "used); load it with peft.AutoPeftModelForCausalLM or PeftModel.from_pretrained")
-
-
-def _copy_files(folder: Path, out: Path) -> list[str]:
-    """Copy ``folder``'s files into ``out`` (relative names kept); their names."""
-    names = []
-    for f in sorted(p for p in folder.rglob("*") if p.is_file()):
-        rel = f.relative_to(folder)
-        (out / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(f, out / rel)
-        names.append(rel.as_posix())
-    return names
+    def export(self, model: ModelRef, fmt: str, out: Path, **options: Any) -> Exported:
+        """``hf-adapter``, ``merged`` or ``gguf`` (:mod:`tunepipe.hf.export`)."""
+        return part(self, "export").export(model, fmt, out, **options)

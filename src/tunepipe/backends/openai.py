@@ -1,8 +1,8 @@
 """The ``openai`` backend: the OpenAI fine-tuning API, and chat completions for replies.
 
 Training is :func:`tunepipe.openai_ft.backend.train_openai` (exactly one job per stage key), replies
-:class:`tunepipe.openai_ft.replier.OpenAIReplier`; both are imported when used (the SDK takes
-seconds to import). Its settings are grouped under ``openai:`` in both stages. The weights of a
+:class:`tunepipe.openai_ft.replier.OpenAIReplier`; both are loaded by name when used (``code``), so
+the SDK's seconds of import are paid only then and a stage's key covers only its role's code. Its settings are grouped under ``openai:`` in both stages. The weights of a
 fine-tuned model stay at OpenAI: exporting one writes its model reference instead.
 """
 
@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from tunepipe.backends.contract import EXPORT_FORMATS, Exported, Settings, TrainData
+from tunepipe.backends.contract import EXPORT_FORMATS, Exported, Settings, TrainData, part
 from tunepipe.errors import UserError
 from tunepipe.modelref import ModelRef
 from tunepipe.plugins import StageContext
@@ -96,31 +96,28 @@ class OpenAIBackend:
     train_settings = TRAIN
     reply_settings = REPLY
     packages: tuple[str, ...] = ()
+    # loaded by name (see the contract's ``code``): a train key never covers the chat code, nor an
+    # evaluate key the fine-tuning code
+    code: Mapping[str, str] = {"train": "tunepipe.openai_ft.backend", "reply": "tunepipe.openai_ft.replier"}
     model_fields = {"fine_tuned_model": "the fine-tuning job did not succeed; run the train stage again"}
     foreign_hint = ("remove it; the OpenAI backend's settings go under openai: (e.g. "
                     "learning_rate_multiplier)")
 
     def preview(self, train: Path, params: Mapping[str, Any]) -> list[str]:
         """The estimate of billable tokens and cost, before anything is uploaded."""
-        from tunepipe.openai_ft.estimate import estimate
-
-        return [str(estimate(train, params))]
+        return [str(part(self, "train").estimate(train, params))]
 
     def train(self, ctx: StageContext, data: TrainData, params: Mapping[str, Any], out: Path) -> dict[str, Any]:
-        from tunepipe.openai_ft.backend import train_openai
-
         if data.base_model is not None:
             raise UserError(f"stage '{ctx.stage}': the base_model input is a local model folder, for backend: "
                             "local; OpenAI fine-tunes the model named by model:")
-        return train_openai(ctx, data.train, data.validation, params, out)
+        return part(self, "train").train_openai(ctx, data.train, data.validation, params, out)
 
     def replier(self, ctx: StageContext, model: ModelRef, *, base: bool, settings: Mapping[str, Any],
                 http_client: Any = None) -> Replier:
-        from tunepipe.openai_ft.replier import OpenAIReplier
+        return part(self, "reply").OpenAIReplier(ctx, model, base=base, settings=settings, http_client=http_client)
 
-        return OpenAIReplier(ctx, model, base=base, settings=settings, http_client=http_client)
-
-    def export(self, model: ModelRef, fmt: str, out: Path) -> Exported:
+    def export(self, model: ModelRef, fmt: str, out: Path, **options: Any) -> Exported:
         """No format: OpenAI does not hand out a fine-tuned model's weights. The model reference is
         written instead, which names the model to call."""
         from tunepipe import modelref

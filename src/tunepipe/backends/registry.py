@@ -14,6 +14,7 @@ take a built-in's.
 
 from __future__ import annotations
 
+import importlib
 import traceback
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -25,19 +26,16 @@ GROUP = "tunepipe.backends"
 DEFAULT = "local"  # the train stage's default backend
 
 
-def _local() -> Backend:
-    from tunepipe.backends.local import LocalBackend
-
-    return LocalBackend()
-
-
-def _openai() -> Backend:
-    from tunepipe.backends.openai import OpenAIBackend
-
-    return OpenAIBackend()
+def _builtin(where: str) -> Callable[[], Backend]:
+    """A built-in backend named by ``module:Class``: loaded by name, not imported here, so the code
+    fingerprint of a stage that reaches this registry does not take in every backend's module (a
+    stage's key follows only the backend it uses: :func:`tunepipe.backends.contract.code_modules`)."""
+    module, _, cls = where.partition(":")
+    return lambda: getattr(importlib.import_module(module), cls)()
 
 
-BUILTIN: Mapping[str, Callable[[], Backend]] = {"local": _local, "openai": _openai}
+BUILTIN: Mapping[str, Callable[[], Backend]] = {"local": _builtin("tunepipe.backends.local:LocalBackend"),
+                                                "openai": _builtin("tunepipe.backends.openai:OpenAIBackend")}
 
 
 class Backends:

@@ -152,6 +152,15 @@ def _import_root(module: str, path: Path) -> Path:
 
 def code_fingerprint(module: str) -> str:
     """The fingerprint of ``module`` and of the modules of its own code it reaches by import."""
+    h = hashlib.sha256()
+    for name, digest in sorted(reached(module).items()):
+        h.update(f"{name} {digest}\n".encode())
+    return h.hexdigest()
+
+
+def reached(module: str) -> dict[str, str]:
+    """``module`` and the modules of its own code it reaches by import -> the hash of each one's
+    syntax tree."""
     top = module.split(".")[0]
     origin = _origin(module)
     root = _import_root(module, origin) if origin else None
@@ -178,7 +187,4 @@ def code_fingerprint(module: str) -> str:
         digest, imports = _analyse(name, path)
         seen[name] = digest
         todo.extend(i for i in imports if i not in seen)
-    h = hashlib.sha256()
-    for name in sorted(seen):
-        h.update(f"{name} {seen[name]}\n".encode())
-    return h.hexdigest()
+    return seen

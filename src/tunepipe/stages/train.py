@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from tunepipe.backends import params as B
-from tunepipe.backends.contract import Backend, TrainData, optional
+from tunepipe.backends.contract import Backend, TrainData, code_modules, optional
 from tunepipe.backends.registry import DEFAULT, Backends, installed
 from tunepipe.errors import UserError
 from tunepipe.plugins import Artifact, ParamProblem, Port, StageContext
@@ -130,6 +130,11 @@ class Train:
         """The variables the chosen backend reads secrets from (OpenAI: its ``openai.api_key_env``):
         secrets of the whole run, whatever their names, refused in parameters and redacted everywhere."""
         return B.secret_env([backend_of(params)], B.TRAIN, params)
+
+    def code_for(self, params: Mapping[str, Any], inputs: Mapping[str, Any]) -> list[str]:
+        """The chosen backend's module and its training code enter the key, not its replier's nor
+        another backend's: editing how replies are made never re-runs (or pays for) training."""
+        return code_modules(backend_of(params), "train")
 
     def packages_for(self, params: Mapping[str, Any]) -> list[str]:
         """An installed backend's distribution and libraries, when it is the chosen one: their versions
