@@ -179,6 +179,9 @@ class StagePlugin(Protocol):
         ``packages_for(params) -> Sequence[str]``: distributions whose versions enter the key for
             these parameters, besides ``packages`` (train: the package of an installed backend when
             it is the chosen one, since its code is not in the stage's code fingerprint).
+        ``code_for(params, inputs) -> Sequence[str]``: modules whose code enters the key besides
+            the plugin's own module and what it imports (train: the chosen backend's training
+            code; evaluate: the replier of the backend that trained the model).
     """
 
     name: str
