@@ -65,9 +65,9 @@ class Project:
     def spec(self, text: str, name: str = "p.yaml") -> Path:
         return self.write(name, text)
 
-    def run(self, *args: str) -> Result:
-        """``pipeline ARGS`` in this process (the spy sees which plugins ran)."""
-        return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+    def run(self, *args: str, input: str | None = None) -> Result:
+        """``pipeline ARGS`` in this process (the spy sees which plugins ran); ``input``: its stdin."""
+        return CliRunner().invoke(cli, list(args), input=input, catch_exceptions=False)
 
     def ok(self, *args: str) -> Result:
         result = self.run(*args)

@@ -8,7 +8,7 @@ only an error when something must be asked.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from tunepipe.modelref import ModelRef
@@ -55,6 +55,24 @@ class OpenAIReplier:
                      check_cancelled=ctx.check_cancelled,
                      progress=lambda n: ctx.progress(f"{self.role} {n}/{len(prompts)} replies"))
         return out
+
+    def stream(self, prompt: Prompt, decoding: Decoding) -> Iterator[str]:
+        """The reply's text as the API streams it (``stream: true``): a chat shows each piece as it
+        arrives. An API error becomes what it means (a refused key or request: the user's to fix)."""
+        from tunepipe.openai_ft.chat import chat_request
+        from tunepipe.openai_ft.client import fail
+
+        self._client = self._client or self.endpoint.client(self.http_client)
+        doing = f"asking {self.model} ({self.role}) for a reply"
+        try:
+            chunks = self._client.chat.completions.create(**chat_request(prompt, self.model, decoding), stream=True)
+            for chunk in chunks:
+                for choice in chunk.choices or ():
+                    text = getattr(choice.delta, "content", None)
+                    if text:
+                        yield text
+        except Exception as e:  # noqa: BLE001 - each SDK error is translated by fail()
+            fail(e, doing=doing, stage=self.ctx.stage, settings=self.endpoint.settings(self.model))
 
     def close(self) -> None:
         self._client = None
