@@ -100,11 +100,11 @@ def usual_system(files: Iterable[Path], limit: int = 100_000) -> tuple[str | Non
     return text, n / seen
 
 
-def facts(ref: ModelRef, fmt: str, *, source: str, files: Iterable[Path] = (), data_digest: str | None = None,
-          report: Path | None = None) -> dict[str, Any]:
-    """Everything a card says, as plain data (see :mod:`tunepipe.hf.card`); ``source``: the
-    artifact the model came from (``train.model``)."""
-    files = list(files)
-    return {"base_model": ref.base_model, "format": fmt, "backend": ref.backend,
-            "data": data(files, data_digest, ref), "training": training(ref), "metrics": headline(report),
-            "source": source, "tunepipe": __version__}
+def facts(ref: ModelRef, fmt: str, *, stage: str, pipeline: str | None = None, files: Iterable[Path] = (),
+          data_digest: str | None = None, report: Path | None = None) -> dict[str, Any]:
+    """Everything a card says, as plain data (the keys of :mod:`tunepipe.hf.card`); ``stage``: the
+    train stage that made the model, ``pipeline``: its pipeline's name when known."""
+    out = {"base_model": ref.base_model, "format": fmt, "kind": ref.get("kind"),
+           "data": data(list(files), data_digest, ref), "training": training(ref), "metrics": headline(report),
+           "stage": stage, "tunepipe_version": __version__}
+    return {**out, "pipeline": pipeline} if pipeline else out

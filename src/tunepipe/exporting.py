@@ -24,18 +24,19 @@ from tunepipe.exports import Exported
 
 def export_model(model_dir: Path, out: Path, fmt: str, *, quantize: str | None = None, system: str | None = None,
                  examples: Iterable[Path] = (), data_digest: str | None = None, report: Path | None = None,
-                 shared: Path | None = None, source: str = "", where: str = "") -> Exported:
-    """Export the model in ``model_dir`` (a train stage's output) as ``fmt`` into ``out``."""
+                 shared: Path | None = None, source: str = "", pipeline: str | None = None,
+                 where: str = "") -> Exported:
+    """Export the model in ``model_dir`` (a train stage's output, ``source``: its name such as
+    ``train.model``) as ``fmt`` into ``out``."""
     ref = modelref.read(model_dir, name=source, where=where)
     backend = installed().get(ref.backend)
     examples = list(examples)
     if system is None and fmt == "gguf":
         system = cardfacts.usual_system(examples)[0]
-    options: dict[str, Any] = {"shared": shared, "system": system,
-                               "card": cardfacts.facts(ref, fmt, source=source, files=examples,
-                                                       data_digest=data_digest, report=report)}
-    if quantize is not None:
-        options["quantize"] = quantize
+    card = cardfacts.facts(ref, fmt, stage=source.partition(".")[0], pipeline=pipeline, files=examples,
+                           data_digest=data_digest, report=report)
+    options: dict[str, Any] = {"shared": shared, "card": card}
+    options.update({k: v for k, v in (("quantize", quantize), ("system", system)) if v is not None})
     export = getattr(backend, "export", None)
     if export is None:
         raise UserError(f"{where}backend '{ref.backend}' cannot export models (it has no export method)")
@@ -66,7 +67,7 @@ def export_to(session: Any, stage: str | None, to: Path, *, fmt: str | None, for
         done = export_model(trained.ref.folder, tmp, fmt or "hf-adapter", quantize=quantize, system=system,
                             examples=trained.data, data_digest=digest, report=trained.report,
                             shared=session.store.shared("models"), source=f"{name}.model",
-                            where=f"stage '{name}': ")
+                            pipeline=session.pipeline.name, where=f"stage '{name}': ")
         return Exported(done.format, to, done.files, done.note), list(done.files)
 
 

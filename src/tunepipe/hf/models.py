@@ -258,8 +258,8 @@ def load_tokenizer(source: BaseSource | str | Path) -> Any:
     location = source.location if isinstance(source, BaseSource) else str(source)
     try:
         tok = AutoTokenizer.from_pretrained(location, local_files_only=True)
-    except (OSError, ValueError) as e:
-        raise UserError(f"cannot load the tokenizer of model '{location}': {e}") from None
+    except (OSError, ValueError, KeyError, TypeError) as e:  # a missing, unreadable or corrupt tokenizer
+        raise UserError(f"cannot load the tokenizer of model '{location}': {type(e).__name__}: {e}") from None
     return tok
 
 

@@ -70,10 +70,9 @@ class Export:
         return {"format": done.format, "files": len(done.files), "mb": round(size / 1e6, 1)}
 
     def check_params(self, params: Mapping[str, Any]) -> list[ParamProblem]:
-        if params.get("quantize") is not None and params.get("format") != "gguf":
-            return [ParamProblem(("quantize",), f"applies to format gguf only, not {params.get('format')}",
-                                 "remove quantize, or set format: gguf")]
-        return []
+        fmt = params.get("format")
+        return [ParamProblem((name,), f"applies to format gguf only, not {fmt}", f"remove {name}, or set format: gguf")
+                for name in ("quantize", "system") if params.get(name) is not None and fmt != "gguf"]
 
     def code_for(self, params: Mapping[str, Any], inputs: Mapping[str, Any]) -> list[str]:
         """The export code of the backend that trained the model enters the key."""
