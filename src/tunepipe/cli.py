@@ -420,14 +420,57 @@ def export_cmd(file: str, stage: str | None, overrides: tuple[str, ...], cache_d
     from tunepipe.exporting import export_to
     from tunepipe.session import open_session
 
-    if quantize and fmt != "gguf":
-        raise click.UsageError("--quantize needs --format gguf")
+    for name, value in (("--quantize", quantize), ("--system", system)):
+        if value is not None and fmt != "gguf":
+            raise click.UsageError(f"{name} needs --format gguf")
     session = open_session(file, overrides, cache_dir)
     done, files = export_to(session, stage, Path(to), fmt=fmt, force=force, quantize=quantize, system=system)
     if done is not None and done.note:
         click.echo(f"note: {done.note}", err=True)
     for name in files:
         click.echo(str(Path(to) / name))
+
+
+@cli.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.argument("stage", required=False)
+@_spec_options
+@click.option("--host", default="127.0.0.1", show_default=True, help="The address to listen on.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@click.option("--base", is_flag=True, help="Serve the base model instead of the fine-tuned one.")
+@click.option("--model-id", metavar="ID", default=None,
+              help="The model name clients send [default: PIPELINE/STAGE, or the base model's name].")
+@click.option("--max-batch", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Requests generated together.")
+@_errors
+def serve(file: str, stage: str | None, overrides: tuple[str, ...], cache_dir: str | None, host: str, port: int,
+          base: bool, model_id: str | None, max_batch: int) -> None:
+    """Serve a train STAGE's model behind the OpenAI API (/v1/chat/completions, /v1/models).
+
+    An application written for an OpenAI model works unchanged with base_url
+    http://HOST:PORT/v1. Needs the serve extra: pip install 'tunepipe[serve]'."""
+    from tunepipe.session import open_session
+    from tunepipe.trained import context, find_trained, hosted
+
+    session = open_session(file, overrides, cache_dir)
+    trained = find_trained(session, stage)
+    hosted(trained)
+    if trained.stale:
+        click.echo(f"note: {trained.stage}'s model is not current ({'; '.join(trained.stale)}): serving the last "
+                   "one trained", err=True)
+    name = model_id or (trained.ref.base_model if base else f"{session.pipeline.name}/{trained.stage}")
+    with context(session, trained.stage) as ctx:
+        from tunepipe.serve import bind, make_app  # a UserError naming the extra when it is missing
+        from tunepipe.serve.server import server
+
+        sock = bind(host, port)  # a port in use is an error before the model loads
+        replier = trained.backend.replier(ctx, trained.ref, base=base, settings=dict(trained.params))
+        app = make_app(replier, name, max_batch=max_batch)
+        app.state.served.warm()
+        where = f"http://{host if ':' not in host else f'[{host}]'}:{sock.getsockname()[1]}/v1"
+        click.echo(f"serving {name} at {where} (model={name!r}; Ctrl-C stops)")
+        with sock:
+            server(app).run(sockets=[sock])
 
 
 @cli.group()

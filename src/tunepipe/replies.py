@@ -11,7 +11,7 @@ model (or opens its connection) on the first :meth:`Replier.reply`, not when it 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -96,7 +96,8 @@ class Replier(Protocol):
         close(): let go of the model (and its memory); a later ``reply`` loads it again.
 
     Optional (looked up with ``getattr``; use :func:`stream`): ``stream(prompt, decoding) ->
-    Iterator[str]``, the reply's text in pieces as it is generated.
+    Generator[str, None, Reply | None]``, the reply's text in pieces as it is generated (returning
+    the whole :class:`Reply` at the end when it can: finish reason and token counts).
     """
 
     name: str
@@ -114,12 +115,14 @@ class Replier(Protocol):
         ...
 
 
-def stream(replier: Replier, prompt: Prompt, decoding: Decoding) -> Iterator[str]:
+def stream(replier: Replier, prompt: Prompt, decoding: Decoding) -> Generator[str, None, Reply | None]:
     """The reply's text in pieces: the replier's own ``stream`` when it has one, else the whole
-    reply as one piece."""
+    reply as one piece. The generator returns the :class:`Reply` when the replier's stream does
+    (its finish reason and token counts), else None."""
     own = getattr(replier, "stream", None)
     if callable(own):
-        yield from own(prompt, decoding)
-        return
+        return (yield from own(prompt, decoding))
     (reply,) = replier.reply([prompt], decoding)
-    yield reply.text
+    if reply.text:
+        yield reply.text
+    return reply

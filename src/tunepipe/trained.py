@@ -92,6 +92,16 @@ def find_trained(session: Session, stage: str | None) -> Trained:
     return trained
 
 
+def hosted(trained: Trained) -> None:
+    """A UserError when the model lives at a service that serves it already (its backend says so
+    with ``hosted``): an OpenAI fine-tuned model is called at OpenAI, not served from here."""
+    backend = trained.backend
+    if getattr(backend, "hosted", False):
+        model = trained.ref.get("fine_tuned_model") or trained.ref.base_model
+        raise UserError(f"stage '{trained.stage}' trained {model} with backend '{backend.name}', which serves it "
+                        f"itself: call it there with model={model!r} (pipeline chat talks to it from here)")
+
+
 def _training_files(session: Session, record: Mapping[str, Any]) -> Iterator[Path]:
     """The JSONL files of the train input the model was made from (a stage's output in the cache,
     or a file of the project)."""

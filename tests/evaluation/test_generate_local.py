@@ -137,3 +137,65 @@ def test_evaluate_through_the_local_backend(varied_a: Path, varied_b: Path, tmp_
     assert doc2["generation"]["tuned"]["reused"] == 5 and doc2["generation"]["base"]["generated"] == 0
     assert not any("loading" in n for n in ctx2._progress.lines)
     assert doc2["metrics"]["rouge_l"] == doc["metrics"]["rouge_l"]
+
+
+# --- the local replier's stream and token counts ------------------------------------------------
+
+@pytest.fixture
+def local_replier(varied_a: Path, tmp_path: Path) -> Any:
+    from tunepipe import modelref
+    from tunepipe.hf.replier import LocalReplier
+
+    ref = modelref.read(local_artifact(tmp_path / "model", varied_a), name="train.model")
+    return LocalReplier(make_ctx(tmp_path / "run"), ref, base=False, settings={"device": "cpu", "threads": 1})
+
+
+def streamed(replier: Any, prompt: Any, decoding: Decoding) -> tuple[list[str], Reply]:
+    pieces, gen = [], replier.stream(prompt, decoding)
+    while True:
+        try:
+            pieces.append(next(gen))
+        except StopIteration as end:
+            return pieces, end.value
+
+
+@pytest.mark.parametrize("decoding", [Decoding(max_new_tokens=24), Decoding(24, temperature=1.0, top_p=0.9, seed=5)])
+def test_the_local_stream_joins_to_the_reply(local_replier: Any, decoding: Decoding) -> None:
+    exs = examples(3)
+    for ex in exs:
+        prompt = ex.as_prompt()
+        (whole,) = local_replier.reply([prompt], decoding)
+        pieces, reply = streamed(local_replier, prompt, decoding)
+        assert len(pieces) > 3 and all(pieces) and "".join(pieces) == whole.text
+        assert (reply.text, reply.prompt_tokens, reply.completion_tokens, reply.finish) == \
+               (whole.text, whole.prompt_tokens, whole.completion_tokens, whole.finish)
+        assert local_replier.prompt_tokens(prompt) == whole.prompt_tokens
+
+
+def test_the_local_stream_loads_lazily_and_closing_it_stops_generation(local_replier: Any) -> None:
+    import threading
+    import time
+
+    gen = local_replier.stream(examples(1)[0].as_prompt(), Decoding(max_new_tokens=1500))
+    assert local_replier._model is None  # nothing happens before the first piece is asked for
+    assert next(gen) and any(t.name == "tunepipe-stream" for t in threading.enumerate())
+    t0 = time.monotonic()
+    gen.close()
+    assert time.monotonic() - t0 < 1 and not any(t.name == "tunepipe-stream" for t in threading.enumerate())
+
+
+def test_prompt_tokens_need_only_the_tokenizer_and_the_context_is_the_models(local_replier: Any) -> None:
+    prompt = examples(1)[0].as_prompt()
+    assert local_replier.prompt_tokens(prompt) == len(local_replier._tok(render_prompt(local_replier._tok, prompt),
+                                                                         add_special_tokens=False)["input_ids"])
+    assert local_replier._model is None
+    assert local_replier.context_length() == 2048 and local_replier._model is not None
+
+
+def test_the_local_stream_truncates_a_long_prompt_as_reply_does(local_replier: Any) -> None:
+    long = Example(0, 1, [{"role": "user", "content": "word " * 200}], "ref").as_prompt()
+    local_replier.context_length()  # loads the model
+    local_replier._model.config.max_position_embeddings = 48
+    pieces, reply = streamed(local_replier, long, Decoding(max_new_tokens=8))
+    (whole,) = local_replier.reply([long], Decoding(max_new_tokens=8))
+    assert reply.truncated_prompt and reply.prompt_tokens == 40 and "".join(pieces) == whole.text == reply.text

@@ -93,6 +93,8 @@ class Backend(Protocol):
             never re-runs a (paid) training job, nor the trainer an evaluation. Without ``code``
             the backend's module and everything it imports enter every key that uses it.
         ``model_help`` (str): what ``model:`` names for it, for the train stage's description.
+        ``hosted`` (bool): its trained models live at a service that serves them already (OpenAI);
+            ``pipeline serve`` then says where to call them instead of serving them from here.
         ``packages`` (tuple): distributions whose versions enter the train stage's cache key.
         ``model_fields`` (mapping): fields its model.json must hold -> what to do when one is
             missing (checked before a replier is made).

@@ -96,6 +96,7 @@ class OpenAIBackend:
     train_settings = TRAIN
     reply_settings = REPLY
     packages: tuple[str, ...] = ()
+    hosted = True  # its models are served by the API itself: `pipeline serve` points there instead
     # loaded by name (see the contract's ``code``): a train key never covers the chat code, nor an
     # evaluate key the fine-tuning code
     code: Mapping[str, str] = {"train": "tunepipe.openai_ft.backend", "reply": "tunepipe.openai_ft.replier"}

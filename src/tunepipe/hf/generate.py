@@ -9,12 +9,17 @@ tuned see the very same prompt tokens. Decoding is one explicit ``GenerationConf
 Prompts are sorted by length (longest first: an out-of-memory error shows on the first batch) and
 batched ``batch_size`` at a time; a prompt longer than the model's context minus ``max_new_tokens``
 keeps its last tokens (counted as ``truncated_prompt``).
+
+:func:`stream_local` generates one reply in pieces as its tokens come, with the same configuration,
+stop tokens and truncation, so its pieces join to the text generate_local gives that prompt alone.
 """
 
 from __future__ import annotations
 
+import queue
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from typing import Any
 
 from tunepipe.errors import StageInputError
@@ -64,6 +69,45 @@ def context_length(model: Any) -> int | None:
     return None
 
 
+def generation_config(tok: Any, model: Any, decoding: Decoding) -> tuple[Any, list[int]]:
+    """The one explicit ``GenerationConfig`` of ``decoding`` (not the model's own defaults) and the
+    ids that end a reply; generate_local and stream_local share it, so both decode alike."""
+    from transformers import GenerationConfig
+
+    stops = stop_ids(tok, model)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else stops[0] if stops else 0
+    config = GenerationConfig(max_new_tokens=decoding.max_new_tokens, do_sample=not decoding.greedy,
+                              pad_token_id=pad, eos_token_id=stops or None,
+                              **({} if decoding.greedy else {"temperature": decoding.temperature,
+                                                             "top_p": decoding.top_p, "top_k": 0}))
+    return config, stops
+
+
+def prompt_ids(tok: Any, prompt: Prompt) -> list[int]:
+    """The prompt's tokens as rendered through the chat template (before any truncation)."""
+    return tok(render_prompt(tok, prompt), add_special_tokens=False)["input_ids"]
+
+
+def fitted_ids(ids: list[int], model: Any, decoding: Decoding) -> tuple[list[int], bool]:
+    """``ids`` cut to their last tokens when they leave no room for ``max_new_tokens`` in the
+    model's context, and whether they were cut."""
+    limit = context_length(model)
+    room = None if limit is None else max(1, limit - decoding.max_new_tokens)
+    if room is not None and len(ids) > room:
+        return ids[-room:], True
+    return ids, False
+
+
+def finished_reply(tok: Any, new: Sequence[int], stops: Sequence[int], prompt_tokens: int, seconds: float,
+                   truncated: bool) -> Reply:
+    """The Reply of generated tokens ``new``: up to the first stop token (counted, not shown)."""
+    ended = next((k for k, t in enumerate(new) if t in stops), None)
+    kept = list(new) if ended is None else list(new[:ended])
+    text = tok.decode(kept, skip_special_tokens=True).strip()
+    return Reply(text, prompt_tokens, len(kept) + (0 if ended is None else 1), seconds,
+                 "length" if ended is None else "stop", truncated_prompt=truncated)
+
+
 def generate_local(model: Any, tok: Any, prompts: Sequence[Prompt], decoding: Decoding, *, batch_size: int,
                    device: str, done: Callable[[int, Reply], None],
                    check_cancelled: Callable[[], None] = lambda: None,
@@ -71,23 +115,12 @@ def generate_local(model: Any, tok: Any, prompts: Sequence[Prompt], decoding: De
     """Generate a reply for each prompt and hand it to ``done(i, reply)`` (``i``: the prompt's
     position) as each batch finishes (so a caller can keep them for a resume)."""
     import torch
-    from transformers import GenerationConfig
 
     if not prompts:
         return
-    stops = stop_ids(tok, model)
-    pad = tok.pad_token_id if tok.pad_token_id is not None else stops[0] if stops else 0
-    config = GenerationConfig(max_new_tokens=decoding.max_new_tokens, do_sample=not decoding.greedy,
-                              pad_token_id=pad, eos_token_id=stops or None,
-                              **({} if decoding.greedy else {"temperature": decoding.temperature,
-                                                             "top_p": decoding.top_p, "top_k": 0}))
-    limit = context_length(model)
-    room = None if limit is None else max(1, limit - decoding.max_new_tokens)
-    encoded: list[tuple[int, list[int], bool]] = []
-    for i, prompt in enumerate(prompts):
-        ids = tok(render_prompt(tok, prompt), add_special_tokens=False)["input_ids"]
-        truncated = room is not None and len(ids) > room
-        encoded.append((i, ids[-room:] if truncated and room else ids, truncated))
+    config, stops = generation_config(tok, model, decoding)
+    pad = config.pad_token_id
+    encoded = [(i, *fitted_ids(prompt_ids(tok, prompt), model, decoding)) for i, prompt in enumerate(prompts)]
     order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i][1]))
     torch.manual_seed(decoding.seed)
     finished = 0
@@ -106,14 +139,108 @@ def generate_local(model: Any, tok: Any, prompts: Sequence[Prompt], decoding: De
                                  generation_config=config)
         seconds = time.monotonic() - t0
         for row, (i, ids, truncated) in enumerate(batch):
-            new = out[row, width:].tolist()
-            ended = next((k for k, t in enumerate(new) if t in stops), None)
-            kept = new if ended is None else new[:ended]
-            text = tok.decode(kept, skip_special_tokens=True).strip()
-            done(i, Reply(text, len(ids), len(kept) + (0 if ended is None else 1), seconds,
-                                 "length" if ended is None else "stop", truncated_prompt=truncated))
+            done(i, finished_reply(tok, out[row, width:].tolist(), stops, len(ids), seconds, truncated))
         finished += len(batch)
         progress(finished)
+
+
+def stream_local(model: Any, tok: Any, prompt: Prompt, decoding: Decoding, *,
+                 device: str) -> Generator[str, None, Reply]:
+    """The reply to ``prompt`` in pieces as its tokens are generated; the generator returns the
+    :class:`Reply` (``StopIteration.value``). The pieces join to generate_local's text for this
+    prompt alone: the same config, seed, stop tokens and truncation, and ``generate`` itself runs
+    (in a thread, handing each token over a queue). Closing the generator stops ``generate`` after
+    the token in progress (a stopping criterion) and joins the thread."""
+    import torch
+    from transformers import StoppingCriteriaList
+
+    config, stops = generation_config(tok, model, decoding)
+    ids, truncated = fitted_ids(prompt_ids(tok, prompt), model, decoding)
+    tokens: queue.Queue[Any] = queue.Queue()
+    stop = threading.Event()
+
+    def work() -> None:
+        try:
+            torch.manual_seed(decoding.seed)
+            with torch.inference_mode():
+                model.generate(input_ids=torch.tensor([ids], device=device),
+                               attention_mask=torch.ones((1, len(ids)), dtype=torch.long, device=device),
+                               generation_config=config, streamer=_Tokens(tokens),
+                               stopping_criteria=StoppingCriteriaList([_Until(stop)]))
+        except BaseException as e:  # noqa: BLE001 - raised again in the consumer's thread
+            tokens.put(e)
+        tokens.put(None)
+
+    t0 = time.monotonic()
+    thread = threading.Thread(target=work, name="tunepipe-stream", daemon=True)
+    thread.start()
+    new: list[int] = []
+    text = _Text(tok)
+    try:
+        while (token := tokens.get()) is not None:
+            if isinstance(token, BaseException):
+                raise token
+            new.append(token)
+            if token in stops:
+                break
+            if piece := text.add(token):
+                yield piece
+    finally:
+        stop.set()
+        thread.join()
+    reply = finished_reply(tok, new, stops, len(ids), time.monotonic() - t0, truncated)
+    if rest := text.rest(reply.text):
+        yield rest
+    return reply
+
+
+class _Tokens:
+    """A ``generate`` streamer that puts each new token id on a queue (the prompt's are skipped)."""
+
+    def __init__(self, out: queue.Queue[Any]) -> None:
+        self.out, self.prompt_seen = out, False
+
+    def put(self, value: Any) -> None:
+        if self.prompt_seen:
+            for token in value.reshape(-1).tolist():
+                self.out.put(token)
+        self.prompt_seen = True
+
+    def end(self) -> None:
+        pass
+
+
+class _Until:
+    """A stopping criterion (``generate`` only calls it): true for every row once ``event`` is set."""
+
+    def __init__(self, event: threading.Event) -> None:
+        self.event = event
+
+    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+        import torch
+
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
+class _Text:
+    """The reply's text as tokens come, handed out so that the pieces join to the final stripped
+    text: leading whitespace is dropped, trailing whitespace and an unfinished UTF-8 character
+    (decoded as U+FFFD) are held back until more text follows."""
+
+    def __init__(self, tok: Any) -> None:
+        self.tok, self.kept, self.sent = tok, [], ""
+
+    def add(self, token: int) -> str:
+        self.kept.append(token)
+        safe = self.tok.decode(self.kept, skip_special_tokens=True).strip().rstrip("\ufffd").rstrip()
+        if len(safe) <= len(self.sent) or not safe.startswith(self.sent):
+            return ""
+        piece, self.sent = safe[len(self.sent):], safe
+        return piece
+
+    def rest(self, final: str) -> str:
+        """What is left of ``final`` (the Reply's text) after the pieces sent."""
+        return final[len(self.sent):] if final.startswith(self.sent) else ""
 
 
 def release() -> None:

@@ -3,14 +3,16 @@
 Both render prompts through the **trained artifact's tokenizer** (the chat template training
 used), so base and tuned see the very same prompt tokens. The model is loaded on the first
 :meth:`LocalReplier.reply` (a reply cache that already holds every reply loads nothing) and let go
-by :meth:`LocalReplier.close`. Settings (the evaluate stage's parameters of the same names):
+by :meth:`LocalReplier.close`. :meth:`LocalReplier.stream` hands out one reply as it is generated,
+and :meth:`LocalReplier.prompt_tokens` with :meth:`LocalReplier.context_length` let a server refuse
+a prompt that does not fit. Settings (the evaluate stage's parameters of the same names):
 ``device`` (auto, cpu, cuda, mps), ``threads`` (CPU threads for torch; default the run's) and
 ``batch_size`` (prompts generated together).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Generator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +80,36 @@ class LocalReplier:
                            done=keep, check_cancelled=self.ctx.check_cancelled,
                            progress=lambda n: self.ctx.progress(f"{self.role} {n}/{len(prompts)} replies"))
         return out
+
+    def stream(self, prompt: Prompt, decoding: Decoding) -> Generator[str, None, Reply]:
+        """The reply's text in pieces as it is generated (they join to ``reply([prompt])``'s text);
+        the generator returns the :class:`Reply`. Closing it stops generation at the next token."""
+        from tunepipe.hf.device import cpu_threads
+        from tunepipe.hf.generate import stream_local
+
+        with cpu_threads(self.threads):
+            self._load()
+            return (yield from stream_local(self._model, self._tok, prompt, decoding, device=self.device))
+
+    def prompt_tokens(self, prompt: Prompt) -> int:
+        """How many tokens ``prompt`` renders to (before any truncation), so that a server can refuse
+        one that does not fit :meth:`context_length`. Loads only the tokenizer when the model is not
+        loaded; only reads it, so it may run while another thread generates."""
+        from tunepipe.hf.generate import prompt_ids
+        from tunepipe.hf.models import load_tokenizer
+
+        tok = self._tok
+        if tok is None:
+            tok = self._tok = load_tokenizer(self.tokenizer)
+        return len(prompt_ids(tok, prompt))
+
+    def context_length(self) -> int | None:
+        """The model's context in tokens (prompt and reply together), None when its config does
+        not say; loads the model."""
+        from tunepipe.hf.generate import context_length
+
+        self._load()
+        return context_length(self._model)
 
     def close(self) -> None:
         from tunepipe.hf.generate import release
