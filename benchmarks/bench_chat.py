@@ -5,8 +5,8 @@ first):
 
 * **cold, from outside**: `pipeline chat FILE --prompt P` as a subprocess, its stdout read as bytes
   arrive (this harness's clock, not tunepipe's): start to first reply byte (Python start-up,
-  imports, model load, prompt, first token), then first byte to the end; the reply's tokens are
-  counted with the model's tokenizer.
+  imports, model load, prompt, first token), then first to last reply byte; the reply's tokens
+  are counted with the model's tokenizer.
 * **warm, in process**: the same replier with the model loaded once, as a REPL turn or a
   server request sees it: time to the first streamed piece, and tokens per second of the rest.
 
@@ -35,12 +35,12 @@ def cold(file: str, prompt: str, tokens: int) -> tuple[float, float, str]:
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, bufsize=0)
     assert proc.stdout is not None
-    first = os.read(proc.stdout.fileno(), 1)
-    t1 = time.perf_counter()
-    rest = proc.stdout.read()
-    t2 = time.perf_counter()
+    chunks: list[tuple[float, bytes]] = []
+    while chunk := os.read(proc.stdout.fileno(), 4096):  # the time of each piece as it arrives
+        chunks.append((time.perf_counter(), chunk))
     proc.wait()
-    return t1 - t0, t2 - t1, (first + rest).decode("utf-8", "replace")
+    text = b"".join(c for _, c in chunks).decode("utf-8", "replace")
+    return chunks[0][0] - t0, chunks[-1][0] - chunks[0][0], text
 
 
 def warm(file: str, tokens: int, runs: int, count: Any) -> list[tuple[float, float, int]]:
@@ -54,7 +54,7 @@ def warm(file: str, tokens: int, runs: int, count: Any) -> list[tuple[float, flo
     out = []
     with context(session, trained.stage) as ctx:
         replier = trained.backend.replier(ctx, trained.ref, base=False, settings=dict(trained.params))
-        replier.reply([Prompt([{"role": "user", "content": "hi"}])], Decoding(4))  # load the model
+        "".join(replier.stream(Prompt([{"role": "user", "content": "hi"}]), Decoding(4)))  # load the model
         for prompt in (PROMPTS * runs)[:runs]:
             messages = [{"role": "system", "content": "Marv is a factual chatbot that is also sarcastic."},
                         {"role": "user", "content": prompt}]
