@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 from aimock import aimock, aimock_factory, aimock_server  # noqa: F401,F811  (pytest fixtures)
-from test_chat import LOCAL, OPENAI, SYSTEM, examples
+from model_out import LOCAL, OPENAI, SYSTEM, examples
 
 EXPORT = """\
   export:

@@ -14,8 +14,7 @@ from pathlib import Path
 import openai
 import pytest
 from aimock import aimock, aimock_factory, aimock_server  # noqa: F401,F811  (pytest fixtures)
-from test_chat import LOCAL, OPENAI, examples
-from test_chat import trained, varied  # noqa: F401  (pytest fixtures)
+from model_out import LOCAL, OPENAI, examples, trained, varied  # noqa: F401  (fixtures too)
 
 
 def _start(project, *args: str) -> tuple[object, str]:

@@ -11,48 +11,10 @@ from pathlib import Path
 
 import pytest
 from aimock import aimock, aimock_factory, aimock_server  # noqa: F401,F811  (pytest fixtures)
-from tiny_model import build_tiny_model
+from model_out import LOCAL, OPENAI, SYSTEM, examples, trained, varied  # noqa: F401  (fixtures too)
 
 from tunepipe.chat import Conversation, Side, ask
 from tunepipe.replies import Decoding
-
-SYSTEM = "Marv is a factual chatbot that is also sarcastic."
-
-
-def examples(n: int, system: str = SYSTEM) -> str:
-    rows = [{"messages": [{"role": "system", "content": system if i % 5 else "Be nice."},
-                          {"role": "user", "content": f"What is {i} plus {i}?"},
-                          {"role": "assistant", "content": f"{2 * i}. Obviously."}]} for i in range(n)]
-    return "".join(json.dumps(r) + "\n" for r in rows)
-
-
-LOCAL = """\
-stages:
-  split: {uses: split, inputs: {examples: data/chat.jsonl}, with: {validation: 4, seed: 3}}
-  train:
-    uses: train
-    inputs: {train: split.train, validation: split.validation, base_model: base}
-    with: {epochs: 1, batch_size: 4, learning_rate: 0.01, threads: 1, seed: 5}
-"""
-
-
-@pytest.fixture(scope="module")
-def varied(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Path:
-    """Large random weights: greedy decoding gives words, not one token again and again."""
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(str(tiny_model), local_files_only=True)
-    return build_tiny_model(tmp_path_factory.mktemp("varied"), tok=tok, seed=3, initializer_range=0.5)
-
-
-@pytest.fixture
-def trained(project, varied: Path, monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    shutil.copytree(varied, project.root / "base")
-    project.write("data/chat.jsonl", examples(24))
-    project.spec(LOCAL)
-    project.ok("run", "p.yaml")
-    return project
 
 
 def test_one_prompt_prints_only_the_reply_and_is_the_same_twice(trained) -> None:
@@ -158,18 +120,6 @@ def test_a_matrix_needs_a_branch_and_a_pipeline_without_train_stage_says_so(proj
     project.spec("stages:\n  split: {uses: split, inputs: {examples: data/chat.jsonl}}\n")
     result = project.run("chat", "p.yaml", "--prompt", "x")
     assert result.exit_code == 2 and "p.yaml has no train stage" in result.output
-
-
-OPENAI = """\
-stages:
-  train:
-    uses: train
-    inputs: {train: data/chat.jsonl}
-    with:
-      backend: openai
-      model: gpt-4o-mini-2024-07-18
-      openai: {base_url: "BASE", poll_seconds: 0.01, suffix: marv}
-"""
 
 
 def test_an_openai_trained_model_answers_through_streamed_chat_completions(project, aimock,
