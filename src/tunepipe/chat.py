@@ -9,6 +9,7 @@ the result (stdout); labels, notes and errors are diagnostics (stderr).
 
 from __future__ import annotations
 
+import contextlib
 import signal
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -52,10 +53,11 @@ class Conversation:
 def say(side: Side, prompt: Prompt, decoding: Decoding, out: TextIO) -> str:
     """Stream ``side``'s reply to ``out`` as it is generated; the whole reply."""
     pieces: list[str] = []
-    for piece in stream(side.replier, prompt, decoding):
-        pieces.append(piece)
-        out.write(piece)
-        out.flush()
+    with contextlib.closing(stream(side.replier, prompt, decoding)) as gen:  # Ctrl-C stops generating too
+        for piece in gen:
+            pieces.append(piece)
+            out.write(piece)
+            out.flush()
     out.write("\n")
     out.flush()
     return "".join(pieces).strip()
@@ -68,9 +70,9 @@ def ask(conv: Conversation, text: str, decoding: Decoding, out: TextIO, err: Tex
         if len(conv.sides) > 1:
             err.write(f"── {side.label}\n")
             err.flush()
-        reply = say(side, conv.prompt(side, text), decoding, out)
-        conv.keep(side, text, reply)
-        replies[side.label] = reply
+        replies[side.label] = say(side, conv.prompt(side, text), decoding, out)
+    for side in conv.sides:  # kept once every side has answered: a stopped turn is kept by none
+        conv.keep(side, text, replies[side.label])
     return replies
 
 
