@@ -228,7 +228,7 @@ def test_dag_mermaid_has_an_edge_per_input(chain) -> None:
 def test_stages_lists_ingest_with_its_parameters(project) -> None:
     out = project.ok("stages").stdout
     names = [block.split()[0] for block in out.split("\n\n")]
-    assert names == ["clean", "evaluate", "format", "ingest", "split", "train"]  # every built-in, sorted
+    assert names == ["clean", "evaluate", "export", "format", "ingest", "split", "train"]  # every built-in, sorted
     ingest = out.split("\n\n")[names.index("ingest")]
     assert ingest.startswith("ingest  (version 0.2.0, tunepipe.stages.ingest:Ingest)")
     assert "  input  data (list): " in ingest

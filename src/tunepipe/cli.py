@@ -336,6 +336,99 @@ def show(file: str, stage: str, overrides: tuple[str, ...], cache_dir: str | Non
     click.echo(json.dumps(info, indent=2) if as_json else describe_artifacts(info))
 
 
+def _cache_dir_option(fn: F) -> F:
+    return click.option("--cache-dir", envvar="TUNEPIPE_CACHE", metavar="DIR",
+                        help="Cache folder [default: .tunepipe next to the pipeline file; env TUNEPIPE_CACHE].")(fn)
+
+
+def _history(file: str, cache_dir: str | None) -> Any:
+    """The recorded runs of FILE; records that cannot be read are named on stderr, once each."""
+    from tunepipe.history.runs import open_history
+
+    history = open_history(file, cache_dir)
+    for bad in history.unreadable[:5]:
+        click.echo(f"warning: skipped the run record {bad.file}: it {bad.why}", err=True)
+    if len(history.unreadable) > 5:
+        click.echo(f"warning: skipped {len(history.unreadable) - 5} more run records that cannot be read", err=True)
+    return history
+
+
+@cli.command("runs")
+@click.argument("file", type=click.Path(dir_okay=False))
+@_cache_dir_option
+@click.option("-n", "--limit", type=click.IntRange(min=0), default=20, show_default=True,
+              help="Show the newest N runs; 0 shows all.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@_errors
+def runs_cmd(file: str, cache_dir: str | None, limit: int, as_json: bool) -> None:
+    """The recorded runs of FILE, newest first: id, start, duration, outcome, stages done / cached /
+    failed, what changed since each stage's previous run, and the evaluate stages' headline metrics."""
+    from tunepipe.history.listing import list_runs
+    from tunepipe.history.render import runs_text
+
+    history = _history(file, cache_dir)
+    rows = list_runs(history, limit or None)
+    if as_json:
+        click.echo(json.dumps({"pipeline": file, "cache": str(history.cache_root), "total": len(history.runs),
+                               "runs": [r.to_json() for r in rows],
+                               "unreadable": [{"file": str(u.file), "why": u.why} for u in history.unreadable]},
+                              indent=2))
+    else:
+        click.echo(runs_text(rows))
+    if len(rows) < len(history.runs):
+        click.echo(f"({len(rows)} newest of {len(history.runs)} runs; --limit 0 shows all)", err=True)
+
+
+@cli.command("logs")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.argument("stage")
+@_cache_dir_option
+@click.option("--run", "run_id", metavar="ID", help="The run (an id from `pipeline runs`, or a unique prefix) "
+                                                    "[default: the latest run with a log of STAGE].")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing as the log grows, until the stage's run ends.")
+@_errors
+def logs(file: str, stage: str, cache_dir: str | None, run_id: str | None, follow: bool) -> None:
+    """Print the log of STAGE from its latest run (or --run ID); -f follows a running stage."""
+    from tunepipe.errors import UserError
+    from tunepipe.history import logs as L
+
+    history = _history(file, cache_dir)
+    log, live = L.to_follow(history, stage, run_id) if follow else (L.find_log(history, stage, run_id), False)
+    click.echo(f"log of stage {stage} in run {log.run.short} ({log.run.status}): {log.path}", err=True)
+    sys.stdout.flush()
+    out = sys.stdout.buffer
+    if not live:
+        if follow:
+            click.echo(f"run {log.run.short} is not running: nothing to follow", err=True)
+        L.copy_all(log.path, out)
+        return
+    status = L.follow(log, out, say=lambda text: click.echo(text, err=True))
+    if not log.path.is_file():
+        raise UserError(f"stage '{stage}' has no log in run {log.run.short}: it did not run there (status {status})")
+
+
+@cli.command("diff")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.argument("run_a", required=False)
+@click.argument("run_b", required=False)
+@_cache_dir_option
+@click.option("--json", "fmt", flag_value="json", help="Print JSON.")
+@click.option("--md", "fmt", flag_value="md", help="Print Markdown tables (for a pull request).")
+@_errors
+def diff(file: str, run_a: str | None, run_b: str | None, cache_dir: str | None, fmt: str | None) -> None:
+    """What differs between two runs of FILE (default: the last two; one ID: it against the latest):
+    parameters, input contents and plugin code per stage, and every metric of every evaluate stage
+    with old, new, delta and whether the change is outside the bootstrap interval."""
+    from tunepipe.history.diff import diff_history
+    from tunepipe.history.render import diff_markdown, diff_text
+
+    d = diff_history(_history(file, cache_dir), run_a, run_b)
+    if fmt == "json":
+        click.echo(json.dumps(d.to_json(), indent=2))
+    else:
+        click.echo(diff_markdown(d, file) if fmt == "md" else diff_text(d), nl=fmt != "md")
+
+
 @cli.command()
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.argument("stage", required=False)

@@ -214,7 +214,15 @@ def stage_artifacts(session: Session, stage: str) -> dict[str, Any]:
     return {"stage": stage, "key": record["key"], "current": current,
             "stale_because": [] if current else plan.reasons, "created": record.get("created"),
             "duration_s": record.get("duration_s"), "summary": record.get("summary", {}), "outputs": outputs,
-            "details": details}
+            "details": details, "log": _latest_log(session, stage)}
+
+
+def _latest_log(session: Session, stage: str) -> dict[str, Any] | None:
+    """The log of the stage's latest run that wrote one (a cached stage writes none)."""
+    from tunepipe.history.logs import latest_log
+
+    log = latest_log(session.store.root, session.pipeline.path, stage)
+    return None if log is None else {"path": str(log.path), "run": log.run.short, "run_id": log.run.run_id}
 
 
 def _details(session: Session, stage: str, outputs: dict[str, Path], summary: dict[str, Any]) -> str:
@@ -240,4 +248,6 @@ def describe_artifacts(info: dict[str, Any]) -> str:
         for f in out["files"]:
             extra = f", {f['records']:,} records" if "records" in f else ""
             lines.append(f"    {f['path']}  ({f['bytes']:,} bytes{extra})")
+    if info.get("log"):
+        lines.append(f"  log (run {info['log']['run']}): {info['log']['path']}")
     return "\n".join(lines)
