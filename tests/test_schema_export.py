@@ -121,4 +121,5 @@ def test_the_command_prints_or_writes_the_schema(project) -> None:
 def test_the_base_schema_is_what_the_runner_checks_each_file_with() -> None:
     base = json.loads((ROOT / "schemas" / "pipeline.schema.json").read_text())
     Draft202012Validator.check_schema(base)
-    assert set(base["properties"]) == {"name", "description", "include", "vars", "templates", "executor", "stages"}
+    assert set(base["properties"]) == {"name", "description", "include", "vars", "templates", "executor", "tracking",
+                                       "stages"}

@@ -147,12 +147,14 @@ def _clean_stop() -> Iterator[None]:
 @click.option("-n", "--dry-run", is_flag=True, help="Show the plan (cached or to run, and why); run nothing.")
 @click.option("--explain", is_flag=True, help="Say why each stage runs: which parameter, input or code changed.")
 @click.option("-k", "--keep-going", is_flag=True, help="After a failure, still run stages that do not need it.")
+@click.option("--track", metavar="TRACKER", default=None,
+              help="Log this run to TRACKER (e.g. mlflow) instead of the file's `tracking:`; 'none': nowhere.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only failures and the result line.")
 @click.option("-v", "--verbose", is_flag=True, help="Print reasons, progress notes and the cache folder.")
 @_errors
 def run(file: str, stages: tuple[str, ...], overrides: tuple[str, ...], cache_dir: str | None, jobs: int | None,
         executor: str | None, address: str | None, force: tuple[str, ...], dry_run: bool, explain: bool,
-        keep_going: bool, quiet: bool, verbose: bool) -> None:
+        keep_going: bool, quiet: bool, verbose: bool, track: str | None) -> None:
     """Run the pipeline FILE (or only STAGES and what they need), reusing cached results."""
     from tunepipe.progress import make_reporter
     from tunepipe.runner import RunOptions
@@ -164,7 +166,7 @@ def run(file: str, stages: tuple[str, ...], overrides: tuple[str, ...], cache_di
     force = tuple(session.pipeline.expand_names(force))
     opts = RunOptions(targets=stages, force_all="*" in force, force=[f for f in force if f != "*"], jobs=jobs,
                       executor=executor or "", address=address or "", keep_going=keep_going, dry_run=dry_run,
-                      explain=explain, argv=sys.argv[1:])
+                      explain=explain, argv=sys.argv[1:], track=track or "")
     reporter = make_reporter(verbosity=-1 if quiet else (1 if verbose else 0), explain=explain,
                              result=sys.stdout)  # the result on stdout, the live view on stderr
     try:

@@ -26,6 +26,7 @@ from tunepipe.plan import CACHED, Planner, StagePlan
 from tunepipe.records import RunRecord
 from tunepipe.registry import Registry
 from tunepipe.spec.model import Pipeline
+from tunepipe.tracking.registry import chosen as chosen_trackers
 
 INTERRUPTED_EXIT = 130
 
@@ -42,6 +43,7 @@ class RunOptions:
     dry_run: bool = False
     explain: bool = False
     argv: Sequence[str] = ()
+    track: str = ""  # a tracker instead of the file's `tracking:` (``none``: none); see tunepipe.tracking
 
 
 @dataclass
@@ -132,6 +134,7 @@ def run(pipeline: Pipeline, store: Store, registry: Registry, opts: RunOptions, 
     """Run (or, with ``dry_run``, only plan) the selected stages."""
     t_start = time.monotonic()
     selected = resolve_selection(pipeline, opts.targets, opts.force)
+    trackers = chosen_trackers(pipeline.tracking, opts.track)  # an unknown --track: a user error, now
     forced = set(selected) if opts.force_all else set(pipeline.expand_names(list(opts.force)))
     planner = Planner(pipeline, store, registry)
     reporter.start(pipeline, selected, str(store.root))
@@ -154,13 +157,14 @@ def run(pipeline: Pipeline, store: Store, registry: Registry, opts: RunOptions, 
             executor_factory = LocalExecutor
     jobs = opts.jobs or (len(selected) if kind == "ray" else 1)  # on Ray, the cluster's resources limit
     return _Scheduler(pipeline, store, registry, opts, reporter, planner, selected, forced,
-                      executor_factory, kind, jobs).run(t_start)
+                      executor_factory, kind, jobs, trackers).run(t_start)
 
 
 class _Scheduler:
     def __init__(self, pipeline: Pipeline, store: Store, registry: Registry, opts: RunOptions,
                  reporter: Reporter, planner: Planner, selected: list[str], forced: set[str],
-                 executor_factory: Callable[..., Executor], engine: str, jobs: int) -> None:
+                 executor_factory: Callable[..., Executor], engine: str, jobs: int,
+                 trackers: dict[str, Any] | None = None) -> None:
         self.pipeline, self.store, self.registry, self.opts = pipeline, store, registry, opts
         self.reporter, self.planner = reporter, planner
         self.selected, self.forced = selected, forced
@@ -178,6 +182,7 @@ class _Scheduler:
         self._factory = executor_factory
         self.warned: set[str] = set()
         self._executor: Executor | None = None  # made at the first stage to run: a cached run starts no cluster
+        self.trackers = trackers or {}  # tracker name -> settings: where the finished run is logged
 
     def run(self, t_start: float) -> RunOutcome:
         status = "ok"
@@ -191,6 +196,7 @@ class _Scheduler:
                     self._finished(self.running.pop(fut), fut.result())
         except TunepipeError:  # e.g. the cluster cannot be reached: the record must not stay "running"
             self.record.finish("failed")
+            self._track("failed")
             raise
         except KeyboardInterrupt:
             status = "interrupted"
@@ -212,8 +218,16 @@ class _Scheduler:
             self.reporter.message(f"the run record was not written: {self.record.write_error}")
         outcome = RunOutcome(self.pipeline.name, {n: self.outcomes[n] for n in self.selected if n in self.outcomes},
                              status, time.monotonic() - t_start, str(self.record.file))
+        self._track(status)
         self.reporter.finish(outcome)
         return outcome
+
+    def _track(self, status: str) -> None:
+        """Log the finished run to its trackers; their errors are warnings (tunepipe.tracking.report)."""
+        if self.trackers:
+            from tunepipe.tracking.report import track
+
+            track(self.trackers, self.pipeline, self.store, self.record.data, status, self.reporter.message)
 
     def _schedule(self) -> None:
         """Start every ready stage (cached ones resolve at once, which may make more ready)."""

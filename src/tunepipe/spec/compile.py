@@ -2,7 +2,7 @@
 
 Order: includes (each file checked against the pipeline schema, then merged) → ``-S``
 overrides → templates, matrix and ``${vars}`` (:mod:`tunepipe.spec.expand`) → plugins →
-parameters (plugin schema, defaults) → inputs (ports, producers, files) → graph (cycles, order).
+parameters (plugin schema, defaults) → inputs (ports, producers, files) → trackers → graph (cycles, order).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from tunepipe.spec.include import assemble, package_ref, where_top
 from tunepipe.spec.model import InputRef, Pipeline, StageSpec
 from tunepipe.spec.resolve import apply_overrides
 from tunepipe.spec.resources import normalise_executor, normalise_resources
+from tunepipe.spec.tracking import normalise_tracking, tracking_problems
 from tunepipe.spec.yamlpos import Document, JsonPath
 
 _where_top = where_top  # kept for callers of the old name
@@ -98,6 +99,9 @@ def compile_document(doc: Document, path: Path, registry: Registry, overrides: t
             group=expanded.group.get(name, ""), matrix=dict(expanded.coords.get(name, {})),
             resources=normalise_resources(raw.get("resources")))
 
+    problems.extend(tracking_problems(doc, data.get("tracking")))
+    problems.extend(_secret_problems(doc, data.get("tracking"), ("tracking",), secrets))  # a token in a URI
+
     g = graph.build(stages)
     problems.extend(graph.cycle_problems(g, doc.excerpt))
     if problems:
@@ -106,7 +110,8 @@ def compile_document(doc: Document, path: Path, registry: Registry, overrides: t
     name = data.get("name") or path.stem
     sources = tuple(s.to_json() for s in assembled.stamps) if assembled.cacheable else None
     return Pipeline(name=name, path=path, stages={n: stages[n] for n in order}, overrides=overrides,
-                    sources=sources, executor=normalise_executor(data.get("executor")))
+                    sources=sources, executor=normalise_executor(data.get("executor")),
+                    tracking=normalise_tracking(data.get("tracking")))
 
 
 def _plugin_problems(doc: Document, stage: str, loaded: LoadedPlugin, params: dict[str, Any],

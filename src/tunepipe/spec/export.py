@@ -98,4 +98,21 @@ def export_schema(registry: Registry, names: list[str] | None = None) -> dict[st
         uses["anyOf"] = choices
         if rules:
             d["allOf"] = rules
+    _add_trackers(defs["tracking"])
     return out
+
+
+def _add_trackers(tracking: dict[str, Any]) -> None:
+    """Each installed tracker's settings under ``tracking: {NAME: ...}`` (one that fails to load is
+    left out: ``pipeline validate`` says why)."""
+    from tunepipe.errors import PluginError
+    from tunepipe.tracking import registry
+
+    mapping = next(alt for alt in tracking["oneOf"] if alt.get("type") == "object")
+    mapping["properties"] = {}
+    for name in registry.names():
+        try:
+            settings = copy.deepcopy(dict(registry.load(name).settings_schema))
+        except PluginError:
+            continue
+        mapping["properties"][name] = {"anyOf": [settings, {"type": "null"}]}

@@ -10,7 +10,8 @@ an earlier one), then the including file's own definitions on top. The rules:
   ``uses`` or ``template`` than the inherited one replaces it whole.
 * ``vars``: deep-merged the same way, except that ``null`` is a value, not a removal.
 * ``templates``: a template of the same name replaces the inherited one whole.
-* ``name`` and ``description`` are never inherited.
+* ``name`` and ``description`` are never inherited, nor ``executor`` and ``tracking`` (where this
+  file's runs go and are logged).
 
 An include is a path relative to the including file, or ``package:path/in/package.yaml`` for a
 file an installed package ships (found with importlib.resources: importing the package runs its
@@ -136,17 +137,18 @@ class _Assembler:
         out = self.merged
         data = self.main.data if isinstance(self.main.data, dict) else {}
         merged: dict[str, Any] = {k: data[k] for k in ("name", "description") if isinstance(data.get(k), str)}
-        if isinstance(data.get("executor"), (str, dict)):  # where this file runs: not taken from includes
-            merged["executor"] = data["executor"]
+        for own in ("executor", "tracking"):  # where this file runs and is logged: not taken from includes
+            if isinstance(data.get(own), (str, dict)):
+                merged[own] = data[own]
         merged.update(layer.data)
         out.data = merged
         out.values.update(layer.values)
         out.keys.update(layer.keys)
-        for p in [(), ("name",), ("description",), ("include",), ("executor",)]:
-            if p in self.main.values:
-                out.values.setdefault(p, self.main.values[p])
-            if p in self.main.keys:
-                out.keys.setdefault(p, self.main.keys[p])
+        tops = {(), ("name",), ("description",), ("include",)}
+        for table, into in ((self.main.values, out.values), (self.main.keys, out.keys)):
+            for p, pos in table.items():  # the main file's own keys, nested ones too (a tracker's settings)
+                if p in tops or p[:1] in (("executor",), ("tracking",)):
+                    into.setdefault(p, pos)
         return Assembled(out, self.problems, list(self.stamps.values()), self.cacheable, self.has_includes,
                          self.any_stages)
 

@@ -83,6 +83,7 @@ class Pipeline:
     # the included files as [path, size, mtime_ns, sha256] (None: one cannot be checked cheaply)
     sources: tuple[list[Any], ...] | None = field(default=())
     executor: dict[str, Any] = field(default_factory=dict)  # {type, address, max_retries} as written
+    tracking: dict[str, dict[str, Any]] = field(default_factory=dict)  # tracker name -> its settings; not in keys
 
     @property
     def root(self) -> Path:
@@ -123,7 +124,7 @@ class Pipeline:
         return {"name": self.name, "path": str(self.path), "overrides": list(self.overrides),
                 "stages": [s.to_json() for s in self.stages.values()],
                 "sources": None if self.sources is None else [list(x) for x in self.sources],
-                "executor": self.executor}
+                "executor": self.executor, "tracking": self.tracking}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Pipeline:
@@ -132,4 +133,4 @@ class Pipeline:
         return cls(name=d["name"], path=Path(d["path"]), overrides=tuple(d["overrides"]),
                    stages={s.name: s for s in stages},
                    sources=None if sources is None else tuple(list(x) for x in sources),
-                   executor=d.get("executor", {}))
+                   executor=d.get("executor", {}), tracking=d.get("tracking", {}))
