@@ -431,6 +431,38 @@ def diff(file: str, run_a: str | None, run_b: str | None, cache_dir: str | None,
         click.echo(diff_markdown(d, file) if fmt == "md" else diff_text(d), nl=fmt != "md")
 
 
+@cli.command("compare")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.argument("stage", required=False)
+@_spec_options
+@click.option("--sort", metavar="METRIC", default=None,
+              help="Order by METRIC (an evaluate metric, train_loss, val_loss, val_loss_best) "
+                   "[default: the evaluate stage's rank_by, else rouge_l, else val_loss].")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--html", "html_out", metavar="OUT.html", type=click.Path(dir_okay=False),
+              help="Also write one self-contained page: the table, the metrics side by side, the loss curves.")
+@_errors
+def compare(file: str, stage: str | None, overrides: tuple[str, ...], cache_dir: str | None, sort: str | None,
+            as_json: bool, html_out: str | None) -> None:
+    """The branches of the matrix STAGE of FILE side by side (default: its only matrix stage): swept
+    values, status, evaluate metrics with intervals, training and validation loss; the leader is
+    marked best only when its paired difference from the runner-up excludes zero, else tied."""
+    from tunepipe.history.compare import compare_sweep
+    from tunepipe.history.compare_text import compare_text
+    from tunepipe.registry import Registry
+    from tunepipe.spec import load_pipeline
+
+    path = Path(file)
+    pipeline = load_pipeline(path, Registry(search_paths=[path.absolute().parent]), overrides, display=file)
+    c = compare_sweep(pipeline, _history(file, cache_dir), stage, sort)
+    if html_out is not None:
+        from tunepipe.history.compare_html import write_html
+
+        write_html(c, Path(html_out))
+        click.echo(f"wrote {html_out}", err=True)
+    click.echo(json.dumps(c.to_json(), indent=2) if as_json else compare_text(c))
+
+
 @cli.command()
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.argument("stage", required=False)

@@ -77,17 +77,16 @@ def find_trained(session: Session, stage: str | None) -> Trained:
 
     name = pick_stage(session, stage)
     info = stage_artifacts(session, name)
-    folder = next((Path(o["path"]) for o in info["outputs"].values()
-                   if (Path(o["path"]) / modelref.FILE).is_file()), None)
-    if folder is None:
+    output = next((o for o in info["outputs"].values() if (Path(o["path"]) / modelref.FILE).is_file()), None)
+    if output is None:
         uses = session.pipeline.stages[name].uses
         trains = train_stages(session)
         hint = f"name a train stage ({', '.join(trains)})" if trains else "name a stage that trains a model"
         raise UserError(f"stage '{name}' (uses: {uses}) produces no model: {hint}")
-    ref = modelref.read(folder, name=f"{name}.model", where=f"stage '{name}': ")
+    ref = modelref.read(Path(output["path"]), name=f"{name}.model", where=f"stage '{name}': ")
     record = session.store.record(info["key"]) or {}
     trained = Trained(name, ref, record, list(info["stale_because"]), list(_training_files(session, record)),
-                      _report(session, name), session.pipeline.stages[name].params)
+                      _report(session, name, output["digest"]), session.pipeline.stages[name].params)
     modelref.require(ref, getattr(trained.backend, "model_fields", {}), where=f"stage '{name}': ")
     return trained
 
@@ -114,8 +113,9 @@ def _training_files(session: Session, record: Mapping[str, Any]) -> Iterator[Pat
             yield where
 
 
-def _report(session: Session, train: str) -> Path | None:
-    """The report folder of the latest evaluate run over this train stage's model, if cached."""
+def _report(session: Session, train: str, model: str) -> Path | None:
+    """The report folder of the latest evaluate run over this very model (digest ``model``) of the
+    train stage, if cached: a report of an earlier model would describe another model."""
     from tunepipe.plan import Planner
 
     planner = Planner(session.pipeline, session.store, session.registry)
@@ -125,7 +125,8 @@ def _report(session: Session, train: str) -> Path | None:
             continue
         key = planner.last_key(name)
         record = session.store.record(key) if key else None
-        if record and "report" in record.get("outputs", {}):
+        judged = [i.get("digest") for i in (record or {}).get("parts", {}).get("inputs", {}).get("model") or []]
+        if record and "report" in record.get("outputs", {}) and model in judged:
             return session.store.fetch(record["outputs"]["report"])
     return None
 
