@@ -146,10 +146,10 @@ class Notes:
         self.last = -PROGRESS_INTERVAL  # the first note shows at once
 
     def maybe(self, make: Any) -> None:
-        now = time.monotonic()
-        if now - self.last >= PROGRESS_INTERVAL:
-            self.last = now
-            self.ctx.progress(make())
+        if time.monotonic() - self.last >= PROGRESS_INTERVAL:
+            note = make()  # timed from when the note goes out: a slow make() must not bring the next one closer
+            self.last = time.monotonic()
+            self.ctx.progress(note)
 
 
 def _clock(seconds: float) -> str:
