@@ -75,9 +75,19 @@ def test_the_main_job_fine_tunes_marv_and_beats_the_base(shipped) -> None:
     doc = json.loads((Path(info["outputs"]["report"]["path"]) / "metrics.json").read_text())
     for metric in ("rouge_l", "semantic"):
         assert doc["metrics"][metric]["tuned"]["value"] > doc["metrics"][metric]["base"]["value"]
+    export = json.loads(shipped.ok("show", "pipelines/sarcasm.yaml", "export", "--json").stdout)
+    files = {f["path"] for f in export["outputs"]["model"]["files"]}
+    assert files == {"model-q8_0.gguf", "Modelfile", "README.md"}  # the deliverable, for llama.cpp and Ollama
     probe = ("import sys\nfrom tunepipe.cli import cli\ntry:\n    cli(['run', '-q', 'pipelines/sarcasm.yaml'])\n"
              "except SystemExit as e:\n    assert e.code == 0, e.code\n"
              "print(sorted(m for m in ('torch', 'transformers', 'numpy', 'openai') if m in sys.modules))")
     again = subprocess.run([sys.executable, "-c", probe], cwd=shipped.root, capture_output=True, text=True)
     # the probe's line follows the run's result line (-q)
     assert again.returncode == 0 and again.stdout.splitlines()[-1] == "[]", again.stdout + again.stderr
+
+
+def test_the_sweep_runs_train_evaluate_and_export_once_per_learning_rate(shipped) -> None:
+    result = shipped.ok("validate", "pipelines/sarcasm-sweep.yaml")
+    assert "10 stages" in result.stdout
+    for branch in ("train@learning_rate=0.001", "evaluate@learning_rate=0.0005", "export@learning_rate=0.0005"):
+        assert branch in result.stdout
