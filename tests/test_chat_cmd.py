@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from aimock import aimock, aimock_factory, aimock_server  # noqa: F401,F811  (pytest fixtures)
-from model_out import LOCAL, OPENAI, SYSTEM, examples, trained, varied  # noqa: F401  (fixtures too)
+from model_out import LOCAL, SYSTEM, examples, train_on_aimock, trained, varied  # noqa: F401  (fixtures too)
 
 from tunepipe.chat import Conversation, Side, ask
 from tunepipe.replies import Decoding
@@ -124,11 +124,7 @@ def test_a_matrix_needs_a_branch_and_a_pipeline_without_train_stage_says_so(proj
 
 def test_an_openai_trained_model_answers_through_streamed_chat_completions(project, aimock,
                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-chat")
-    project.write("data/chat.jsonl", examples(12))
-    project.spec(OPENAI.replace("BASE", aimock.base_url))
-    project.ok("run", "p.yaml")
-    model = json.loads((project.artifact("train", "model") / "model.json").read_text())["fine_tuned_model"]
+    model = train_on_aimock(project, aimock, monkeypatch, "sk-test-chat")
     aimock.set_fixtures([{"match": {"userMessage": "capital"}, "response": {"content": "Paris. Obviously."}}])
     result = project.ok("chat", "p.yaml", "--prompt", "What is the capital of France?")
     assert result.stdout == "Paris. Obviously.\n"

@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import stat
 from pathlib import Path
 
 import pytest
 import yaml
 from aimock import aimock, aimock_factory, aimock_server  # noqa: F401,F811  (pytest fixtures)
-from model_out import LOCAL, OPENAI, SYSTEM, examples
+from model_out import LOCAL, SYSTEM, train_on_aimock, trained, varied  # noqa: F401  (fixtures too)
 
 EXPORT = """\
   export:
@@ -21,16 +20,6 @@ EXPORT = """\
     inputs: {model: train.model, examples: split.train}
     with: {format: FORMAT}
 """
-
-
-@pytest.fixture
-def trained(project, tiny_model: Path, monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    shutil.copytree(tiny_model, project.root / "base")
-    project.write("data/chat.jsonl", examples(24))
-    project.spec(LOCAL)
-    project.ok("run", "p.yaml")
-    return project
 
 
 def _front_matter(readme: Path) -> dict:
@@ -120,10 +109,7 @@ def test_the_export_stage_is_cached_and_its_parameters_checked(trained) -> None:
 
 def test_an_openai_model_exports_its_reference_and_says_why(project, aimock,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-export")
-    project.write("data/chat.jsonl", examples(12))
-    project.spec(OPENAI.replace("BASE", aimock.base_url))
-    project.ok("run", "p.yaml")
+    train_on_aimock(project, aimock, monkeypatch, "sk-test-export")
     result = project.ok("export", "p.yaml", "--to", "out", "--format", "merged")
     assert "stay at OpenAI" in result.stderr and "model.json" in result.stdout
     ref = json.loads((project.root / "out" / "model.json").read_text())

@@ -4,7 +4,6 @@ Ctrl-C stops it; a port in use and an OpenAI-trained model are one clear line an
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 import signal
@@ -14,7 +13,7 @@ from pathlib import Path
 import openai
 import pytest
 from aimock import aimock, aimock_factory, aimock_server  # noqa: F401,F811  (pytest fixtures)
-from model_out import LOCAL, OPENAI, examples, trained, varied  # noqa: F401  (fixtures too)
+from model_out import LOCAL, examples, train_on_aimock, trained, varied  # noqa: F401  (fixtures too)
 
 
 def _start(project, *args: str) -> tuple[object, str]:
@@ -66,11 +65,7 @@ def test_a_stage_that_has_not_run_is_not_served(project, tiny_model: Path) -> No
 
 def test_an_openai_model_is_served_by_openai_and_the_command_says_where(project, aimock,
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-serve")
-    project.write("data/chat.jsonl", examples(12))
-    project.spec(OPENAI.replace("BASE", aimock.base_url))
-    project.ok("run", "p.yaml")
-    model = json.loads((project.artifact("train", "model") / "model.json").read_text())["fine_tuned_model"]
+    model = train_on_aimock(project, aimock, monkeypatch, "sk-test-serve")
     result = project.run("serve", "p.yaml")
     assert result.exit_code == 2
     assert f"backend 'openai', which serves it itself: call it there with model='{model}'" in result.output

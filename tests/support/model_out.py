@@ -60,3 +60,12 @@ stages:
       model: gpt-4o-mini-2024-07-18
       openai: {base_url: "BASE", poll_seconds: 0.01, suffix: marv}
 """
+
+
+def train_on_aimock(project, aimock, monkeypatch: pytest.MonkeyPatch, key: str) -> str:
+    """Train the OPENAI pipeline against the emulator with API key ``key``; the fine-tuned model id."""
+    monkeypatch.setenv("OPENAI_API_KEY", key)
+    project.write("data/chat.jsonl", examples(12))
+    project.spec(OPENAI.replace("BASE", aimock.base_url))
+    project.ok("run", "p.yaml")
+    return json.loads((project.artifact("train", "model") / "model.json").read_text())["fine_tuned_model"]
