@@ -62,7 +62,7 @@ def export_to(session: Any, stage: str | None, to: Path, *, fmt: str | None, for
     with _staged(to, force) as tmp:
         if not is_model:
             return None, _copy_outputs(outputs, tmp)
-        trained = find_trained(session, name)
+        trained = find_trained(session, name, info)  # the plan is made once
         digest = ((trained.record.get("parts", {}).get("inputs", {}).get("train") or [{}])[0]).get("digest")
         done = export_model(trained.ref.folder, tmp, fmt or "hf-adapter", quantize=quantize, system=system,
                             examples=trained.data, data_digest=digest, report=trained.report,

@@ -71,12 +71,13 @@ def pick_stage(session: Session, stage: str | None) -> str:
     return stage
 
 
-def find_trained(session: Session, stage: str | None) -> Trained:
-    """The model of train stage ``stage`` (default: the only one) from its latest cached result."""
+def find_trained(session: Session, stage: str | None, info: Mapping[str, Any] | None = None) -> Trained:
+    """The model of train stage ``stage`` (default: the only one) from its latest cached result;
+    ``info``: what :func:`tunepipe.describe.stage_artifacts` said of it, when the caller has it."""
     from tunepipe.describe import stage_artifacts
 
     name = pick_stage(session, stage)
-    info = stage_artifacts(session, name)
+    info = info or stage_artifacts(session, name)
     output = next((o for o in info["outputs"].values() if (Path(o["path"]) / modelref.FILE).is_file()), None)
     if output is None:
         uses = session.pipeline.stages[name].uses
