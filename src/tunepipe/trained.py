@@ -117,14 +117,15 @@ def _training_files(session: Session, record: Mapping[str, Any]) -> Iterator[Pat
 def _report(session: Session, train: str, model: str) -> Path | None:
     """The report folder of the latest evaluate run over this very model (digest ``model``) of the
     train stage, if cached: a report of an earlier model would describe another model."""
-    from tunepipe.plan import Planner
+    from tunepipe.records import PipelineState
 
-    planner = Planner(session.pipeline, session.store, session.registry)
+    pipeline = session.pipeline
+    last = PipelineState(session.store.root, pipeline.path, pipeline.name).read()  # the stages' last keys
     for name, spec in session.pipeline.stages.items():
         refs = spec.inputs.get("model") or []
         if spec.uses != "evaluate" or not any(r.kind == "stage" and r.stage == train for r in refs):
             continue
-        key = planner.last_key(name)
+        key = last.get(name, {}).get("key")
         record = session.store.record(key) if key else None
         judged = [i.get("digest") for i in (record or {}).get("parts", {}).get("inputs", {}).get("model") or []]
         if record and "report" in record.get("outputs", {}) and model in judged:
