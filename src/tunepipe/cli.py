@@ -413,22 +413,49 @@ def logs(file: str, stage: str, cache_dir: str | None, run_id: str | None, follo
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.argument("run_a", required=False)
 @click.argument("run_b", required=False)
-@_cache_dir_option
+@_spec_options
 @click.option("--json", "fmt", flag_value="json", help="Print JSON.")
 @click.option("--md", "fmt", flag_value="md", help="Print Markdown tables (for a pull request).")
 @_errors
-def diff(file: str, run_a: str | None, run_b: str | None, cache_dir: str | None, fmt: str | None) -> None:
-    """What differs between two runs of FILE (default: the last two; one ID: it against the latest):
-    parameters, input contents and plugin code per stage, and every metric of every evaluate stage
-    with old, new, delta and whether the change is outside the bootstrap interval."""
+def diff(file: str, run_a: str | None, run_b: str | None, overrides: tuple[str, ...], cache_dir: str | None,
+         fmt: str | None) -> None:
+    """What differs between two runs of FILE: parameters, input contents and plugin code per stage,
+    and every metric of every evaluate stage with old, new, delta and whether the change is outside
+    the bootstrap interval.
+
+    \b
+    (no ID)          the latest run against the workspace (the file, its inputs and code as they
+                     are now) if that differs from it, else the last two runs
+    RUN_A            RUN_A against the latest run
+    RUN_A RUN_B      RUN_A against RUN_B; `workspace` as RUN_B names the workspace
+    """
     from tunepipe.history.diff import diff_history
     from tunepipe.history.render import diff_markdown, diff_text
 
-    d = diff_history(_history(file, cache_dir), run_a, run_b)
+    history = _history(file, cache_dir)
+    explicit = "workspace" in (run_a, run_b)
+    d = diff_history(history, run_a, run_b, lambda: _workspace(file, overrides, cache_dir, history, explicit))
     if fmt == "json":
         click.echo(json.dumps(d.to_json(), indent=2))
     else:
         click.echo(diff_markdown(d, file) if fmt == "md" else diff_text(d), nl=fmt != "md")
+
+
+def _workspace(file: str, overrides: tuple[str, ...], cache_dir: str | None, history: Any, explicit: bool,
+               instead: str = "showing the last two runs") -> Any:
+    """The workspace planned as a run; where it cannot be planned (a broken pipeline file, a
+    missing plugin), an error if the user named it, else None and a note on stderr."""
+    from tunepipe.errors import UserError
+    from tunepipe.history.workspace import plan_workspace
+    from tunepipe.session import open_session
+
+    try:
+        return plan_workspace(open_session(file, overrides, cache_dir), history)
+    except UserError as e:
+        if explicit:
+            raise
+        click.echo(f"note: the workspace cannot be planned ({str(e).splitlines()[0]}): {instead}", err=True)
+        return None
 
 
 @cli.command("compare")
@@ -454,7 +481,9 @@ def compare(file: str, stage: str | None, overrides: tuple[str, ...], cache_dir:
 
     path = Path(file)
     pipeline = load_pipeline(path, Registry(search_paths=[path.absolute().parent]), overrides, display=file)
-    c = compare_sweep(pipeline, _history(file, cache_dir), stage, sort)
+    history = _history(file, cache_dir)
+    workspace = _workspace(file, overrides, cache_dir, history, explicit=False, instead="stale results are not marked")
+    c = compare_sweep(pipeline, history, stage, sort, workspace)
     if html_out is not None:
         from tunepipe.history.compare_html import write_html
 

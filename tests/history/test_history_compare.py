@@ -235,3 +235,19 @@ def test_the_page_is_self_contained_and_renders_in_headless_chromium(swept: Any,
     js("document.querySelector('#branches tbody tr').dispatchEvent(new Event('mouseenter'))")
     assert js("document.querySelectorAll('#loss-curves polyline.dim').length") == 2  # the other branch's
     assert browser.problems() == [] and browser.requests() == [page.as_uri()]
+
+
+def test_results_the_pipeline_would_no_longer_reuse_are_marked_stale(swept: Any) -> None:
+    out = swept.ok("compare", "p.yaml").stdout
+    assert "stale" not in out
+    swept.write("p.yaml", (swept.root / "p.yaml").read_text().replace("fail_at: 0.002", "fail_at: 0.003"))
+    out = swept.ok("compare", "p.yaml").stdout
+    statuses = {r[1] if r[0] == "best" else r[0]: (r[2] if r[0] == "best" else r[1]) for r in table_rows(out)[1:]}
+    assert statuses == {"0.0001": "ok, stale", "0.0005": "ok, stale", "0.002": "failed (train)"}
+    line = next(x for x in out.splitlines() if x.startswith("stale: "))
+    assert f"{B1} (parameter fail_at: 0.002 -> 0.003)" in line and "`pipeline run p.yaml train` brings them up to date" in line
+    doc = json.loads(swept.ok("compare", "p.yaml", "--json").stdout)
+    rows = {r["branch"]: r for r in doc["rows"]}
+    assert list(rows[B1]["stale"]) == [B1, "evaluate@learning_rate=0.0001"] and rows[B20]["stale"] is None
+    # -S undoes the edit for this command: nothing is stale
+    assert "stale" not in swept.ok("compare", "p.yaml", "-S", "train.fail_at=0.002").stdout

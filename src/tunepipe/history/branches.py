@@ -43,6 +43,7 @@ class Row:
     evaluations: dict[str, str] = field(default_factory=dict)  # evaluate stage as written -> its branch
     cells: dict[str, Cell] = field(default_factory=dict)
     mark: str = ""  # best | tied
+    stale: dict[str, str] = field(default_factory=dict)  # stages whose result the pipeline now would not reuse -> why
     model: Path | None = None  # the train artifact (its loss.csv draws the curves)
     reports: dict[str, Report] = field(default_factory=dict, repr=False)
 
@@ -52,6 +53,6 @@ class Row:
 
     def to_json(self) -> dict[str, Any]:
         return {"branch": self.branch, "values": self.values, "status": self.status, "mark": self.mark,
-                "problem": self.problem or None, "run": self.run, "stages": self.stages, "summary": self.summary,
+                "problem": self.problem or None, "stale": self.stale or None, "run": self.run, "stages": self.stages, "summary": self.summary,
                 "evaluations": self.evaluations, "metrics": {k: asdict(c) for k, c in self.cells.items()},
                 "model": None if self.model is None else str(self.model)}

@@ -64,17 +64,18 @@ def stage_changes(stage: str, old: Mapping[str, Any], new: Mapping[str, Any],
 
 
 def run_changes(old: Run, new: Run) -> list[Change]:
-    """Every stage's changes from run ``old`` to run ``new``; a stage only one of them ran with
-    key parts is ``added`` or ``removed``."""
+    """Every stage's changes from run ``old`` to run ``new``; a stage only one of them has is
+    ``added`` or ``removed`` (one that both have, but one without key parts, e.g. skipped after a
+    failure, shows no change: nothing is known to compare)."""
     out: list[Change] = []
     producers = _producers(new, old)
     for stage in _stage_order(old, new):
         a, b = old.parts(stage), new.parts(stage)
         if a is not None and b is not None:
             out.extend(stage_changes(stage, a, b, producers))
-        elif b is not None:
+        elif b is not None and stage not in old.stages:
             out.append(Change(stage, ADDED))
-        elif a is not None:
+        elif a is not None and stage not in new.stages:
             out.append(Change(stage, REMOVED))
     return out
 

@@ -22,6 +22,7 @@ from tunepipe.history.leader import BEST, TIED, Verdict, judge
 from tunepipe.history.reports import Reports
 from tunepipe.history.runs import History, Run
 from tunepipe.history.sweep import Sweep, find_sweep
+from tunepipe.history.workspace import stale_reasons
 from tunepipe.spec.model import Pipeline
 
 FINISHED = ("done", "cached")
@@ -58,8 +59,11 @@ class Comparison:
                 "verdict": asdict(self.verdict), "not_in_pipeline": self.not_in_pipeline}
 
 
-def compare_sweep(pipeline: Pipeline, history: History, stage: str | None, sort: str | None) -> Comparison:
-    """The comparison of the matrix ``stage``'s branches, sorted by ``sort`` (default: see :func:`pick_sort`)."""
+def compare_sweep(pipeline: Pipeline, history: History, stage: str | None, sort: str | None,
+                  workspace: Run | None = None) -> Comparison:
+    """The comparison of the matrix ``stage``'s branches, sorted by ``sort`` (default: see :func:`pick_sort`).
+    ``workspace`` (:func:`tunepipe.history.workspace.plan_workspace`): marks the branches whose recorded
+    results the pipeline as it is now would not reuse."""
     sweep = find_sweep(pipeline, stage, history.spec)
     names = [n for chain in sweep.chains.values() for n in chain]
     latest = latest_entries(history.require_runs(), names)
@@ -70,6 +74,10 @@ def compare_sweep(pipeline: Pipeline, history: History, stage: str | None, sort:
                         f"{sweep.stage}` first")
     reports = Reports(history.cache_root)
     rows = [build_row(sweep, b, latest, reports, history.cache_root) for b in sweep.branches]
+    if workspace is not None:
+        for r in rows:
+            done = [n for n in sweep.chains[r.branch] if n in latest and latest[n].status in FINISHED]
+            r.stale = stale_reasons(workspace, done)
     columns = columns_of(rows)
     column = pick_sort(columns, rows, sort)
     rows = sort_rows(rows, column)

@@ -24,7 +24,12 @@ def cell_text(cell: Cell | None) -> str:
 
 
 def status_text(row: Row) -> str:
-    """``ok``, ``not run``, else the status with the stage (as written) that has it."""
+    """``ok``, ``not run``, else the status with the stage (as written) that has it; ``, stale``
+    when the pipeline as it is now would not reuse a result."""
+    return _status_word(row) + (", stale" if row.stale else "")
+
+
+def _status_word(row: Row) -> str:
     if row.status in (OK, NOT_RUN) or not row.problem:
         return row.status
     stage, status = row.problem["stage"].partition("@")[0], row.problem["status"]
@@ -89,6 +94,10 @@ def problem_lines(c: Comparison) -> list[str]:
             continue
         error = f": {p['error'].splitlines()[0]}" if p.get("error") else ""
         lines.append(f"{p['status']}: {p['stage']}{error} (`pipeline logs {c.pipeline} {p['stage']}`)")
+    stale = [f"{name} ({why})" for r in c.rows for name, why in list(r.stale.items())[:1]]  # what follows waits
+    if stale:
+        lines.append(f"stale: results from an older state of the pipeline, its inputs or code: {'; '.join(stale)} "
+                     f"(`pipeline run {c.pipeline} {c.sweep.stage}` brings them up to date)")
     waiting = [r.branch for r in c.rows if r.status == NOT_RUN]
     if waiting:
         lines.append(f"not run yet: {', '.join(waiting)} (`pipeline run {c.pipeline} {c.sweep.stage}` runs them)")

@@ -4,7 +4,7 @@ bootstrap noise (see :mod:`tunepipe.history.significance`). Pure: the reports co
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -13,8 +13,10 @@ from tunepipe.history import significance as S
 from tunepipe.history.changes import Change, run_changes
 from tunepipe.history.reports import Report, Reports
 from tunepipe.history.runs import History, Run
+from tunepipe.history.workspace import WORKSPACE
 
 PAIRED, OVERLAP, SAME, NONE = "paired", "overlap", "same", "none"
+RECORDED = 50  # the workspace counts as run when one of this many newest runs had no change from it
 
 
 @dataclass(frozen=True)
@@ -71,21 +73,33 @@ class RunDiff:
                 "evaluations": [asdict(e) for e in self.evaluations], "metrics": [asdict(m) for m in self.metrics]}
 
 
-def diff_history(history: History, given_a: str | None = None, given_b: str | None = None) -> RunDiff:
-    """The runs the user named (default: the two newest; one: it against the newest), diffed with
-    their evaluation reports read from the cache."""
-    a, b = pick(history, given_a, given_b)
+def diff_history(history: History, given_a: str | None = None, given_b: str | None = None,
+                 workspace: Callable[[], Run | None] | None = None) -> RunDiff:
+    """The runs the user named, diffed with their evaluation reports read from the cache. None
+    named: the latest run against the workspace when that differs from each of the last
+    :data:`RECORDED` runs (``workspace`` plans it; None when it cannot be planned), else the two
+    newest runs: after ``run -S ...`` the workspace is the run before, and the runs are compared.
+    One: it against the newest.
+    ``workspace`` (:data:`~tunepipe.history.workspace.WORKSPACE`) names the workspace."""
+    a, b = pick(history, given_a, given_b, workspace or (lambda: None))
     reports = Reports(history.cache_root)
     return diff_runs(a, b, {s: r.with_rows() for s, r in reports.of(a).items()},
                      {s: r.with_rows() for s, r in reports.of(b).items()})
 
 
-def pick(history: History, given_a: str | None, given_b: str | None) -> tuple[Run, Run]:
+def pick(history: History, given_a: str | None, given_b: str | None,
+         workspace: Callable[[], Run | None]) -> tuple[Run, Run]:
     runs = history.require_runs()
+    if WORKSPACE in (given_a, given_b):
+        return _with_workspace(history, given_a, given_b, workspace)
     if given_a is None:
+        ws = workspace()
+        if ws is not None and not any(not run_changes(run, ws) for run in runs[:RECORDED]):
+            return runs[0], ws  # edits since the last run that no recent run has (else: runs with -S)
         if len(runs) < 2:
-            raise UserError(f"only one run of {history.spec} is recorded ({runs[0].short}): a diff needs two; "
-                            f"run `pipeline run {history.spec}` again after a change")
+            same = " and the workspace matches it" if ws is not None else ""
+            raise UserError(f"only one run of {history.spec} is recorded ({runs[0].short}){same}: a diff needs "
+                            f"two; run `pipeline run {history.spec}` again after a change")
         return runs[1], runs[0]
     a = history.run(given_a)
     b = history.run(given_b) if given_b is not None else runs[0]
@@ -96,6 +110,17 @@ def pick(history: History, given_a: str | None, given_b: str | None) -> tuple[Ru
     return a, b
 
 
+def _with_workspace(history: History, given_a: str | None, given_b: str | None,
+                    workspace: Callable[[], Run | None]) -> tuple[Run, Run]:
+    if given_a == WORKSPACE and given_b is not None:
+        raise UserError(f"the workspace is the newer side: `pipeline diff {history.spec} RUN {WORKSPACE}`")
+    ws = workspace()
+    if ws is None:
+        raise UserError(f"the workspace of {history.spec} cannot be planned here")
+    old = history.run(given_a) if given_a not in (None, WORKSPACE) else history.runs[0]
+    return old, ws
+
+
 def diff_runs(a: Run, b: Run, reports_a: Mapping[str, Report], reports_b: Mapping[str, Report]) -> RunDiff:
     """Run ``a`` (old) against run ``b`` (new). Reports should carry their rows (``with_rows``)."""
     out = RunDiff(Side.of(a), Side.of(b), run_changes(a, b))
@@ -103,8 +128,11 @@ def diff_runs(a: Run, b: Run, reports_a: Mapping[str, Report], reports_b: Mappin
         old, new = reports_a.get(stage), reports_b.get(stage)
         if old is None or new is None:
             missing = a if old is None else b
-            out.evaluations.append(Evaluation(stage, None, False, f"run {missing.short} has no evaluation report "
-                                              f"of stage '{stage}' (stage {missing.stage_status(stage)})"))
+            status = missing.stage_status(stage)
+            why = (f"the workspace has no evaluation report of stage '{stage}' yet ({status}: run the pipeline "
+                   "to get its metrics)" if missing.run_id == WORKSPACE else
+                   f"run {missing.short} has no evaluation report of stage '{stage}' (stage {status})")
+            out.evaluations.append(Evaluation(stage, None, False, why))
             continue
         evaluation, metrics = compare_reports(stage, old, new)
         out.evaluations.append(evaluation)

@@ -11,6 +11,7 @@ from typing import Any
 from tunepipe.history import changes as C
 from tunepipe.history.diff import PAIRED, MetricChange, RunDiff, Side
 from tunepipe.history.listing import RunRow
+from tunepipe.history.workspace import WORKSPACE
 
 COMPACT_WIDTH = 110  # a run's "changed" line is cut here, the rest left to `pipeline diff`
 VALUE_WIDTH = 24
@@ -37,6 +38,19 @@ def value(v: Any, width: int = VALUE_WIDTH) -> str:
     text = v if isinstance(v, str) and v and v.strip() == v and not v[0].isdigit() else \
         json.dumps(v, ensure_ascii=False, separators=(",", ":"))
     return text if len(text) <= width else text[:width - 1] + "…"
+
+
+def param_values(old: Any, new: Any, width: int = 40) -> tuple[str, str]:
+    """Two values of a parameter as shown side by side; two long lists as what one has and the
+    other lacks (``metrics: … → +contains_answer``), which truncation would hide."""
+    if isinstance(old, list) and isinstance(new, list) and max(len(value(old, 10**6)), len(value(new, 10**6))) > width:
+        gone = [x for x in old if x not in new]
+        added = [x for x in new if x not in old]
+        if gone or added:
+            shared = f"{len(old) - len(gone)} same"
+            return (", ".join([shared] + [f"-{value(x, width)}" for x in gone]),
+                    ", ".join([shared] + [f"+{value(x, width)}" for x in added]))
+    return value(old, width), value(new, width)
 
 
 def number(v: float | None, signed: bool = False) -> str:
@@ -112,7 +126,9 @@ def _compact(c: C.Change) -> str:
 # --- pipeline diff -----------------------------------------------------------------------------
 
 def _side(s: Side) -> str:
-    return f"{s.id} ({when(s.started)}, {s.status})"
+    if s.run_id == WORKSPACE:
+        return "the workspace (not run yet)"
+    return f"run {s.id} ({when(s.started)}, {s.status})"
 
 
 def _change_rows(d: RunDiff) -> dict[str, list[tuple[str, str, str, str]]]:
@@ -120,7 +136,7 @@ def _change_rows(d: RunDiff) -> dict[str, list[tuple[str, str, str, str]]]:
     out: dict[str, list[tuple[str, str, str, str]]] = {k: [] for k in SECTIONS}
     for c in d.changes:
         if c.kind == C.PARAM:
-            out["parameters"].append((c.stage, c.what, value(c.old, 40), value(c.new, 40)))
+            out["parameters"].append((c.stage, c.what, *param_values(c.old, c.new)))
         elif c.kind == C.INPUT:
             old = "(none)" if c.old is C.ABSENT else str(c.old)[:12]
             new = "(none)" if c.new is C.ABSENT else str(c.new)[:12]
@@ -149,7 +165,7 @@ def _metric_cells(m: MetricChange) -> tuple[str, str, str, str, str]:
 
 
 def diff_text(d: RunDiff) -> str:
-    lines = [f"run {_side(d.a)} → run {_side(d.b)}"]
+    lines = [f"{_side(d.a)} → {_side(d.b)}"]
     sections = _change_rows(d)
     if not sections:
         lines.append("\nno differences in parameters, inputs or plugin code")

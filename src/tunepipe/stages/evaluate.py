@@ -13,7 +13,8 @@ What it does
    ``openai.concurrency`` at a time, with retries and rate-limit handling
    (:mod:`tunepipe.openai_ft.replier`).
 2. Scores each reply against the reference (the last assistant message): exact_match, token_f1,
-   rouge_l, bleu, length_ratio, semantic (definitions: :data:`tunepipe.evaluation.metrics.DEFINITIONS`,
+   rouge_l, bleu, length_ratio, semantic, contains_answer (definitions:
+   :data:`tunepipe.evaluation.metrics.DEFINITIONS`,
    also written into metrics.json and the report), and with ``judge`` an OpenAI model's 1-5 verdict
    per rubric criterion (``judge_<criterion>``, 0-1) with its reasons.
 3. Aggregates with percentile-bootstrap intervals; the difference tuned - base with a paired
@@ -43,7 +44,7 @@ from tunepipe.backends.registry import Backends, installed
 from tunepipe.errors import TunepipeError
 from tunepipe.plugins import ParamProblem, Port, StageContext
 
-METRICS = ("exact_match", "token_f1", "rouge_l", "bleu", "length_ratio", "semantic")  # = evaluation.metrics.METRICS
+METRICS = ("exact_match", "token_f1", "rouge_l", "bleu", "length_ratio", "semantic", "contains_answer")  # = evaluation.metrics.METRICS
 CRITERION = r"^[a-z][a-z0-9_]{0,39}$"
 ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 
@@ -71,7 +72,7 @@ _JUDGE = {
 HEAD: Mapping[str, Any] = {
     "metrics": {"type": "array", "items": {"enum": list(METRICS)}, "minItems": 1, "uniqueItems": True,
                 "default": list(METRICS),
-                "description": "Metrics per example and in aggregate (all six by default)."},
+                "description": "Metrics per example and in aggregate (all seven by default)."},
     "compare_base": {"type": "boolean", "default": True,
                      "description": "Also generate with the base model and compare (false: tuned only)."},
     "max_examples": {"type": ["integer", "null"], "minimum": 1, "default": None,
