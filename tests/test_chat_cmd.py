@@ -13,7 +13,7 @@ import pytest
 from aimock import aimock, aimock_factory, aimock_server  # noqa: F401,F811  (pytest fixtures)
 from model_out import LOCAL, SYSTEM, examples, train_on_aimock, trained, varied  # noqa: F401  (fixtures too)
 
-from tunepipe.chat import Conversation, Side, ask
+from tunepipe.chat import ChatSide, Conversation, ask
 from tunepipe.replies import Decoding
 
 
@@ -73,7 +73,7 @@ def test_history_goes_into_the_next_prompt(trained, varied: Path) -> None:
 
     t = find_trained(open_session("p.yaml"), None)
     with context(open_session("p.yaml"), "train") as ctx:
-        side = Side("tuned", Recording(ctx, t.ref, base=False, settings={}))
+        side = ChatSide("tuned", Recording(ctx, t.ref, base=False, settings={}))
         conv = Conversation("S", [side])
         out = io.StringIO()
         first = ask(conv, "one", Decoding(4), out, io.StringIO())["tuned"]

@@ -22,7 +22,8 @@ def _drive(reporter) -> None:
     reporter.stage(StageOutcome("train", "running", "k2", reasons=["parameter lr: 0.1 -> 0.2"]))
     reporter.progress("train", "step 3/10")
     reporter.message("waiting for stage 'train': pid 1 on host is computing it")
-    failed = StageOutcome("train", "failed", "k2", 1.5, error="RuntimeError: boom", log_path="/cache/train.log")
+    failed = StageOutcome("train", "failed", "k2", 1.5, error="stage 'train': RuntimeError: boom",
+                          log_path="/cache/train.log")
     reporter.stage(failed)
     reporter.finish(RunOutcome("demo", {"ingest": StageOutcome("ingest", "cached"), "train": failed}, "failed", 2.0))
 
@@ -36,7 +37,8 @@ def test_live_view_keeps_one_line_per_stage_and_ends_with_the_result() -> None:
     assert "ingest    cached" in text and "records=1,200" in text
     assert "train     failed" in text and "1.50s" in text
     assert "train runs because parameter lr: 0.1 -> 0.2" in text
-    assert "train: RuntimeError: boom" in text and "log: /cache/train.log" in text
+    assert "stage 'train': RuntimeError: boom" in text and "log: /cache/train.log" in text
+    assert "train: stage 'train'" not in text  # the error names the stage once
     assert "waiting for stage 'train'" in text
     assert text.rstrip().splitlines()[-1].endswith("failed: 1 cached, 1 failed in 2.00s")  # NO_COLOR is set
 

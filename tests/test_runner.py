@@ -201,7 +201,7 @@ def test_a_failing_stage_fails_the_run_keeps_nothing_and_skips_its_dependents(pr
     result = project.run("run", "p.yaml")
     assert result.exit_code == 1
     assert "bad       failed" in result.stdout  # the stage's result line
-    assert "RuntimeError: it broke" in result.stderr  # its error and log: diagnostics
+    assert "stage 'bad': RuntimeError: it broke" in result.stderr  # its error, named once, and log: diagnostics
     assert "it broke" not in result.stdout
     log = Path(result.stderr.split("log: ")[1].split()[0])
     assert "Traceback" in log.read_text() and "it broke" in log.read_text()
@@ -211,6 +211,7 @@ def test_a_failing_stage_fails_the_run_keeps_nothing_and_skips_its_dependents(pr
     rec = records(project)[-1]
     assert rec["status"] == "failed" and rec["stages"]["bad"]["status"] == "failed"
     assert rec["stages"]["bad"]["log"] == str(log)
+    assert rec["stages"]["bad"]["error"] == "stage 'bad': RuntimeError: it broke"
 
 
 def test_keep_going_runs_independent_stages_after_a_failure(project) -> None:
@@ -404,12 +405,12 @@ def test_an_input_missing_from_the_cache_fails_its_stage_and_cleans_up(tmp_path:
     import threading
 
     from tunepipe.cache.store import LocalStore
-    from tunepipe.execute import InputRef, StageJob, execute
+    from tunepipe.execute import ArtifactRef, StageJob, execute
     from tunepipe.registry import Registry
 
     store = LocalStore(tmp_path / "cache")
     job = StageJob(stage="s", uses="tp_testplugins:Emit", key="1" * 64, parts={}, params={"text": "x"},
-                   inputs={"src": [InputRef(str(tmp_path / "gone"), "2" * 64, "a.out", stored=True)]},
+                   inputs={"src": [ArtifactRef(str(tmp_path / "gone"), "2" * 64, "a.out", stored=True)]},
                    multiple={"src": False}, outputs=["out"], log_path=str(tmp_path / "logs" / "s.log"))
     name = f"tunepipe.stage.s.{job.key[:12]}.{threading.get_ident()}"  # execute's logger for it in this thread
     result = execute(job, store, Registry(search_paths=[]), threading.Event(), lambda _n: None, lambda _t: None)
@@ -418,3 +419,31 @@ def test_an_input_missing_from_the_cache_fails_its_stage_and_cleans_up(tmp_path:
     assert not any((store.root / "tmp").iterdir()) and store.record(job.key) is None  # no staging folder left
     assert logging.getLogger(name).handlers == []  # its log file closed
     assert "the cache has no object" in (tmp_path / "logs" / "s.log").read_text()
+
+
+def test_a_stage_result_becomes_its_outcome_by_name_and_its_error_names_the_stage_once() -> None:
+    """Every field a worker's result shares with an outcome is carried over (a field added to both
+    cannot be left behind); a failed stage's error gets the stage's name unless it has it already."""
+    from dataclasses import fields
+
+    from tunepipe.execute import StageResult
+    from tunepipe.plan import StagePlan
+    from tunepipe.errors import with_stage, without_stage
+    from tunepipe.runner import StageOutcome
+    from tunepipe.status import PlanState, Status
+
+    plan = StagePlan("t", PlanState.RUN, key="k", reasons=["forced (--force)"])
+    result = StageResult("t", Status.FAILED, summary={"n": 1}, duration=2.5, error="ValueError: x", user_error=True,
+                         log_path="/l", node="n1", attempts=2)
+    outcome = StageOutcome.of(plan, result)
+    assert outcome == StageOutcome("t", "failed", "k", 2.5, {"n": 1}, ["forced (--force)"], "stage 't': ValueError: x",
+                                   True, "/l", "n1", 2)
+    own = {"name", "key", "reasons"}  # what only the plan knows
+    assert {f.name for f in fields(StageOutcome)} - own <= {f.name for f in fields(StageResult)}
+    assert with_stage("t", "stage 't': gone") == "stage 't': gone"
+    assert with_stage("t", "stage 't' was cancelled") == "stage 't' was cancelled"
+    assert with_stage("t", "stage 'tt': other") == "stage 't': stage 'tt': other"
+    assert with_stage("t", "") == ""
+    assert without_stage("t", "stage 't': gone") == without_stage("t", "gone") == "gone"  # old records: bare
+    cancelled = StageOutcome.of(plan, StageResult("t", Status.CANCELLED, error="interrupted"))
+    assert cancelled.error == "interrupted"  # only a failure's error is the stage's to name

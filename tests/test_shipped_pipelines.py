@@ -91,3 +91,11 @@ def test_the_sweep_runs_train_evaluate_and_export_once_per_learning_rate(shipped
     assert "10 stages" in result.stdout
     for branch in ("train@learning_rate=0.001", "evaluate@learning_rate=0.0005", "export@learning_rate=0.0005"):
         assert branch in result.stdout
+
+
+def test_the_recipe_sweep_crosses_learning_rate_lora_targets_and_epochs(shipped) -> None:
+    result = shipped.ok("validate", "pipelines/sarcasm-recipe.yaml")
+    assert "28 stages" in result.stdout  # 4 data stages + 8 branches of train, evaluate and export
+    for branch in ("train@learning_rate=0.001,targets=attention,epochs=3",
+                   "evaluate@learning_rate=0.002,targets=all-linear,epochs=5"):
+        assert branch in result.stdout

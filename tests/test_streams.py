@@ -107,7 +107,7 @@ def test_a_run_prints_its_result_on_stdout_and_its_progress_and_diagnostics_on_s
     assert not re.search(r"▶ after\b", err)  # skipped: it never ran
     assert err.count("      because never run in this pipeline\n") == 3
     assert "  ! talk: a word from the plugin\n" in err
-    assert "      RuntimeError: it broke here\n" in err
+    assert "      stage 'bad': RuntimeError: it broke here\n" in err
     log = Path(re.search(r"^      log: (\S+)$", err, re.M).group(1))
     assert "Traceback" in log.read_text() and "it broke here" in log.read_text()
     assert not [line for line in err.splitlines() if FINAL.match(line)], err
@@ -119,7 +119,7 @@ def test_a_run_prints_its_result_on_stdout_and_its_progress_and_diagnostics_on_s
     assert "because" not in out + err
     assert re.search(r"^  ✓ a +cached +chars=2$", out, re.M) and "cached" not in err
     assert re.search(rf"^  ✗ bad +failed +{T}$", out, re.M) and "bad: " not in out
-    assert "      RuntimeError: it broke here\n" in err and "      log: " in err
+    assert "      stage 'bad': RuntimeError: it broke here\n" in err and "      log: " in err
 
 
 def test_verbose_puts_the_cache_folder_in_the_header_and_progress_notes_on_stderr(streams) -> None:
@@ -141,7 +141,7 @@ def test_quiet_prints_only_the_closing_line_and_the_failure(streams) -> None:
     code, out, err = _run(streams, "--keep-going", "-q")
     assert code == 1
     _assert_lines(out, [rf"  ✗ bad +failed +{T}", SUMMARY])
-    assert "      RuntimeError: it broke here\n" in err and "running" not in err
+    assert "      stage 'bad': RuntimeError: it broke here\n" in err and "running" not in err
 
 
 def test_a_dry_run_puts_the_plan_on_stdout(streams) -> None:
@@ -211,7 +211,7 @@ def test_the_live_view_stays_on_the_terminal_and_the_result_goes_to_the_file(str
     _result(out, "pipeline streams: 4 stages", SUMMARY)
     assert "\x1b" not in out  # no cursor movement or colour in the file
     assert max(len(line) for line in out.splitlines()) > 30  # whole lines (matched above), not wrapped at COLUMNS
-    assert "a word from the plugin" in screen and "RuntimeError: it broke here" in screen
+    assert "a word from the plugin" in screen and "stage 'bad': RuntimeError:" in screen and "it broke here" in screen
     assert "log: " in screen and "log: " not in out
     assert "pipeline streams" not in screen and "failed: 2 done" not in screen
 

@@ -25,7 +25,7 @@ HELP = ("/reset: forget the conversation · /system TEXT: a new system prompt (a
 
 
 @dataclass
-class Side:
+class ChatSide:
     """One model of the chat: what it is called and its replier; ``turns``: its own history."""
 
     label: str
@@ -36,13 +36,13 @@ class Side:
 @dataclass
 class Conversation:
     system: str | None
-    sides: list[Side]
+    sides: list[ChatSide]
 
-    def prompt(self, side: Side, text: str) -> Prompt:
+    def prompt(self, side: ChatSide, text: str) -> Prompt:
         head = [{"role": "system", "content": self.system}] if self.system else []
         return Prompt([*head, *side.turns, {"role": "user", "content": text}], where="the chat")
 
-    def keep(self, side: Side, text: str, reply: str) -> None:
+    def keep(self, side: ChatSide, text: str, reply: str) -> None:
         side.turns += [{"role": "user", "content": text}, {"role": "assistant", "content": reply}]
 
     def reset(self) -> None:
@@ -50,7 +50,7 @@ class Conversation:
             side.turns.clear()
 
 
-def say(side: Side, prompt: Prompt, decoding: Decoding, out: TextIO) -> str:
+def say(side: ChatSide, prompt: Prompt, decoding: Decoding, out: TextIO) -> str:
     """Stream ``side``'s reply to ``out`` as it is generated; the whole reply."""
     pieces: list[str] = []
     with contextlib.closing(stream(side.replier, prompt, decoding)) as gen:  # Ctrl-C stops generating too
@@ -171,14 +171,14 @@ class _line_history:
                 pass  # history is a convenience
 
 
-def sides_for(trained: Trained, ctx: StageContext, *, base: bool, compare: bool) -> list[Side]:
+def sides_for(trained: Trained, ctx: StageContext, *, base: bool, compare: bool) -> list[ChatSide]:
     """The models to talk to: the fine-tuned one, its base (``base``), or both (``compare``, base
     first), each through the replier of the backend that trained it. The train stage's own
     settings reach the replier (the local device, OpenAI's endpoint and key variable)."""
     settings = dict(trained.params)
     make = trained.backend.replier
-    tuned = Side(f"fine-tuned: {trained.stage}.model", make(ctx, trained.ref, base=False, settings=settings))
+    tuned = ChatSide(f"fine-tuned: {trained.stage}.model", make(ctx, trained.ref, base=False, settings=settings))
     if not (base or compare):
         return [tuned]
-    original = Side(f"base: {trained.ref.base_model}", make(ctx, trained.ref, base=True, settings=settings))
+    original = ChatSide(f"base: {trained.ref.base_model}", make(ctx, trained.ref, base=True, settings=settings))
     return [original, tuned] if compare else [original]

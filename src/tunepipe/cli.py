@@ -160,6 +160,7 @@ def run(file: str, stages: tuple[str, ...], overrides: tuple[str, ...], cache_di
     from tunepipe.runner import RunOptions
     from tunepipe.runner import run as run_pipeline
     from tunepipe.session import open_session
+    from tunepipe.status import PlanState, Status
 
     session = open_session(file, overrides, cache_dir)
     stages = tuple(session.pipeline.expand_names(stages))  # a matrix stage as written: all its branches
@@ -175,9 +176,9 @@ def run(file: str, stages: tuple[str, ...], overrides: tuple[str, ...], cache_di
     except KeyboardInterrupt:  # before the runner could catch it (while it planned)
         _exit_now(130, "interrupted")
     if dry_run:
-        todo = sum(1 for s in outcome.stages.values() if s.status != "cached")
+        todo = sum(1 for s in outcome.stages.values() if s.status != PlanState.CACHED)
         click.echo(f"plan: {len(outcome.stages) - todo} cached, {todo} to run (nothing was run)")
-    if outcome.status == "interrupted":
+    if outcome.status == Status.INTERRUPTED:
         _exit_now(outcome.exit_code)  # do not wait for plugin threads; the cache is consistent
     sys.exit(outcome.exit_code)
 
@@ -219,6 +220,7 @@ def status(file: str, stages: tuple[str, ...], overrides: tuple[str, ...], cache
     from tunepipe.plan import Planner
     from tunepipe.runner import resolve_selection
     from tunepipe.session import open_session
+    from tunepipe.status import PlanState
 
     session = open_session(file, overrides, cache_dir)
     selected = resolve_selection(session.pipeline, session.pipeline.expand_names(stages), ())
@@ -230,7 +232,7 @@ def status(file: str, stages: tuple[str, ...], overrides: tuple[str, ...], cache
         return
     width = max(len(p.name) for p in plans)
     for p in plans:
-        why = "  " + "; ".join(p.unkeyed if p.state == "cached" else p.reasons)
+        why = "  " + "; ".join(p.unkeyed if p.state == PlanState.CACHED else p.reasons)
         click.echo(f"{p.name:<{width}}  {p.freshness:<7}{why}".rstrip())
 
 

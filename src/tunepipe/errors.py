@@ -102,12 +102,27 @@ class CacheError(TunepipeError):
     """The cache is unusable (unwritable, corrupted beyond repair)."""
 
 
+def with_stage(stage: str, message: str) -> str:
+    """``stage 'NAME': message``, the one way a stage's error names the stage. The runner adds it to
+    every failed stage's error, whichever executor ran it, so plugins and the modules they call
+    leave it out; a message that already starts with it (a :class:`StageFailed`) keeps its own."""
+    if not message or message.startswith(f"stage '{stage}'"):
+        return message
+    return f"stage '{stage}': {message}"
+
+
+def without_stage(stage: str, message: str) -> str:
+    """The message less its ``stage 'NAME': `` prefix, for a line that names the stage already."""
+    return message.removeprefix(f"stage '{stage}': ")
+
+
 class StageFailed(TunepipeError):
-    """A stage's plugin raised: a runtime failure, exit 1."""
+    """A stage's plugin raised: a runtime failure, exit 1. The message names the stage as
+    :func:`with_stage` does, so the runner does not name it twice."""
 
     def __init__(self, stage: str, message: str, log_path: str | None = None) -> None:
         where = f" (log: {log_path})" if log_path else ""
-        super().__init__(f"stage '{stage}' failed: {message}{where}")
+        super().__init__(f"stage '{stage}': {message}{where}")
         self.stage = stage
         self.log_path = log_path
 

@@ -10,7 +10,6 @@ import json
 import logging
 import os
 import shutil
-import signal
 import threading
 import time
 import traceback
@@ -22,20 +21,33 @@ from typing import Any, NamedTuple
 from tunepipe.cache.diskerrors import describe as describe_disk_error
 from tunepipe.cache.diskerrors import is_disk_error
 from tunepipe.cache.store import Store, fetch_intact
+from tunepipe.crash import crashpoint
 from tunepipe.errors import TunepipeError, UserError
 from tunepipe.plugins import Artifact, Cancelled, StageContext
 from tunepipe.redact import redact
 from tunepipe.registry import Registry
+from tunepipe.status import Status
 
 
-class InputRef(NamedTuple):
-    """One input artifact as plain data. ``stored``: a published stage output, which a worker on
-    another node finds by ``digest`` in its store (``path`` is where the driver sees it)."""
+class ArtifactRef(NamedTuple):
+    """An input :class:`~tunepipe.plugins.Artifact` as plain data, for a worker that may be on
+    another node. ``stored``: a published stage output, which that worker finds by ``digest`` in
+    its store (``path`` is where the driver sees it)."""
 
     path: str
     digest: str
     name: str
     stored: bool = False
+
+    @classmethod
+    def of(cls, art: Artifact, store: Store) -> ArtifactRef:
+        """The artifact as a worker receives it: stored when its path is its object in ``store``."""
+        return cls(str(art.path), art.digest, art.name, art.path == store.object_path(art.digest))
+
+    def artifact(self, store: Store) -> Artifact:
+        """The artifact where this worker sees it: a stored one is fetched first (an s3:// cache)."""
+        path = fetch_intact(store, self.digest, self.name) if self.stored else Path(self.path)
+        return Artifact(path, self.digest, self.name)
 
 
 @dataclass
@@ -47,7 +59,7 @@ class StageJob:
     key: str
     parts: dict[str, Any]
     params: dict[str, Any]
-    inputs: dict[str, list[InputRef]]
+    inputs: dict[str, list[ArtifactRef]]
     multiple: dict[str, bool]
     outputs: list[str]
     log_path: str
@@ -59,8 +71,10 @@ class StageJob:
 
 @dataclass
 class StageResult:
+    """What a worker says of the stage it ran; the runner makes it a ``StageOutcome``."""
+
     stage: str
-    status: str  # done | cached (another process computed it meanwhile) | failed | cancelled
+    status: Status  # done | cached (another process computed it meanwhile) | failed | cancelled
     outputs: dict[str, str] = field(default_factory=dict)
     summary: dict[str, Any] = field(default_factory=dict)
     duration: float = 0.0
@@ -73,11 +87,15 @@ class StageResult:
     attempts: int = 1  # how many times it was started (a cluster retries a task whose node died)
     lost_on: list[str] = field(default_factory=list)  # nodes of earlier attempts, lost mid-stage
 
-
-def crashpoint(name: str) -> None:
-    """Fault injection for the crash-safety tests: ``TUNEPIPE_CRASHPOINT=name`` kills us with SIGKILL here."""
-    if os.environ.get("TUNEPIPE_CRASHPOINT") == name:
-        os.kill(os.getpid(), signal.SIGKILL)
+    def placement(self) -> dict[str, Any]:
+        """Where a cluster ran it, for the run record (nothing on the local executor)."""
+        if not self.node:
+            return {}
+        out: dict[str, Any] = {"node": self.node, "node_ip": self.node_ip, "pid": self.pid,
+                               "attempts": self.attempts}
+        if self.lost_on:
+            out["lost_on"] = self.lost_on
+        return out
 
 
 class _Redacting(logging.Formatter):
@@ -104,7 +122,7 @@ def _stage_logger(job: StageJob) -> tuple[logging.Logger, logging.Handler]:
     return logger, handler
 
 
-def _file_identity(inputs: dict[str, list[InputRef]]) -> dict[str, tuple[int, int]]:
+def _file_identity(inputs: dict[str, list[ArtifactRef]]) -> dict[str, tuple[int, int]]:
     out = {}
     for refs in inputs.values():
         for path, _, _, stored in refs:
@@ -124,8 +142,8 @@ def execute(job: StageJob, store: Store, registry: Registry, cancel: threading.E
     except OSError as e:
         if not is_disk_error(e):
             raise
-        return StageResult(job.stage, "failed", error=describe_disk_error(e, f"preparing stage '{job.stage}'",
-                                                                          store.root), user_error=True)
+        return StageResult(job.stage, Status.FAILED, error=describe_disk_error(e, "preparing the stage", store.root),
+                           user_error=True)
 
 
 def _execute(job: StageJob, store: Store, registry: Registry, cancel: threading.Event,
@@ -135,7 +153,7 @@ def _execute(job: StageJob, store: Store, registry: Registry, cancel: threading.
     try:
         rec = None if job.force else store.record(job.key)
         if rec is not None:  # another process computed it while we waited for the lock
-            return StageResult(job.stage, "cached", rec["outputs"], rec.get("summary", {}), log_path="")
+            return StageResult(job.stage, Status.CACHED, rec["outputs"], rec.get("summary", {}), log_path="")
         store.clear_staging(job.key)
         return _run_locked(job, store, registry, cancel, progress, say)
     finally:
@@ -156,12 +174,12 @@ def _run_locked(job: StageJob, store: Store, registry: Registry, cancel: threadi
     before = _file_identity(job.inputs)
     started = time.time()
     t0 = time.monotonic()
-    result = StageResult(job.stage, "failed", log_path=job.log_path)
+    result = StageResult(job.stage, Status.FAILED, log_path=job.log_path)
     logger.info("stage %s (%s) key %s", job.stage, job.uses, job.key)
     try:
         inputs: dict[str, Any] = {}  # stored inputs may need a download (an s3:// cache): a failure is the stage's
         for name, refs in job.inputs.items():
-            arts = [Artifact(fetch_intact(store, d, n) if stored else Path(p), d, n) for p, d, n, stored in refs]
+            arts = [ref.artifact(store) for ref in refs]
             inputs[name] = arts if job.multiple.get(name) else (arts[0] if arts else None)
         plugin = registry.load(job.uses).plugin
         summary = plugin.run(ctx, inputs, dict(job.params)) or {}
@@ -181,16 +199,16 @@ def _run_locked(job: StageJob, store: Store, registry: Registry, cancel: threadi
         crashpoint("after-record")
         store.drop_scratch(job.key)
         logger.info("done in %.3fs: %s", duration, json.dumps(summary))
-        result = StageResult(job.stage, "done", digests, summary, duration, log_path=job.log_path)
+        result = StageResult(job.stage, Status.DONE, digests, summary, duration, log_path=job.log_path)
     except Cancelled as e:
-        result.status, result.error = "cancelled", str(e)
+        result.status, result.error = Status.CANCELLED, str(e)
     except TunepipeError as e:
         logger.error("%s", e)
         result.error, result.user_error = redact(str(e)), isinstance(e, UserError)
     except Exception as e:  # the plugin's bug: keep the traceback in the log, show one line
         logger.error("%s", traceback.format_exc())
         if is_disk_error(e):  # a full or read-only cache while the stage wrote: say which and how to fix it
-            result.error = describe_disk_error(e, f"running stage '{job.stage}'", store.root)
+            result.error = describe_disk_error(e, "running the stage", store.root)
         else:
             result.error = redact(f"{type(e).__name__}: {e}")
     finally:

@@ -25,10 +25,8 @@ from tunepipe.redact import find_secret
 from tunepipe.registry import Registry
 from tunepipe.spec.files import expand
 from tunepipe.spec.model import Pipeline, StageSpec
+from tunepipe.status import FRESHNESS, Freshness, PlanState
 
-CACHED, RUN, PENDING = "cached", "run", "pending"
-# What users read (`status`, `status --json`, `show`): one word per state, the same everywhere.
-FRESHNESS = {CACHED: "fresh", RUN: "stale", PENDING: "pending"}
 PENDING_NOTE = "reruns only if that changes its inputs"
 
 
@@ -37,7 +35,7 @@ class StagePlan:
     """What the planner knows about one stage before it runs."""
 
     name: str
-    state: str  # cached | run | pending (waits for an upstream stage that will run)
+    state: PlanState
     key: str | None = None
     parts: dict[str, Any] | None = None
     reasons: list[str] = field(default_factory=list)
@@ -48,8 +46,8 @@ class StagePlan:
     unkeyed: list[str] = field(default_factory=list)  # operational values changed since the last run
 
     @property
-    def freshness(self) -> str:
-        """``fresh`` (cached), ``stale`` (runs next time) or ``pending`` (waits for a stale stage upstream)."""
+    def freshness(self) -> Freshness:
+        """What users read (`status`, `status --json`, `show`): one word per state, the same everywhere."""
         return FRESHNESS[self.state]
 
     def to_json(self) -> dict[str, Any]:
@@ -179,19 +177,20 @@ class Planner:
         inputs = self.inputs(spec, upstream)
         if inputs is None:
             waits = [u for u in spec.upstream() if u not in upstream]
-            return StagePlan(name, PENDING, reasons=[f"waits for {', '.join(waits)}: {PENDING_NOTE}"])
+            return StagePlan(name, PlanState.PENDING, reasons=[f"waits for {', '.join(waits)}: {PENDING_NOTE}"])
         keyed, operational = self.operational(spec)
         parts = self.parts(spec, inputs, keyed)
         key = stage_key(parts)
         record = self.store.record(key)
-        plan = StagePlan(name, RUN, key=key, parts=parts, inputs=inputs, record=record, operational=operational)
+        plan = StagePlan(name, PlanState.RUN, key=key, parts=parts, inputs=inputs, record=record,
+                         operational=operational)
         last = self._last.get(name, {})
         if "operational" in last:  # a state written before operational values were kept: nothing to compare
             plan.unkeyed = operational_changes(last["operational"], plan.operational)
         if forced:
             plan.reasons = ["forced (--force)"]
         elif record is not None:  # the store trusts a record only while its outputs look whole
-            plan.state = CACHED
+            plan.state = PlanState.CACHED
         else:
             plan.reasons = self.damaged(key) or self.why(name, key, parts)
         return plan
@@ -232,9 +231,9 @@ class Planner:
         plans = []
         for name in selected:
             p = self.prepare(name, upstream, name in forced)
-            if p.state == CACHED and p.record is not None:
+            if p.state == PlanState.CACHED and p.record is not None:
                 upstream[name] = p.record["outputs"]
-            elif p.state == RUN and preview:
+            elif p.state == PlanState.RUN and preview:
                 p.notes = self.preview(p)
             plans.append(p)
         return plans
@@ -255,14 +254,3 @@ class Planner:
             return [f"(no preview: {e})"]
         except Exception as e:  # noqa: BLE001 - a preview must never break planning
             return [f"(no preview: {type(e).__name__}: {e})"]
-
-
-def stage_record(plan: StagePlan, outputs: Mapping[str, str], summary: Mapping[str, Any], duration: float,
-                 started: float) -> dict[str, Any]:
-    """The key record written when a stage run is published."""
-    return {"key": plan.key, "stage": plan.name, "parts": plan.parts, "outputs": dict(outputs),
-            "summary": dict(summary), "duration_s": round(duration, 4), "created": started}
-
-
-def artifact_paths(store: Store, outputs: Mapping[str, str]) -> dict[str, Path]:
-    return {name: store.object_path(d) for name, d in outputs.items()}

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -80,7 +83,8 @@ class StageContext:
 
     ``engine`` says where the stage runs: ``"local"`` (the local executor) or ``"ray"`` (a task on
     a Ray cluster, connected to it): a plugin may then spread its work over the cluster (Ray Data
-    blocks, Ray Train workers). Its artifacts must not depend on the engine.
+    blocks, Ray Train workers). Its artifacts must not depend on the engine. A record stage need not
+    look: :meth:`map` spreads its work over this machine's cores or the cluster, whichever it has.
     """
 
     stage: str
@@ -123,6 +127,31 @@ class StageContext:
         """Show a short progress note on the stage's line (e.g. '12,000 records')."""
         if self._progress is not None:
             self._progress(note)
+
+    @property
+    def workers(self) -> int:
+        """How many workers :meth:`map` spreads over: the stage's share of the cores (``threads``),
+        or on a Ray cluster the CPUs the cluster has for it (e.g. for a log line)."""
+        from tunepipe.data.parallel import worker_count
+
+        return worker_count(self.threads, self.engine)
+
+    def map(self, fn: Callable[[T], R], items: Iterable[T], *, local_files: bool = False,
+            serial: bool = False) -> Iterator[R]:
+        """``map(fn, items)``, spread over :attr:`workers` processes (on Ray, over the cluster), with
+        the results in input order and a bounded number of items in flight, so memory stays flat
+        and the output is the same for any number of workers.
+
+        ``fn`` must be a module-level function and the items plain data: both are pickled to the
+        workers (a block of input lines, not the records parsed from it, is cheap to send; see
+        :mod:`tunepipe.data.blocks`). ``local_files``: the items name files of this machine (byte
+        ranges of the input), so on a cluster their work stays on this node. ``serial``: run in
+        this process (a small input, where starting workers costs more than they save). Close
+        the iterator (``contextlib.closing``) when the stage may stop before the end.
+        """
+        from tunepipe.data.parallel import ordered_map
+
+        return ordered_map(fn, items, 1 if serial else self.workers, engine=self.engine, same_node=local_files)
 
     @property
     def cancelled(self) -> bool:

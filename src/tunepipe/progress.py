@@ -22,10 +22,12 @@ from typing import Any, TextIO
 from tunepipe.plan import StagePlan
 from tunepipe.runner import RunOutcome, StageOutcome
 from tunepipe.spec.model import Pipeline
+from tunepipe.status import FINISHED, PlanState, Status
 
-_STYLE = {"cached": ("✓", "cyan"), "done": ("✓", "green"), "running": ("▶", "yellow"),
-          "failed": ("✗", "red"), "skipped": ("-", "bright_black"), "cancelled": ("✗", "yellow"),
-          "waiting": ("·", "bright_black")}
+_STYLE = {Status.CACHED: ("✓", "cyan"), Status.DONE: ("✓", "green"), Status.RUNNING: ("▶", "yellow"),
+          Status.FAILED: ("✗", "red"), Status.SKIPPED: ("-", "bright_black"), Status.CANCELLED: ("✗", "yellow"),
+          Status.WAITING: ("·", "bright_black")}
+_TIMED = (Status.DONE, Status.FAILED)  # the statuses shown with the stage's duration
 QUIET_PROGRESS_S = 30.0
 
 _ANSI = {"cyan": "36", "green": "32", "yellow": "33", "red": "31", "bright_black": "90", "bold": "1"}
@@ -87,27 +89,27 @@ class LineReporter:
                         + (f"  (cache {cache})" if self.verbosity > 0 else ""))
 
     def stage(self, o: StageOutcome) -> None:
-        if self.verbosity < 0 and o.status != "failed":
+        if self.verbosity < 0 and o.status != Status.FAILED:
             return
         mark, color = _STYLE.get(o.status, ("?", "bold"))
-        final = o.status != "running"
-        dur = f"{o.duration:6.2f}s" if o.status in ("done", "failed") else " " * 7
+        final = o.status != Status.RUNNING
+        dur = f"{o.duration:6.2f}s" if o.status in _TIMED else " " * 7
         shown = self._c(mark, color, self.result_color if final else None)
         line = f"  {shown} {o.name:<{self.width}}  {o.status:<9}{dur}"
-        if o.status in ("done", "cached") and o.summary:
+        if o.status in FINISHED and o.summary:
             line += "  " + format_summary(o.summary)
         if o.node:
             line += f"  [node {o.node[:8]}" + (f", attempt {o.attempts}]" if o.attempts > 1 else "]")
-        if o.status == "skipped" and o.reasons:
+        if o.status == Status.SKIPPED and o.reasons:
             line += f"  ({o.reasons[0]})"
         (self._result if final else self._print)(line.rstrip())
-        if o.status == "running" and self.explain:
+        if o.status == Status.RUNNING and self.explain:
             for r in o.reasons:
                 self._print(f"      because {r}")
-        if o.status == "cached" and self.explain:
+        if o.status == Status.CACHED and self.explain:
             for r in o.reasons:  # operational changes: they do not make a stage run
                 self._print(f"      {r}")
-        if o.status == "failed":
+        if o.status == Status.FAILED:
             self._print(f"      {self._c(o.error, 'red')}")
             if o.log_path:
                 self._print(f"      log: {o.log_path}")
@@ -144,9 +146,9 @@ def plan_lines(plans: list[StagePlan], width: int) -> list[tuple[str, str]]:
     """(line, colour of its mark) for each planned stage of a dry run."""
     out = []
     for p in plans:
-        if p.state == "cached":
+        if p.state == PlanState.CACHED:
             out.append((f"✓ {p.name:<{width}}  cached" + "".join(f"; {u}" for u in p.unkeyed), "cyan"))
-        elif p.state == "run":
+        elif p.state == PlanState.RUN:
             out.append((f"▶ {p.name:<{width}}  will run: {'; '.join(p.reasons)}", "yellow"))
             out.extend((f"  {'':<{width}}  {note}", "bright_black") for note in p.notes)
         else:
@@ -159,7 +161,7 @@ def result_line(outcome: RunOutcome) -> tuple[str, str]:
     for s in outcome.stages.values():
         counts[s.status] = counts.get(s.status, 0) + 1
     detail = ", ".join(f"{n} {k}" for k, n in counts.items())
-    color = {"ok": "green", "failed": "red"}.get(outcome.status, "yellow")
+    color = {Status.OK: "green", Status.FAILED: "red"}.get(outcome.status, "yellow")
     return f"{outcome.status}: {detail} in {outcome.duration:.2f}s", color
 
 
@@ -193,15 +195,15 @@ class LiveReporter:
             rows = list(self._rows.values())
             for o in rows:
                 mark, color = _STYLE.get(o.status, ("?", "bold"))
-                if o.status == "running":
+                if o.status == Status.RUNNING:
                     dur = f"{time.monotonic() - self._started.get(o.name, time.monotonic()):6.1f}s"
                     tail = self._notes.get(o.name, "")
-                elif o.status in ("done", "failed"):
+                elif o.status in _TIMED:
                     dur, tail = f"{o.duration:6.2f}s", format_summary(o.summary)
                     if o.node:
                         tail += f"  [node {o.node[:8]}" + (f", attempt {o.attempts}]" if o.attempts > 1 else "]")
                 else:
-                    dur, tail = " " * 7, format_summary(o.summary) if o.status == "cached" else (
+                    dur, tail = " " * 7, format_summary(o.summary) if o.status == Status.CACHED else (
                         o.reasons[0] if o.reasons else "")
                 lines.append("  ")
                 lines.append(mark, style=color)
@@ -217,24 +219,24 @@ class LiveReporter:
         self.result.print(f"[bold]pipeline {pipeline.name}: {n} stage{'s' if n != 1 else ''}[/bold]"
                           + (f"  (cache {cache})" if self.verbosity > 0 else ""))
         for name in selected:
-            self._rows[name] = StageOutcome(name, "waiting")
+            self._rows[name] = StageOutcome(name, Status.WAITING)
         self._live = Live(get_renderable=self._render, console=self.console, refresh_per_second=4,
                           transient=self.transient)
         self._live.start()
 
     def stage(self, o: StageOutcome) -> None:
         with self._lock:
-            if o.status == "running":
+            if o.status == Status.RUNNING:
                 self._started[o.name] = time.monotonic()
             self._rows[o.name] = o
-        if o.status == "running" and self.explain:
+        if o.status == Status.RUNNING and self.explain:
             for r in o.reasons:
                 self.message(f"{o.name} runs because {r}", mark="")
-        if o.status == "cached" and self.explain:
+        if o.status == Status.CACHED and self.explain:
             for r in o.reasons:
                 self.message(f"{o.name} stays cached: {r}", mark="")
-        if o.status == "failed":
-            self.message(f"{o.name}: {o.error}" + (f"\n      log: {o.log_path}" if o.log_path else ""),
+        if o.status == Status.FAILED:
+            self.message(o.error + (f"\n      log: {o.log_path}" if o.log_path else ""),  # it names the stage
                          mark="✗", style="red")
 
     def progress(self, stage: str, note: str) -> None:

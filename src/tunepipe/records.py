@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from tunepipe.cache.atomic import write_json
+from tunepipe.status import Status
 
 
 def pipeline_id(spec_path: Path, name: str) -> str:
@@ -89,7 +90,7 @@ class RunRecord:
         self._lock = threading.Lock()
         self.data: dict[str, Any] = {
             "run_id": self.run_id, "pipeline": name, "spec": str(spec_path), "argv": argv,
-            "started": time.time(), "finished": None, "status": "running", "stages": {},
+            "started": time.time(), "finished": None, "status": Status.RUNNING, "stages": {},
         }
         self._write()
 
@@ -109,7 +110,7 @@ class RunRecord:
             self.data["stages"].setdefault(name, {}).update(fields)
             self._write()
 
-    def finish(self, status: str) -> None:
+    def finish(self, status: Status) -> None:
         with self._lock:
             self.data["finished"] = time.time()
             self.data["status"] = status

@@ -14,18 +14,19 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Protocol
 
 from tunepipe.cache.store import Store
-from tunepipe.errors import TunepipeError, UserError
-from tunepipe.execute import InputRef, StageJob, StageResult
+from tunepipe.errors import TunepipeError, UserError, with_stage
+from tunepipe.execute import ArtifactRef, StageJob, StageResult
 from tunepipe.executor import Executor, LocalExecutor
 from tunepipe.graph import select
-from tunepipe.plan import CACHED, Planner, StagePlan
+from tunepipe.plan import Planner, StagePlan
 from tunepipe.records import RunRecord
 from tunepipe.registry import Registry
 from tunepipe.spec.model import Pipeline
+from tunepipe.status import FINISHED, NOT_SUCCEEDED, PlanState, Status
 from tunepipe.tracking.registry import chosen as chosen_trackers
 
 INTERRUPTED_EXIT = 130
@@ -48,8 +49,10 @@ class RunOptions:
 
 @dataclass
 class StageOutcome:
+    """What the run says of one stage: a :class:`Status`, or on a dry run a :class:`PlanState`."""
+
     name: str
-    status: str  # cached | done | failed | skipped | cancelled | run | pending (dry run)
+    status: str  # cached | done | failed | skipped | cancelled | running; a dry run: cached | run | pending
     key: str | None = None
     duration: float = 0.0
     summary: dict[str, Any] = field(default_factory=dict)
@@ -60,20 +63,33 @@ class StageOutcome:
     node: str = ""  # the cluster node that ran it (Ray executor)
     attempts: int = 1
 
+    @classmethod
+    def of(cls, plan: StagePlan, result: StageResult) -> StageOutcome:
+        """The outcome of a stage that ran: its plan's key and reasons, and every field the worker's
+        result shares with an outcome, copied by name (a field added to both cannot be left behind);
+        a failure's error names the stage (:func:`~tunepipe.errors.with_stage`)."""
+        shared = {f.name: getattr(result, f.name) for f in fields(cls) if f.name in _RESULT_FIELDS}
+        if result.status == Status.FAILED:
+            shared["error"] = with_stage(plan.name, result.error)
+        return cls(plan.name, key=plan.key, reasons=plan.reasons, **shared)
+
+
+_RESULT_FIELDS = frozenset(f.name for f in fields(StageResult))
+
 
 @dataclass
 class RunOutcome:
     pipeline: str
     stages: dict[str, StageOutcome]
-    status: str  # ok | failed | interrupted | planned
+    status: str  # a Status: ok | failed | interrupted | planned
     duration: float
     record_path: str = ""
 
     @property
     def exit_code(self) -> int:
-        if self.status == "interrupted":
+        if self.status == Status.INTERRUPTED:
             return INTERRUPTED_EXIT
-        failed = [s for s in self.stages.values() if s.status == "failed"]
+        failed = [s for s in self.stages.values() if s.status == Status.FAILED]
         if not failed:
             return 0
         return UserError.exit_code if all(s.user_error for s in failed) else 1
@@ -144,7 +160,7 @@ def run(pipeline: Pipeline, store: Store, registry: Registry, opts: RunOptions, 
         plans = planner.plan(selected, forced, preview=True)
         reporter.plan(plans)
         stages = {p.name: StageOutcome(p.name, p.state, p.key, reasons=p.reasons) for p in plans}
-        outcome = RunOutcome(pipeline.name, stages, "planned", time.monotonic() - t_start)
+        outcome = RunOutcome(pipeline.name, stages, Status.PLANNED, time.monotonic() - t_start)
         planner.save()
         return outcome
     kind, options = executor_setting(pipeline, opts)
@@ -185,7 +201,7 @@ class _Scheduler:
         self.trackers = trackers or {}  # tracker name -> settings: where the finished run is logged
 
     def run(self, t_start: float) -> RunOutcome:
-        status = "ok"
+        status = Status.OK
         try:
             while self.pending or self.running:
                 self._schedule()
@@ -195,23 +211,23 @@ class _Scheduler:
                 for fut in done:
                     self._finished(self.running.pop(fut), fut.result())
         except TunepipeError:  # e.g. the cluster cannot be reached: the record must not stay "running"
-            self.record.finish("failed")
-            self._track("failed")
+            self.record.finish(Status.FAILED)
+            self._track(Status.FAILED)
             raise
         except KeyboardInterrupt:
-            status = "interrupted"
+            status = Status.INTERRUPTED
             self.cancel.set()
             self.reporter.message("interrupted: stopping; finished stages are kept, the rest reruns next time")
             for plan in self.running.values():
-                self._set(StageOutcome(plan.name, "cancelled", plan.key, error="interrupted"))
+                self._set(StageOutcome(plan.name, Status.CANCELLED, plan.key, error="interrupted"))
         finally:
             if self._executor is not None:
                 self._executor.shutdown()
         for name in self.pending:
             if name not in self.outcomes:
-                self._set(StageOutcome(name, "skipped", reasons=["the run stopped before it"]))
-        if status == "ok" and any(o.status == "failed" for o in self.outcomes.values()):
-            status = "failed"
+                self._set(StageOutcome(name, Status.SKIPPED, reasons=["the run stopped before it"]))
+        if status == Status.OK and any(o.status == Status.FAILED for o in self.outcomes.values()):
+            status = Status.FAILED
         self.planner.save()
         self.record.finish(status)
         if self.record.write_error:
@@ -236,10 +252,10 @@ class _Scheduler:
             progressed = False
             for name in list(self.pending):
                 bad = [d for d in self.deps[name] if self.outcomes.get(d) and
-                       self.outcomes[d].status in ("failed", "skipped", "cancelled")]
+                       self.outcomes[d].status in NOT_SUCCEEDED]
                 if bad:
                     self.pending.remove(name)
-                    self._set(StageOutcome(name, "skipped", reasons=[f"'{bad[0]}' did not succeed"]))
+                    self._set(StageOutcome(name, Status.SKIPPED, reasons=[f"'{bad[0]}' did not succeed"]))
                     progressed = True
                     continue
                 if not all(d in self.outputs for d in self.deps[name]):
@@ -249,9 +265,9 @@ class _Scheduler:
                 self.pending.remove(name)
                 progressed = True
                 plan = self.planner.prepare(name, self.outputs, name in self.forced)
-                if plan.state == CACHED and plan.record is not None:
+                if plan.state == PlanState.CACHED and plan.record is not None:
                     self._accept(plan, plan.record["outputs"])
-                    self._set(StageOutcome(name, "cached", plan.key, summary=plan.record.get("summary", {}),
+                    self._set(StageOutcome(name, Status.CACHED, plan.key, summary=plan.record.get("summary", {}),
                                            reasons=plan.unkeyed), write=False, parts=plan.parts)
                     continue
                 spec = self.pipeline.stages[name]
@@ -259,9 +275,7 @@ class _Scheduler:
                 job = StageJob(
                     stage=name, uses=spec.uses, key=plan.key or "", parts=plan.parts or {},
                     params=spec.params,
-                    inputs={k: [InputRef(str(a.path), a.digest, a.name,
-                                              a.path == self.store.object_path(a.digest)) for a in v]
-                            for k, v in plan.inputs.items()},
+                    inputs={k: [ArtifactRef.of(a, self.store) for a in v] for k, v in plan.inputs.items()},
                     multiple=self.pipeline.stages[name].multiple, outputs=list(self.pipeline.stages[name].outputs),
                     log_path=str(self.record.log_path(name)), force=name in self.forced, engine=self.engine,
                     resources=resources,
@@ -269,24 +283,15 @@ class _Scheduler:
                 if self._executor is None:
                     self._executor = self._factory(self.jobs, self.store, self.registry, self.cancel,
                                                    self.reporter.progress, self.reporter.message)
-                self.reporter.stage(StageOutcome(name, "running", plan.key, reasons=plan.reasons))
-                self.record.stage(name, status="running", key=plan.key, parts=plan.parts, reasons=plan.reasons)
+                self.reporter.stage(StageOutcome(name, Status.RUNNING, plan.key, reasons=plan.reasons))
+                self.record.stage(name, status=Status.RUNNING, key=plan.key, parts=plan.parts, reasons=plan.reasons)
                 self.running[self._executor.submit(job)] = plan
 
     def _finished(self, plan: StagePlan, result: StageResult) -> None:
-        if result.status in ("done", "cached"):
+        if result.status in FINISHED:
             self._accept(plan, result.outputs)
-        outcome = StageOutcome(plan.name, result.status, plan.key, result.duration, result.summary,
-                               plan.reasons, result.error, result.user_error, result.log_path,
-                               node=result.node, attempts=result.attempts)
-        placement: dict[str, Any] = {}
-        if result.node:
-            placement = {"node": result.node, "node_ip": result.node_ip, "pid": result.pid,
-                         "attempts": result.attempts}
-            if result.lost_on:
-                placement["lost_on"] = result.lost_on
-        self._set(outcome, extra=placement)
-        if result.status == "failed" and not self.opts.keep_going:
+        self._set(StageOutcome.of(plan, result), extra=result.placement())
+        if result.status == Status.FAILED and not self.opts.keep_going:
             self.stopping = True
 
     def _accept(self, plan: StagePlan, outputs: dict[str, str]) -> None:

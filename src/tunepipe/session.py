@@ -31,10 +31,6 @@ def cache_location(spec_path: Path | None, cache_dir: str | None) -> str:
     return str(spec_path.absolute().parent / DEFAULT_CACHE_NAME)
 
 
-def cache_root(spec_path: Path | None, cache_dir: str | None) -> Path:
-    return Path(cache_location(spec_path, cache_dir))
-
-
 def open_store(location: str) -> Store:
     """The cache at ``location`` (a folder, or ``scheme://...`` object storage through fsspec).
     Executors pass ``store.location()`` to workers, which open the same cache with this."""

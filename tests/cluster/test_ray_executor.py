@@ -167,26 +167,26 @@ def test_errors_before_a_stage_runs_come_back_as_its_failure_with_their_text(
     (exit 2 then), not Ray's wrapper of it."""
     from tunepipe.cache.store import LocalStore
     from tunepipe.cluster.ray_executor import Messages, run_on_ray
-    from tunepipe.execute import InputRef, StageJob
+    from tunepipe.execute import ArtifactRef, StageJob
 
     data = project.write("data.txt", "the planned content\n")
     store = LocalStore(tmp_path / "cache")
     digest = store.digests.path(data)
     job = StageJob(stage="s", uses="tp_testplugins:Emit", key="0" * 64, parts={}, params={"text": "x"},
-                   inputs={"src": [InputRef(str(data), digest, "data.txt")]}, multiple={"src": False},
+                   inputs={"src": [ArtifactRef(str(data), digest, "data.txt")]}, multiple={"src": False},
                    outputs=["out"], log_path=str(tmp_path / "s.log"))
     messages = ray_local.remote(Messages).remote()
     task = ray_local.remote(max_calls=1)(run_on_ray)
 
     missing = ray_local.get(task.remote(job, str(tmp_path / "not-here"), [], messages))
     assert (missing.status, missing.user_error) == ("failed", True)
-    assert missing.error.startswith(f"stage 's': the cache folder {tmp_path / 'not-here'} is not on node ")
+    assert missing.error.startswith(f"the cache folder {tmp_path / 'not-here'} is not on node ")
     assert "--cache-dir s3://BUCKET/PREFIX" in missing.error and "ray::" not in missing.error
 
     data.write_text("another copy, on another node\n")
     other = ray_local.get(task.remote(job, str(store.root), [], messages))
     assert (other.status, other.user_error) == ("failed", True)
-    assert f"stage 's': its input data.txt ({data}) on node " in other.error
+    assert f"its input data.txt ({data}) on node " in other.error
     assert "has other content than where the run was planned" in other.error and "shared folder" in other.error
     data.unlink()
     gone = ray_local.get(task.remote(job, str(store.root), [], messages))

@@ -1,4 +1,5 @@
-"""Exact and near-duplicate detection (tunepipe.data.dedupe): datasketch-equal signatures, a compact index."""
+"""Exact and near-duplicate detection (tunepipe.data.dedupe, minhash, key_index): datasketch-equal signatures,
+a compact index."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ import numpy as np
 import pytest
 from datasketch import MinHash
 
-from tunepipe.data.dedupe import (Deduper, KeyIndex, MinHasher, Provenance, _band_errors, band_keys, exact_key,
+from tunepipe.data.dedupe import (Deduper, KeyIndex, MinHasher, Origins, band_keys, exact_key, exact_keys,
                                   lsh_bands, shingle_hashes)
+from tunepipe.data.minhash import _band_errors
+from tunepipe.data.record import Provenance
 from tunepipe.data.normalize import dedupe_form
 
 WORDS = "the quick brown fox jumps over lazy dog Straße café naïve 東京 emoji🙂 snake_case x1 42".split()
@@ -74,6 +77,8 @@ def test_exact_keys_are_stable_64_bit_hashes() -> None:
     assert exact_key("user\x1fhello") == exact_key("user\x1fhello")
     assert exact_key("user\x1fhello") != exact_key("user\x1fhello ")
     assert 0 <= exact_key("x") < 1 << 64
+    texts = ["user\x1fhello", "", "caf\u00e9 \ud800"]  # a lone surrogate too
+    assert exact_keys(texts) == b"".join(exact_key(t).to_bytes(8, "little") for t in texts)
 
 
 def test_key_index_is_a_multimap_across_flushes_and_merges() -> None:
@@ -92,13 +97,13 @@ def test_key_index_is_a_multimap_across_flushes_and_merges() -> None:
     assert index.recent(3) == [] and len(index) == 40 and index.nbytes == 40 * 12
 
 
-def test_provenance_names_the_kept_record() -> None:
-    prov = Provenance()
-    prov.add("data/a.jsonl", "line", 3)
-    prov.add("data/b.csv", "row", 12)
-    prov.add("data/a.jsonl", "line", "7b")  # an odd position is kept as it is
-    assert prov[1] == ("data/b.csv", "row", 12)
-    assert [prov.label(i) for i in range(3)] == ["data/a.jsonl:3", "data/b.csv:12", "data/a.jsonl:7b"]
+def test_origins_name_the_kept_record() -> None:
+    origins = Origins()
+    origins.add(Provenance("data/a.jsonl", "line", 3))
+    origins.add(("data/b.csv", "row", 12))  # any (source, unit, position) triple
+    origins.add(Provenance("data/a.jsonl", "line", "7b"))  # an odd position is kept as it is
+    assert origins[1] == Provenance("data/b.csv", "row", 12) and isinstance(origins[1], Provenance)
+    assert [str(origins[i]) for i in range(3)] == ["data/a.jsonl:3", "data/b.csv:row 12", "data/a.jsonl:7b"]
 
 
 class Fingerprints:
@@ -128,11 +133,11 @@ def test_first_occurrence_is_kept_and_duplicates_name_it() -> None:
     dedupe = Deduper(threshold=0.85, bands=fp.bands)
     first = dedupe.check(*fp([LONG, "Something else entirely, with other words.", LONG.upper() + "  "]), where(1, 2, 3))
     assert first[:2] == [None, None]
-    assert first[2] is not None and (first[2].kind, dedupe.provenance.label(first[2].of)) == ("exact", "data.jsonl:1")
+    assert first[2] is not None and (first[2].kind, str(dedupe.origins[first[2].of])) == ("exact", "data.jsonl:1")
     # a later batch: an exact duplicate, a near one (a word added), and a new text
     later = dedupe.check(*fp([LONG, LONG + ", honestly", "A brand new question about Rome."]), where(4, 5, 6))
     assert later[0] is not None and later[0].kind == "exact" and later[0].of == 0
-    assert later[1] is not None and later[1].kind == "near" and dedupe.provenance.label(later[1].of) == "data.jsonl:1"
+    assert later[1] is not None and later[1].kind == "near" and str(dedupe.origins[later[1].of]) == "data.jsonl:1"
     assert 0.85 <= later[1].similarity < 1
     assert later[2] is None
     # one word replaced in a text of 30 words changes 3 of its 28 shingles: similarity about 25/31, kept
@@ -268,15 +273,15 @@ def test_batch_check_equals_checking_one_record_at_a_time(seed: int) -> None:
         want = ref.check(keys, bands, sigs, has, prov)
         assert [None if d is None else (d.kind, d.of, d.similarity) for d in got] == want
     assert dedupe.indexed == len(ref.where) and dedupe.full == ref.full
-    assert [dedupe.provenance[i] for i in range(dedupe.indexed)] == ref.where
+    assert [dedupe.origins[i] for i in range(dedupe.indexed)] == ref.where
 
 
-def test_provenance_extend_equals_adding_one_at_a_time() -> None:
+def test_origins_extend_equals_adding_one_at_a_time() -> None:
     items = [("a.jsonl", "line", i) for i in range(5)] + [("a.jsonl", "line", True), ("a.jsonl", "line", 1 << 70)]
     for chunk in (items[:5], items[5:], [("b.csv", "row", 1), ("a.jsonl", "line", 9)], items[:3]):
-        one, many = Provenance(), Provenance()
+        one, many = Origins(), Origins()
         for item in chunk:
-            one.add(*item)
+            one.add(item)
         many.extend(chunk)
         assert [many[i] for i in range(len(chunk))] == [one[i] for i in range(len(chunk))]
         assert [type(many[i][2]) for i in range(len(chunk))] == [type(one[i][2]) for i in range(len(chunk))]
@@ -312,9 +317,9 @@ def test_lsh_band_probabilities_match_scipy_quad() -> None:
 
 
 def test_close_calls_are_left_to_datasketch(monkeypatch: pytest.MonkeyPatch) -> None:
-    import tunepipe.data.dedupe as dedupe_module
+    import tunepipe.data.minhash as minhash_module
 
-    monkeypatch.setattr(dedupe_module, "_TIE", 1.0)  # every choice is a close call
+    monkeypatch.setattr(minhash_module, "_TIE", 1.0)  # every choice is a close call
     assert lsh_bands(0.85, 64) == (7, 9)
 
 

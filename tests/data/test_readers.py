@@ -19,7 +19,7 @@ def units(src: readers.Source) -> list[Any]:
     out: list[Any] = []
     for batch in src.batches(3):
         if isinstance(batch, readers.Block):
-            out.extend(readers.block_lines(batch.read(), batch.first_line))
+            out.extend(batch.lines())
         else:
             out.extend(batch)
     return out
@@ -88,17 +88,17 @@ def test_jsonl_blocks_keep_line_numbers_across_blocks(tmp_path: Path) -> None:
     path.write_bytes(body)
     with readers.open_source(path) as src:
         blocks = list(src.batches())
-    assert len(blocks) > 1 and all(b.offset is not None for b in blocks)
+    assert len(blocks) > 1 and all(b.rereadable for b in blocks)
     # a block of a plain file can be re-read from its offset (what a worker process does)
-    got = [u for b in blocks for u in readers.block_lines(b.detached().read(), b.first_line)]
+    got = [u for b in blocks for u in b.detached().lines()]
     assert got[:10] == [(i + 1, lines[i]) for i in range(10)]
     assert got[10:] == [(i + 3, lines[i]) for i in range(10, 30000)]  # CRLF, BOM, and blank lines counted
     with gzip.open(tmp_path / "x.jsonl.gz", "wb") as f:
         f.write(body)
     with readers.open_source(tmp_path / "x.jsonl.gz") as src:
         gz_blocks = list(src.batches())
-    assert all(b.offset is None and b.detached() is b for b in gz_blocks)  # a stream cannot be re-read
-    assert [u for b in gz_blocks for u in readers.block_lines(b.read(), b.first_line)] == got
+    assert all(not b.rereadable and b.detached() is b for b in gz_blocks)  # a stream cannot be re-read
+    assert [u for b in gz_blocks for u in b.lines()] == got
 
 
 # ----------------------------------------------------------------------------------------------- JSON arrays

@@ -51,21 +51,21 @@ def test_an_unusable_example_names_its_line(tmp_path: Path, line: str, message: 
 def test_the_examples_input_is_one_jsonl_file(tmp_path: Path) -> None:
     folder = tmp_path / "split-validation"
     write_jsonl(folder / "validation.jsonl", [])
-    assert examples_file(artifact(folder, "split.validation"), "evaluate") == folder / "validation.jsonl"
+    assert examples_file(artifact(folder, "split.validation")) == folder / "validation.jsonl"
     write_jsonl(folder / "other.jsonl", [])
     with pytest.raises(UserError, match="must hold one JSONL file of held-out examples, found split.validation/other.jsonl"):
-        examples_file(artifact(folder, "split.validation"), "evaluate")
+        examples_file(artifact(folder, "split.validation"))
 
 
 def test_model_references_are_checked(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="has no model.json; connect the output of a train stage"):
-        read_model(artifact(tmp_path, "train.model"), "evaluate")
+        read_model(artifact(tmp_path, "train.model"))
     (tmp_path / "model.json").write_text('{"format": "tunepipe-model/0"}')
     with pytest.raises(UserError, match="has format 'tunepipe-model/0'"):
-        read_model(artifact(tmp_path, "train.model"), "evaluate")
+        read_model(artifact(tmp_path, "train.model"))
     (tmp_path / "model.json").write_text('{"format": "tunepipe-model/1", "backend": "openai", "base_model": "gpt"}')
     with pytest.raises(UserError, match="no fine_tuned_model: the fine-tuning job did not succeed"):
-        read_model(artifact(tmp_path, "train.model"), "evaluate")
+        read_model(artifact(tmp_path, "train.model"))
 
 
 def test_both_kinds_of_loss_csv_are_read(tmp_path: Path) -> None:

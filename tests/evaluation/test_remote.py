@@ -224,7 +224,7 @@ def test_a_failing_gate_fails_the_stage_and_keeps_the_report_in_scratch(aimock: 
         _openai_run(aimock, tmp_path, gates=["tuned.rouge_l >= 0.1", "tuned.rouge_l - base.rouge_l >= 0.9",
                                              "tuned.exact_match >= 0.5"])
     message = str(e.value)
-    assert message.startswith("stage 'evaluate' failed: gate 'tuned.rouge_l - base.rouge_l >= 0.9' failed: "
+    assert message.startswith("stage 'evaluate': gate 'tuned.rouge_l - base.rouge_l >= 0.9' failed: "
                               "tuned.rouge_l - base.rouge_l = ")
     assert "which is not >= 0.9 (tuned.rouge_l = " in message and ", base.rouge_l = " in message
     assert "(and 1 more gate)" in message

@@ -9,13 +9,13 @@ import pytest
 import torch
 
 from tunepipe.hf.batching import collate, epoch_batches, optimizer_steps, steps_per_epoch
-from tunepipe.hf.render import IGNORE, Example
+from tunepipe.hf.render import IGNORE, TrainingExample
 from tunepipe.hf.forward import loss_sum, plain_head
 
 
 def test_collate_pads_right_with_the_pad_id_and_masks_padding_out_of_the_loss() -> None:
-    a = Example([5, 6, 7, 8], [IGNORE, IGNORE, 7, 8], line=1)
-    b = Example([9, 10], [IGNORE, 10], line=2)
+    a = TrainingExample([5, 6, 7, 8], [IGNORE, IGNORE, 7, 8], line=1)
+    b = TrainingExample([9, 10], [IGNORE, 10], line=2)
     batch = collate([a, b], pad_id=2)
     assert batch["input_ids"].tolist() == [[5, 6, 7, 8], [9, 10, 2, 2]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1, 1], [1, 1, 0, 0]]
@@ -63,12 +63,12 @@ def tiny(tiny_model: Path) -> Any:
     return model
 
 
-def _examples() -> list[Example]:
+def _examples() -> list[TrainingExample]:
     g = torch.Generator().manual_seed(3)
     out = []
     for n, prompt in ((12, 5), (30, 9), (7, 3)):
         ids = torch.randint(10, 40000, (n,), generator=g).tolist()
-        out.append(Example(ids, [IGNORE] * prompt + ids[prompt:], line=len(out) + 1))
+        out.append(TrainingExample(ids, [IGNORE] * prompt + ids[prompt:], line=len(out) + 1))
     return out
 
 

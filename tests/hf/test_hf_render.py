@@ -75,7 +75,7 @@ def test_an_assistant_turn_of_weight_zero_is_not_trained(tiny_tokenizer: Any) ->
 
 
 def test_hf_chat_template_records_train_like_the_chat_examples(tiny_tokenizer: Any) -> None:
-    from tunepipe.stages.format import render  # what the format stage writes for target hf-chat-template
+    from tunepipe.data.chat_template import render  # what the format stage writes for target hf-chat-template
 
     msgs = [dict(m) for m in MULTI]
     msgs[2]["weight"] = 0

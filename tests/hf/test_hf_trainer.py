@@ -327,7 +327,7 @@ def test_without_validation_data_there_is_no_validation_loss(tiny_model: Path, d
 
 def test_rendered_records_and_truncation_through_a_run(tiny_model: Path, tiny_tokenizer: Any,
                                                        tmp_path: Path) -> None:
-    from tunepipe.stages.format import render
+    from tunepipe.data.chat_template import render
 
     records = []
     for i, rec in enumerate(chats(6)):

@@ -251,3 +251,17 @@ def test_results_the_pipeline_would_no_longer_reuse_are_marked_stale(swept: Any)
     assert list(rows[B1]["stale"]) == [B1, "evaluate@learning_rate=0.0001"] and rows[B20]["stale"] is None
     # -S undoes the edit for this command: nothing is stale
     assert "stale" not in swept.ok("compare", "p.yaml", "-S", "train.fail_at=0.002").stdout
+
+
+def test_a_stage_after_the_evaluation_that_never_ran_is_named_with_how_to_run_it(project: Any) -> None:
+    project.spec(SWEEP.replace("[0.0001, 0.0005, 0.002]", "[0.0001, 0.0005]") + """
+  ship:
+    uses: tp_testplugins:Emit
+    inputs: {src: evaluate.report}
+""")
+    project.ok("run", "p.yaml", "evaluate")  # not `ship`
+    out = project.ok("compare", "p.yaml").stdout
+    assert {r[2] if r[0] == "best" else r[1] for r in table_rows(out)[1:]} == {"incomplete (ship not run)"}
+    assert ("not run yet: ship@learning_rate=0.0001, ship@learning_rate=0.0005 "
+            "(`pipeline run p.yaml` runs them)") in out
+    assert "pipeline logs" not in out

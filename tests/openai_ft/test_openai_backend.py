@@ -383,7 +383,7 @@ def test_result_file_download_plain_and_base64(aimock, env_key, data, make_ctx) 
     import openai
     from openai.types.fine_tuning import FineTuningJob
 
-    from tunepipe.openai_ft.backend import _Run
+    from tunepipe.openai_ft.backend import _FineTuning
     from tunepipe.openai_ft.client import make_client
     from tunepipe.openai_ft.config import settings_from_params
     from tunepipe.openai_ft.estimate import estimate
@@ -399,7 +399,7 @@ def test_result_file_download_plain_and_base64(aimock, env_key, data, make_ctx) 
                                       result_files=["file-missing", uploaded.id], method={"type": "supervised"},
                                       hyperparameters={"n_epochs": 3})
         c = make_ctx(f"r{i}")
-        run = _Run(c.ctx, data["train"], None, settings, estimate(data["train"], params), make_client(settings))
+        run = _FineTuning(c.ctx, data["train"], None, settings, estimate(data["train"], params), make_client(settings))
         summary = run.finish(job, c.out)
         assert (c.out / "metrics.csv").read_text() == csv_text
         assert (c.out / "loss.csv").read_text() == "step,train_loss,valid_loss\n1,1.5,\n2,1.1,1.2\n"

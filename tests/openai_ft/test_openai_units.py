@@ -128,12 +128,12 @@ def test_decide_creates_after_a_cancelled_job() -> None:
 # a failed job: StageFailed with OpenAI's error; scratch forgets the job
 
 def test_failed_job_raises_with_code_message_param_and_clears_scratch(tmp_path) -> None:
-    from tunepipe.openai_ft.backend import _Run
+    from tunepipe.openai_ft.backend import _FineTuning
     from tunepipe.plugins import StageContext
 
     ctx = StageContext(stage="train", key="k" * 64, outputs={}, scratch=tmp_path, log=logging.getLogger("t"))
     state.save(tmp_path, state.State(job_id="ftjob-f1", last_event_id="ftevent-1"))
-    run = _Run(ctx, tmp_path / "t.jsonl", None, config.settings_from_params(make_params(None), "train"), None, None)
+    run = _FineTuning(ctx, tmp_path / "t.jsonl", None, config.settings_from_params(make_params(None), "train"), None, None)
     with pytest.raises(StageFailed) as e:
         run.ended_badly(failed("ftjob-f1", 10, message="Line 3: too many tokens"))
     text = str(e.value)
@@ -236,7 +236,7 @@ def test_job_error_of_a_failed_job() -> None:
 
 def test_estimate_counts_like_the_format_stage(tmp_path) -> None:
     from tunepipe.data.tokens import encoding_for_model
-    from tunepipe.stages.format import _count_openai
+    from tunepipe.data.cookbook_counts import count_openai as _count_openai
 
     enc = encoding_for_model(MODEL)
     tool_example = {"messages": [{"role": "user", "content": "Weather in Paris?"},

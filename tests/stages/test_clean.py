@@ -102,13 +102,15 @@ def test_cleans_redacts_dedupes_and_accounts_for_every_record(project) -> None:
                       *tool_chat["messages"][2:]], "meta": meta(8)},
         {**chat("Untouched question?", "Untouched answer."), "meta": meta(9)},
     ]
+    row = {"source": "data/chat.jsonl", "stage": "clean"}  # the layout every stage shares (tunepipe.data.rejects)
     assert out["rejects"] == [
-        {"source": "data/chat.jsonl", "line": 2, "reason": "exact duplicate", "duplicate_of": "data/chat.jsonl:1"},
-        {"source": "data/chat.jsonl", "line": 4, "reason": "near duplicate", "duplicate_of": "data/chat.jsonl:3",
+        {**row, "line": 2, "code": "exact_duplicate", "reason": "exact duplicate", "duplicate_of": "data/chat.jsonl:1"},
+        {**row, "line": 4, "code": "near_duplicate", "reason": "near duplicate", "duplicate_of": "data/chat.jsonl:3",
          "similarity": out["rejects"][1]["similarity"]},
-        {"source": "data/chat.jsonl", "line": 5, "reason": "no assistant reply"},
-        {"source": "data/chat.jsonl", "line": 6, "reason": "empty conversation"},
+        {**row, "line": 5, "code": "no_assistant_reply", "reason": "no assistant reply"},
+        {**row, "line": 6, "code": "empty_conversation", "reason": "empty conversation"},
     ]
+    assert list(out["rejects"][1]) == ["source", "line", "stage", "code", "reason", "duplicate_of", "similarity"]
     assert 0.85 <= out["rejects"][1]["similarity"] < 1
     assert out["changes"] == [
         {**meta(1), "changes": {"whitespace": 2, "email": 1, "phone": 1}},
@@ -157,8 +159,11 @@ def test_every_reason_is_counted_for_chat_and_dpo_records(project) -> None:
         11: "empty non-preferred output", 12: "preferred and non-preferred outputs are identical"}
     assert len(set(reasons.values())) == 9
     by_line = {r["line"]: r for r in out["rejects"]}
-    assert by_line[2] == {"source": "data/mixed.jsonl", "line": 2, "reason": "too few tokens", "tokens": 13,
-                          "min_tokens": 14}
+    assert by_line[2] == {"source": "data/mixed.jsonl", "line": 2, "stage": "clean", "code": "too_few_tokens",
+                          "reason": "too few tokens", "tokens": 13, "min_tokens": 14}
+    assert {r["code"] for r in out["rejects"]} == {
+        "too_few_tokens", "too_many_tokens", "no_assistant_reply", "empty_conversation", "exact_duplicate",
+        "empty_prompt", "empty_preferred_output", "empty_non_preferred_output", "identical_outputs"}
     assert by_line[3]["tokens"] == 21 and by_line[3]["max_tokens"] == 20
     assert by_line[6]["duplicate_of"] == "data/mixed.jsonl:1" and by_line[8]["duplicate_of"] == "data/mixed.jsonl:7"
     report = out["report"]
@@ -218,7 +223,7 @@ def test_an_input_without_jsonl_files_is_a_user_error(project) -> None:
                  "  clean:\n    uses: clean\n    inputs: {records: emit.out}\n")
     result = project.run("run", "p.yaml")
     assert result.exit_code == 2
-    assert "emit.out: no .jsonl file to clean; pass the records of ingest" in result.stderr
+    assert "emit.out: holds no .jsonl file; pass the records of ingest" in result.stderr
 
 
 def test_dedupe_modes_and_prompt_keys(project) -> None:
@@ -284,10 +289,12 @@ def test_provenance_keeps_rows_and_indexes_from_meta(project) -> None:
     ])
     project.spec(spec(records="data/recs.jsonl"))
     project.ok("run", "p.yaml")
+    dup = {"stage": "clean", "code": "exact_duplicate", "reason": "exact duplicate",
+           "duplicate_of": "data/qa.csv:row 7"}  # a row is named as a row
     assert outputs(project)["rejects"] == [
-        {"source": "data/qa.csv", "row": 9, "reason": "exact duplicate", "duplicate_of": "data/qa.csv:7"},
-        {"source": "hub", "index": 3, "reason": "exact duplicate", "duplicate_of": "data/qa.csv:7"},
-        {"source": "hub", "index": 4, "reason": "no assistant reply"},
+        {"source": "data/qa.csv", "row": 9, **dup},
+        {"source": "hub", "index": 3, **dup},
+        {"source": "hub", "index": 4, "stage": "clean", "code": "no_assistant_reply", "reason": "no assistant reply"},
     ]
 
 
@@ -457,7 +464,7 @@ def test_dedupe_form_casefolds_and_collapses_whitespace() -> None:
     assert dedupe_form("  Straße\n\tIS   Big ") == "strasse is big"
 
 
-# --- the fused path and the blocks -----------------------------------------------------------------
+# --- the shortcut, the blocks, the staged lines ---------------------------------------------------
 
 ASCII_PIECES = ["Paris", "is", "the", "capital", "OK", "I", "A", "CA", "IA", "Bearer", "eyJ", "AIza", "42", "2024",
                 "12345678", "4111 1111 1111 1111", "+44 20 7946 0958", "(555) 123-4567", "bob@example.com", "@",
@@ -466,6 +473,8 @@ ASCII_PIECES = ["Paris", "is", "the", "capital", "OK", "I", "A", "CA", "IA", "Be
 
 
 def ascii_text(rng: random.Random) -> str:
+    if rng.random() < 0.6:  # a tidy text, with a line break at times
+        return rng.choice([" ", " ", " ", "\n", "\n\n"]).join(rng.choices(ASCII_PIECES[:5], k=rng.randint(1, 9)))
     words = [rng.choice(ASCII_PIECES) if rng.random() < 0.3 else rng.choice(ASCII_PIECES[:5])
              for _ in range(rng.choice([0, 1, 2, 5, 12]))]
     text = rng.choices([" ", "", "  ", "\n"], weights=[80, 5, 5, 10])[0].join(words)
@@ -473,60 +482,116 @@ def ascii_text(rng: random.Random) -> str:
     return rng.choices(*edge)[0] + text + rng.choices(*edge)[0]
 
 
+def random_message(rng: random.Random) -> Any:
+    role = rng.choice(["system", "user", "assistant", "assistant", "tool", "user"])
+    roll = rng.random()
+    if roll < 0.7:
+        return {"role": role, "content": ascii_text(rng)}
+    if roll < 0.8:
+        return {"role": role, "content": [{"type": "text", "text": ascii_text(rng)},
+                                          {"type": "image_url", "image_url": {"url": "x"}},
+                                          {"type": "text", "text": ascii_text(rng)}][:rng.randint(0, 3)]}
+    if roll < 0.88:
+        return {"role": "assistant", "content": rng.choice([None, "", ascii_text(rng)]),
+                "tool_calls": [{"id": "c1", "type": "function",
+                                "function": {"name": "f", "arguments": '{"to": "%s"}' % rng.choice(ASCII_PIECES)}}]}
+    if roll < 0.93:
+        return {"role": role, "name": "x", "content": ascii_text(rng)}
+    if roll < 0.97:
+        return {"role": role}  # no content
+    return {"role": role, "content": rng.choice([None, [], 0])}
+
+
+def random_record(rng: random.Random) -> dict[str, Any]:
+    if rng.random() < 0.15:
+        record: dict[str, Any] = {
+            "input": {"messages": [random_message(rng) for _ in range(rng.randint(0, 3))]},
+            "preferred_output": [random_message(rng) for _ in range(rng.randint(0, 2))],
+            "non_preferred_output": [random_message(rng) for _ in range(rng.randint(0, 2))]}
+    else:
+        record = {"messages": [random_message(rng) for _ in range(rng.randint(0, 4))]}
+    if rng.random() < 0.3:
+        record["meta"] = {"source": "a.jsonl", "line": 3}
+    return record
+
+
 @pytest.mark.parametrize("params", [{}, {"dedupe": "exact"}, {"dedupe_on": "prompt"}, {"whitespace": False},
                                     {"redact": []}, {"redact": ["phone", "secret"]}, {"redact": ["email"]},
                                     {"max_blank_lines": 0}, {"max_blank_lines": 2, "unicode_form": "none"}])
-def test_the_fused_path_gives_what_the_full_path_gives(params: dict[str, Any]) -> None:
-    """Plain chat records: clean then dedupe_texts, and the fused path (where it applies), agree."""
-    from tunepipe.stages.clean import _config, _Worker
+def test_the_shortcut_gives_what_cleaning_text_by_text_gives(params: dict[str, Any]) -> None:
+    """Records of plain lines: the shortcut (a plain line, tidy texts) and the text-by-text path agree on
+    the record, the reason, the changes (in their order: changes.jsonl) and the dedupe texts."""
+    from tunepipe.data.cleaning import NOT_PLAIN, RecordCleaner, plain_line
+    from tunepipe.stages.clean import _config
 
-    plugin = Clean()
-    worker = _Worker(_config(with_defaults(plugin.params_schema, params)))
+    cleaner = RecordCleaner(_config(with_defaults(Clean().params_schema, params)))
     rng = random.Random(7)
-    fused = multiline = 0
-    for _ in range(3000):
-        roles = [rng.choice(["system", "user", "assistant", "assistant", "tool", "user"])
-                 for _ in range(rng.randint(0, 4))]
-        record = {"messages": [{"role": r, "content": ascii_text(rng)} for r in roles]}
-        if rng.random() < 0.3:
-            record["meta"] = {"source": "a.jsonl", "line": 3}
-        line = json.dumps(record, ensure_ascii=False).encode()
-        if not line.isascii():
-            continue  # _work takes the fused path only for such lines
-        breaks = b"\\" in line
-        if breaks and line.count(b"\\") != line.count(b"\\n") + line.count(b'\\"'):
+    shortcut = multiline = 0
+    for _ in range(4000):
+        line = json.dumps(random_record(rng), ensure_ascii=False).encode()
+        plain = plain_line(line)
+        if not plain:
             continue
-        got = worker.plain(json.loads(line), breaks)
-        cleaned, reason, changes = worker.clean(json.loads(line))
-        if got is None:
-            continue
-        fused += 1
-        multiline += breaks
-        want = (cleaned, reason, changes, *(worker.dedupe_texts(cleaned) if cleaned is not None else (None, None)))
-        assert got == want, record
-        assert list(got[2]) == list(changes)  # the same order of kinds of change, for changes.jsonl
-    assert fused > 900 and multiline > 150
+        fast_changes: dict[str, int] = {}
+        full_changes: dict[str, int] = {}
+        record = json.loads(line)
+        fast = cleaner.clean(record, plain, fast_changes)
+        full = cleaner.clean(json.loads(line), NOT_PLAIN, full_changes)
+        assert fast == full and list(fast_changes.items()) == list(full_changes.items()), line
+        if isinstance(fast, dict):
+            assert full is not record
+            tidy = fast is record  # the shortcut, and no turn dropped
+            assert cleaner.dedupe_texts(fast, tidy) == cleaner.dedupe_texts(full, False), line
+            shortcut += tidy
+            multiline += tidy and b"\\n" in line
+    assert shortcut > 200 and multiline > 50
 
 
-def test_blocks_number_and_skip_lines_as_iter_lines_does(tmp_path: Path) -> None:
+def test_plain_lines() -> None:
+    from tunepipe.data.cleaning import NOT_PLAIN, PLAIN, PLAIN_BREAKS, plain_line
+
+    assert plain_line(b'{"a": "b c"}') == PLAIN
+    assert plain_line(b'{"a": "b\\nc \\"d\\""}') == PLAIN_BREAKS
+    for line in (b'{"a": "tab\\t"}', b'{"a": "\\\\n"}', b'{"a": "\\u00e9"}', '{"a": "é"}'.encode(), b'{"a": "\x7f"}'):
+        assert plain_line(line) == NOT_PLAIN, line
+
+
+def test_bom_crlf_blank_lines_and_blocks_give_the_lines_every_stage_gives(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Records without meta are named by their file and physical line, as jsonl.iter_lines numbers them,
+    whatever the block size and number of workers."""
+    import tunepipe.stages.clean as clean_module
     from tunepipe.data import jsonl
-    from tunepipe.stages.clean import _config, _tasks
 
-    data = tmp_path / "data.jsonl"
-    lines = [b'{"messages": [{"role": "user", "content": "hi ' + str(i).encode() + b'"}]}' for i in range(50)]
+    lines = [json.dumps(chat(f"question {i}", "" if i % 7 == 3 else f"answer {i}"), separators=(",", ":")).encode()
+             for i in range(60)]  # compact: what clean writes
     body = b"\xef\xbb\xbf" + b"\n".join(lines[:10]) + b"\r\n\r\n  \n" + b"\n".join(lines[10:40]) + b"\r\r\n\n"
-    body += b"\n".join(lines[40:]) + b"x" * 300  # a long last line without a newline
+    body += b"\n".join(lines[40:])  # a last line without a newline
+    data = tmp_path / "data.jsonl"
     data.write_bytes(body)
-    cfg = _config(with_defaults(Clean().params_schema, {}))
-    want = list(jsonl.iter_lines(data))
-    for size in (1, 7, 64, 1 << 20):
-        got = []
-        for _, _, before, block in _tasks(Artifact(data, "d", "data.jsonl"), cfg, size):
-            for lineno, raw in enumerate(block.split(b"\n"), start=before + 1):
-                got.append((lineno, raw))
-        numbered = [(n, r.rstrip(b"\r")) for n, r in got]
-        numbered = [(n, r[3:] if n == 1 and r.startswith(b"\xef\xbb\xbf") else r) for n, r in numbered]
-        assert [(n, r) for n, r in numbered if r.strip()] == want, size
+    want = [n for n, raw in jsonl.iter_lines(data) if json.loads(raw)["messages"][1]["content"] == ""]
+    results = []
+    for size, threads in ((1 << 20, 1), (1, 2), (64, 1), (700, 2)):
+        monkeypatch.setattr(clean_module, "BLOCK_BYTES", size)
+        got = run_direct(tmp_path / f"{size}-{threads}", data, threads=threads)
+        assert [json.loads(x)["line"] for x in got["rejects/rejects.jsonl"].splitlines()] == want
+        results.append(got)
+    assert all(r == results[0] for r in results)
+    assert results[0]["records/records.jsonl"] == b"".join(x + b"\n" for i, x in enumerate(lines) if i % 7 != 3)
+
+
+def test_lines_are_numbered_per_file_of_a_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import tunepipe.stages.clean as clean_module
+
+    folder = tmp_path / "records"
+    folder.mkdir()
+    for name in ("a.jsonl", "b.jsonl"):
+        (folder / name).write_text("".join(json.dumps(chat(f"{name} {i}", "" if i == 5 else "ok")) + "\n"
+                                           for i in range(9)), encoding="utf-8")
+    monkeypatch.setattr(clean_module, "BLOCK_BYTES", 200)  # a few lines a block
+    out = run_direct(tmp_path / "run", folder, threads=2)
+    rejects = [json.loads(x) for x in out["rejects/rejects.jsonl"].splitlines()]
+    assert [(r["source"], r["line"]) for r in rejects] == [("data.jsonl/a.jsonl", 6), ("data.jsonl/b.jsonl", 6)]
 
 
 def test_small_blocks_give_the_same_output(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -544,15 +609,28 @@ def test_small_blocks_give_the_same_output(tmp_path: Path, monkeypatch: pytest.M
     assert whole == small and whole_report == small_report
 
 
-def test_kept_lines_are_written_around_the_duplicates() -> None:
-    import io
-
-    from tunepipe.stages.clean import _write_kept
+def test_kept_lines_are_copied_around_the_duplicates(tmp_path: Path) -> None:
+    from tunepipe.data.clean_passes import copy_kept
 
     lines = [b'{"a":1}', b'{"b":22}', b"{}", b'{"d":4444}', b'{"e":5}']
-    for dups in ([], [0], [4], [1, 2], [0, 1, 2, 3, 4], [0, 2, 4], [3]):
-        out = io.BytesIO()
-        assert _write_kept(out, b"\n".join(lines), [len(x) for x in lines], dups) == len(lines) - len(dups)
-        assert out.getvalue() == b"".join(x + b"\n" for i, x in enumerate(lines) if i not in dups)
-    out = io.BytesIO()
-    assert _write_kept(out, b"", [], []) == 0 and out.getvalue() == b""
+    staged = tmp_path / "staged.jsonl"
+    staged.write_bytes(b"".join(x + b"\n" for x in lines))
+    for n, dups in enumerate(([], [0], [4], [1, 2], [0, 1, 2, 3, 4], [0, 2, 4], [3])):
+        out = tmp_path / f"out{n}"
+        with open(out, "wb", buffering=0) as f:
+            f.write(b"before\n")
+            assert copy_kept(f.fileno(), staged, [len(x) for x in lines], dups) == len(lines) - len(dups)
+        assert out.read_bytes() == b"before\n" + b"".join(x + b"\n" for i, x in enumerate(lines) if i not in dups)
+    assert copy_kept(0, tmp_path / "none", [], []) == 0  # nothing staged: nothing read
+
+
+def test_a_bad_line_in_a_later_block_is_named_by_its_file_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import tunepipe.stages.clean as clean_module
+    from tunepipe.errors import UserError
+
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps(chat(f"q{i}")) + "\n" for i in range(40)) + "\n{not json\n", encoding="utf-8")
+    monkeypatch.setattr(clean_module, "BLOCK_BYTES", 300)
+    with pytest.raises(UserError, match=r"^data.jsonl:42: not a record clean can read \(unexpected"):
+        run_direct(tmp_path / "run", data, threads=2)
+    assert not list((tmp_path / "run" / "scratch").iterdir())  # the staged lines are gone

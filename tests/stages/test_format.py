@@ -172,7 +172,10 @@ def test_skip_sets_every_invalid_example_aside_with_its_reasons(project) -> None
     result = project.ok("run", "p.yaml")
     assert "format    done" in result.stdout
     rejects = read_jsonl(project, "rejects", "rejects.jsonl")
-    reasons = {r["record"]: [x["category"] for x in r["reasons"]] for r in rejects}
+    # one row layout for every stage (tunepipe.data.rejects): the first error is the code and reason
+    assert list(rejects[0]) == ["source", "line", "stage", "code", "reason", "example"]
+    assert {(r["source"], r["stage"]) for r in rejects} == {("data/records.jsonl", "format")}
+    reasons = {r["line"]: [r["code"]] + [x["code"] for x in r.get("more_errors", [])] for r in rejects}
     assert reasons == {
         2: ["invalid_json"], 3: ["data_type"], 4: ["missing_messages_list"], 5: ["message_missing_key"],
         6: ["message_unrecognized_key"], 7: ["unrecognized_role"], 8: ["missing_content"],
@@ -181,13 +184,16 @@ def test_skip_sets_every_invalid_example_aside_with_its_reasons(project) -> None
         14: ["misplaced_system_message"],
         15: ["consecutive_user_messages"], 16: ["wrong_example_kind"],
     }
-    messages = {r["record"]: r["reasons"][0]["message"] for r in rejects}
+    messages = {r["line"]: r["reason"] for r in rejects}
     assert messages[11] == "messages[2].weight must be 0 or 1 (got 2)"
     assert messages[10] == "messages[1]: 'weight' is allowed only on assistant messages (found on a user message)"
     assert messages[13] == "messages[3].tool_call_id 'call_2' matches no call of messages[2] (call_1)"
     assert messages[2].startswith("not valid JSON (")
-    assert next(r for r in rejects if r["record"] == 3)["example"] == [1, 2]  # the original, to fix it
-    assert next(r for r in rejects if r["record"] == 2)["example"] == '{"messages": ['
+    assert next(r for r in rejects if r["line"] == 3)["example"] == [1, 2]  # the original, to fix it
+    assert next(r for r in rejects if r["line"] == 2)["example"] == '{"messages": ['
+    assert next(r for r in rejects if r["line"] == 13)["more_errors"] == [  # the other errors, in order
+        {"code": "unanswered_tool_call",
+         "reason": "messages[2]: tool call 'call_1' gets no tool message before messages[4]"}]
     assert [e.get("messages") for e in read_jsonl(project, "examples", "examples.jsonl")] == \
         [MARV, TOOL_CHAT["messages"], SHORT]
     summary = show(project)["summary"]
@@ -338,8 +344,8 @@ def test_openai_dpo_target(project) -> None:
     setup(project, records, {"target": "openai-dpo", "on_invalid": "skip"})
     project.ok("run", "p.yaml")
     assert read_jsonl(project, "examples", "examples.jsonl") == [good] * 10
-    reasons = {r["record"]: [x["category"] for x in r["reasons"]] for r in read_jsonl(project, "rejects",
-                                                                                       "rejects.jsonl")}
+    reasons = {r["line"]: [r["code"]] + [x["code"] for x in r.get("more_errors", [])]
+               for r in read_jsonl(project, "rejects", "rejects.jsonl")}
     assert reasons == {11: ["dpo_multi_turn_input"], 12: ["wrong_example_kind"],
                        13: ["dpo_invalid_output", "dpo_invalid_output"]}  # null content, and tool_calls
     # the longer pair: system + user + "Yes, water is wet." = 30 tokens; preferred reply "Obviously." = 2
@@ -389,7 +395,7 @@ def test_hf_chat_template_renders_as_the_tokenizer_does_with_assistant_spans(pro
     assert [s["weight"] for s in examples[1]["assistant_spans"]] == [0, 1]  # weight 0: do not train on it
     # SmolLM2's template cannot render a null content (a tool call): a template error, set aside
     (reject,) = read_jsonl(project, "rejects", "rejects.jsonl")
-    assert reject["record"] == 4 and reject["reasons"][0]["category"] == "chat_template_error"
+    assert reject["line"] == 4 and reject["code"] == "chat_template_error"
     rep, md = report(project)
     assert rep["tokenizer"] == "smollm2-135m-instruct" and rep["token_counter"] == "the tokenizer itself"
     assert rep["token_limit"]["limit"] == 8192
@@ -420,9 +426,9 @@ def test_hf_chat_template_from_a_tokenizer_folder_input(project, smollm2, monkey
     (ex,) = read_jsonl(project, "examples", "examples.jsonl")
     assert ex["text"] == "<user>Hi</s><assistant>Hello.</s>"
     assert ex["assistant_spans"] == [{"start": len("<user>Hi</s><assistant>"), "end": len(ex["text"]), "weight": 1}]
-    rejects = {r["record"]: r["reasons"][0] for r in read_jsonl(project, "rejects", "rejects.jsonl")}
-    assert rejects[2]["category"] == "chat_template_error" and "no booms here" in rejects[2]["message"]
-    assert rejects[3]["category"] == "chat_template_error" and "not prefix-stable" in rejects[3]["message"]
+    rejects = {r["line"]: r for r in read_jsonl(project, "rejects", "rejects.jsonl")}
+    assert rejects[2]["code"] == "chat_template_error" and "no booms here" in rejects[2]["reason"]
+    assert rejects[3]["code"] == "chat_template_error" and "not prefix-stable" in rejects[3]["reason"]
     rep, _ = report(project)
     assert rep["tokenizer"] == "tok" and rep["token_limit"]["limit"] == 10 and rep["token_limit"]["over_limit"] == 1
     # the tokenizer folder is an input: editing its template reruns the stage
@@ -500,58 +506,13 @@ def test_records_are_numbered_per_file_as_read_line_by_line_whatever_the_block_s
         monkeypatch.setattr(format_stage, "BLOCK_BYTES", size)
         out = run_plugin(tmp_path / f"run{size}", folder, threads=threads, name="recs")
         rejects = [json.loads(x) for x in out["rejects/rejects.jsonl"].splitlines()]
-        assert [(r["file"], r["record"]) for r in rejects] == expected, size
+        assert [(r["source"], r["line"]) for r in rejects] == expected, size
         runs.append(out)
     assert all(run == runs[0] for run in runs)
     summary = json.loads(runs[0]["summary"])
     assert (summary["examples"], summary["invalid"]) == (27, 6)
     examples = [json.loads(x) for x in runs[0]["examples/examples.jsonl"].splitlines()]
     assert examples[0] == {"messages": MARV} and len(examples) == 27
-
-
-def test_the_fast_path_agrees_with_the_full_check_and_count() -> None:
-    """Plain chat examples take a fused check-and-count: it must take every example is_plain_valid
-    accepts, and for each example it takes find the same problems as the full check (warnings only)
-    and count exactly as the full count does."""
-    import random
-
-    from tunepipe.data.chat import check_chat, is_error, is_plain_valid
-    from tunepipe.data.tokens import get_encoding, recurring_counts
-    from tunepipe.stages.format import _count_openai, _plain_chat, _role_cost
-
-    enc = get_encoding("o200k_base")
-    cache, cost = recurring_counts(enc), _role_cost(enc)
-    rng = random.Random(11)
-    pieces = [SYSTEM, USER, REPLY, {**REPLY, "weight": 0}, {**REPLY, "weight": 1}, {**REPLY, "weight": True},
-              {**REPLY, "weight": 2}, {**USER, "weight": 1}, {"role": "user", "content": " "},
-              {"role": "developer", "content": "x"}, {"role": "tool", "content": "x"}, {"role": "user", "content": 1},
-              {**USER, "name": "bob"}, {"role": "assistant"}, "text", {"role": "system", "content": "again"},
-              {"role": ["user"], "content": "hi"}, {"role": "system", "content": "You are Marv, again."},
-              {"content": "Why?", "role": "user"}, {"role": "assistant", "content": "No.", "name": "marv"}]
-    taken = clean = 0
-    for _ in range(8000):
-        turns = [SYSTEM] + [m for _ in range(rng.randint(0, 3)) for m in (USER, REPLY)]
-        turns = turns[rng.random() < 0.2:]  # some without a system message
-        if rng.random() < 0.1:
-            turns = [m for m in turns if m is not USER]  # some without a user message
-        if rng.random() < 0.1:
-            turns = [{**m, "weight": 0} if m is REPLY else m for m in turns]  # some with nothing to learn
-        messages = [rng.choice(pieces) if rng.random() < 0.1 else m for m in turns]
-        record: dict[str, Any] = {"messages": messages}
-        if rng.random() < 0.3:
-            record["meta"] = {"source": "x", "line": 1}
-        if rng.random() < 0.05:
-            record[rng.choice(["tools", "extra"])] = TOOLS
-        fast = _plain_chat(record, enc, cache, cost)
-        if is_plain_valid(record):
-            assert fast is not None and not fast[3], record
-            clean += 1
-        if fast is not None:
-            taken += 1
-            problems = check_chat(record) if messages else None
-            assert list(fast[3]) == problems and not any(is_error(p) for p in problems), record
-            assert fast[:3] == _count_openai(enc, record, "chat"), record
-    assert clean > 100 and taken > clean + 500  # both paths really taken
 
 
 # ------------------------------------------------------------------------------------------------
@@ -594,8 +555,8 @@ def test_cost_from_the_price_table_and_from_a_user_price() -> None:
 
 
 def test_the_stage_counts_tokens_exactly_as_the_cookbook_counter() -> None:
+    from tunepipe.data.cookbook_counts import count_chat as _count_chat
     from tunepipe.data.tokens import count_chat_tokens, get_encoding
-    from tunepipe.stages.format import _count_chat
 
     enc = get_encoding("o200k_base")
     for record in (TOOL_CHAT, {"messages": MARV}, {"messages": SHORT},

@@ -4,7 +4,7 @@ Each stage runs directly twice on the same generated input: ``engine="local"`` (
 reference; the stages' own tests show one worker and two give the same bytes) and ``engine="ray"``
 on the session's in-process Ray (2 CPUs), and the output folders must have the same tree digest.
 The block sizes are made small (the thresholds too) so that a small input is many blocks, and a spy
-on the driver's side of :func:`tunepipe.data.parallel._ray_map` shows that the blocks really went
+on the driver's side of :func:`tunepipe.cluster.ray_data.ray_map` shows that the blocks really went
 through Ray Data, some of them in groups.
 """
 
@@ -22,7 +22,7 @@ import pytest
 from ray_local import ray_local  # noqa: F401  (the session's Ray instance)
 
 from tunepipe.cache.digests import tree_digest
-from tunepipe.data import parallel
+from tunepipe.cluster import ray_data
 from tunepipe.plugins import Artifact, StageContext
 from tunepipe.spec.schema import with_defaults
 from tunepipe.stages import clean as clean_stage
@@ -54,7 +54,7 @@ class RayUse:
 def ray_use(monkeypatch: pytest.MonkeyPatch) -> RayUse:
     """Spies on the driver's side of the Ray Data map (the real map runs)."""
     use = RayUse()
-    real_map, real_done = parallel._ray_map, parallel._Feed.group_done
+    real_map, real_done = ray_data.ray_map, ray_data.Feed.group_done
 
     def spy_map(*args: Any, **kwargs: Any) -> Iterator[Any]:
         use.items.append(0)
@@ -66,8 +66,8 @@ def ray_use(monkeypatch: pytest.MonkeyPatch) -> RayUse:
         use.groups.append(items)
         real_done(feed, items, seconds)
 
-    monkeypatch.setattr(parallel, "_ray_map", spy_map)
-    monkeypatch.setattr(parallel._Feed, "group_done", spy_done)
+    monkeypatch.setattr(ray_data, "ray_map", spy_map)
+    monkeypatch.setattr(ray_data.Feed, "group_done", spy_done)
     return use
 
 
@@ -126,7 +126,7 @@ def test_ingest_of_jsonl_and_csv_with_rejects(tmp_path: Path, ray_use: RayUse,
 
 def test_clean_with_exact_and_near_dedupe(tmp_path: Path, ray_use: RayUse,
                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(clean_stage._tasks, "__defaults__", (1 << 16,))  # 64 KiB blocks (1 MiB by default)
+    monkeypatch.setattr(clean_stage, "BLOCK_BYTES", 1 << 16)  # 64 KiB blocks (1 MiB by default)
     rng = random.Random(11)
     records: list[dict[str, Any]] = []
     for i in range(3000):
@@ -173,7 +173,7 @@ def test_format_openai_chat_with_invalid_examples(tmp_path: Path, ray_use: RayUs
 
 def test_split_stratified_and_grouped(tmp_path: Path, ray_use: RayUse, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(split_stage, "PARALLEL_MIN_BYTES", 0)  # workers on a small file (32 MB by default)
-    monkeypatch.setattr(split_stage.chunks, "__defaults__", (1 << 15,))  # 32 KiB chunks (8 MiB by default)
+    monkeypatch.setattr(split_stage, "CHUNK_BYTES", 1 << 15)  # 32 KiB blocks (8 MiB by default)
     rng = random.Random(8)
     records = [chat(rng, i) for i in range(3000)]
     for i in range(0, 3000, 50):

@@ -12,7 +12,10 @@ import numpy as np
 import pytest
 
 from tunepipe.data import fields
-from tunepipe.stages import split as S
+from tunepipe.data import splitting as S
+from tunepipe.data.record import user_prompt
+from tunepipe.stages import split as split_stage
+from tunepipe.stages.split import far_ratio
 
 SPLITS = ("train", "validation", "test")
 
@@ -92,14 +95,14 @@ def test_the_key_is_canonical_ignores_meta_and_depends_on_the_seed() -> None:
     grouped = S.ScanConfig(salt=b"", group_by=("meta", "conversation_id"), by_prompt=False, stratify_by=None,
                            staged=None, group_label="meta.conversation_id")
     assert S.example_key({"meta": {"conversation_id": "c1"}, "x": 1}, grouped, "") == b'"c1"'
-    with pytest.raises(S._Bad, match=r"group_by field 'meta.conversation_id' is missing: 'meta' has no key"):
+    with pytest.raises(S.BadExample, match=r"group_by field 'meta.conversation_id' is missing: 'meta' has no key"):
         S.example_key({"meta": {"source": "a"}}, grouped, "")
-    with pytest.raises(S._Bad, match="is null"):
+    with pytest.raises(S.BadExample, match="is null"):
         S.example_key({"meta": {"conversation_id": None}}, grouped, "")
 
 
 def test_prompts_are_user_turns_normalized() -> None:
-    up = S.user_prompt
+    up = user_prompt
     assert up(chat("  What IS   the\tCapital?\n")) == "what is the capital?"
     assert up(chat("Cafe\u0301 STRASSE")) == up(chat("café straße")) == "café strasse"  # NFC and casefold
     two = {"messages": [{"role": "user", "content": "a b"}, {"role": "assistant", "content": "x"},
@@ -202,7 +205,7 @@ def test_the_blockwise_analysis_matches_a_plain_reference(monkeypatch: pytest.Mo
 
 
 def test_a_ratio_far_off_on_a_small_set_is_named_with_the_count_to_ask_for() -> None:
-    far = S.far_ratio
+    far = far_ratio
     assert far("validation", S.Size(0.3), 38, 90, 90, grouped=False) == (
         "validation is 38 of 90 examples (42%) for validation: 0.3 — ratios are per-example hashes, so small sets "
         "vary; for exactly 27 use validation: 27")
@@ -393,7 +396,7 @@ def test_leakage_report_counts_and_dedupe_drops_copies_outside_the_first_occurre
     splits_of: dict[str, set[str]] = {}
     for name, rows in kept.items():
         for r in rows:
-            splits_of.setdefault(S.user_prompt(r), set()).add(name)
+            splits_of.setdefault(user_prompt(r), set()).add(name)
     assert all(len(names) == 1 for names in splits_of.values())  # no leak is left
 
     leaky_spec(project, group_by="@prompt", keep_meta=True)      # grouping by prompt: no leaks at all
@@ -531,8 +534,8 @@ def test_malformed_input_lines_are_named_even_in_later_chunks_and_workers_change
     spec(project, validation=0.2, test=7, leakage="report")
     project.ok("run", "p.yaml")
     single = {n: project.artifact("split", n).name for n in SPLITS}
-    monkeypatch.setattr(S, "PARALLEL_MIN_BYTES", 0)      # worker processes on this small file,
-    monkeypatch.setattr(S, "CHUNK_BYTES", 1000)          # cut into many chunks
+    monkeypatch.setattr(split_stage, "PARALLEL_MIN_BYTES", 0)      # worker processes on this small file,
+    monkeypatch.setattr(split_stage, "CHUNK_BYTES", 1000)          # cut into many blocks
     project.ok("run", "p.yaml", "--force")
     assert {n: project.artifact("split", n).name for n in SPLITS} == single
     text = (project.root / "data/x.jsonl").read_text().splitlines()

@@ -116,16 +116,16 @@ def test_the_input_file_is_found_in_a_split_output(tmp_path: Path) -> None:
     folder = tmp_path / "out"
     folder.mkdir()
     (folder / "train.jsonl").write_text("{}\n")
-    assert _jsonl(Artifact(folder, "d", "split.train"), "train", "t") == folder / "train.jsonl"
+    assert _jsonl(Artifact(folder, "d", "split.train"), "train") == folder / "train.jsonl"
     single = tmp_path / "examples.jsonl"
     single.write_text("{}\n")
-    assert _jsonl(Artifact(single, "d", "examples.jsonl"), "train", "t") == single
+    assert _jsonl(Artifact(single, "d", "examples.jsonl"), "train") == single
     (folder / "extra.jsonl").write_text("{}\n")
-    assert _jsonl(Artifact(folder, "d", "split.train"), "train", "t") == folder / "train.jsonl"  # by its name
+    assert _jsonl(Artifact(folder, "d", "split.train"), "train") == folder / "train.jsonl"  # by its name
     (folder / "train.jsonl").rename(folder / "other.jsonl")
     with pytest.raises(UserError, match=r"must hold one JSONL file of examples, found split.train/extra.jsonl, "
                                         r"split.train/other.jsonl"):
-        _jsonl(Artifact(folder, "d", "split.train"), "train", "t")
+        _jsonl(Artifact(folder, "d", "split.train"), "train")
 
 
 def test_the_stage_is_listed_with_both_backends(project) -> None:

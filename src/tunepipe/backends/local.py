@@ -127,8 +127,8 @@ class LocalBackend:
         p = dict(params)
         if data.base_model is not None:
             if not data.base_model.path.is_dir():
-                raise UserError(f"stage '{ctx.stage}': base_model ({data.base_model.name}) must be a folder holding "
-                                "a Hugging Face model (config.json and weights)")
+                raise UserError(f"base_model ({data.base_model.name}) must be a folder holding a Hugging Face "
+                                "model (config.json and weights)")
             p["model"] = str(data.base_model.path)
         return part(self, "train").train_local(ctx, data.train, data.validation, p, out)
 

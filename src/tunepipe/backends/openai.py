@@ -110,8 +110,8 @@ class OpenAIBackend:
 
     def train(self, ctx: StageContext, data: TrainData, params: Mapping[str, Any], out: Path) -> dict[str, Any]:
         if data.base_model is not None:
-            raise UserError(f"stage '{ctx.stage}': the base_model input is a local model folder, for backend: "
-                            "local; OpenAI fine-tunes the model named by model:")
+            raise UserError("the base_model input is a local model folder, for backend: local; OpenAI fine-tunes "
+                            "the model named by model:")
         return part(self, "train").train_openai(ctx, data.train, data.validation, params, out)
 
     def replier(self, ctx: StageContext, model: ModelRef, *, base: bool, settings: Mapping[str, Any],

@@ -42,8 +42,8 @@ from tunepipe.cache.leases import LeaseLock, read_lease
 from tunepipe.cache.s3 import Remote
 from tunepipe.cache.integrity import downstream, reader_lines
 from tunepipe.cache.store import LAYOUT_VERSION, GcReport, LocalStore, VerifyReport, _force_rmtree
+from tunepipe.crash import crashpoint
 from tunepipe.errors import CacheError, UserError
-from tunepipe.execute import crashpoint
 
 LOCAL_ENV = "TUNEPIPE_LOCAL_CACHE"
 _MANIFEST = re.compile(r"objects/[0-9a-f]{2}/([0-9a-f]{64})\.json")

@@ -1,1 +1,2 @@
-"""Running stages on a cluster: the Ray executor (``--executor ray``). Imported only when used."""
+"""Running on a Ray cluster: the Ray executor (``--executor ray``, ray_executor.py) and the record
+stages' ordered map on Ray Data (ray_data.py). Imported only when used."""

@@ -45,6 +45,7 @@ from tunepipe.errors import TunepipeError, UserError
 from tunepipe.execute import StageJob, StageResult
 from tunepipe.redact import declared_names, redact
 from tunepipe.registry import Registry
+from tunepipe.status import Status
 
 DEFAULT_RETRIES = 3
 PROGRESS_EVERY_S = 0.5  # a task sends at most this often (plugins may call ctx.progress per record)
@@ -134,15 +135,15 @@ def run_on_ray(job: StageJob, location: str, search_paths: list[str], messages: 
     threading.Thread(target=watch, name="tunepipe-cancel-watch", daemon=True).start()
     try:
         if "://" not in location and not Path(location).is_dir():
-            raise UserError(f"stage '{job.stage}': the cache folder {location} is not on node {ip}. With a Ray "
-                            "cluster the cache must be where every node sees it: a shared folder mounted at the "
-                            "same path (--cache-dir), or object storage (--cache-dir s3://BUCKET/PREFIX)")
+            raise UserError(f"the cache folder {location} is not on node {ip}. With a Ray cluster the cache must "
+                            "be where every node sees it: a shared folder mounted at the same path (--cache-dir), "
+                            "or object storage (--cache-dir s3://BUCKET/PREFIX)")
         store = open_store(location)
         _check_input_files(job, store, ip)
         registry = Registry(search_paths=[Path(p) for p in search_paths])
         result = execute(job, store, registry, cancel, progress, say)
     except TunepipeError as e:  # before the stage's own run (cache, lock, inputs): a failed stage, said plainly
-        result = StageResult(job.stage, "failed", log_path=job.log_path, error=redact(str(e)),
+        result = StageResult(job.stage, Status.FAILED, log_path=job.log_path, error=redact(str(e)),
                              user_error=isinstance(e, UserError))
     finally:
         done.set()
@@ -192,9 +193,9 @@ def _check_input_files(job: StageJob, store: Store, ip: str) -> None:
                 if here == digest:
                     continue
                 problem = f"on node {ip}, where Ray ran the stage, has other content than where the run was planned"
-            raise UserError(f"stage '{job.stage}': its input {name} ({path}) {problem}. Input files of a Ray run "
-                            "must be the same on every node: put them on a shared folder mounted at the same "
-                            "path, or make them the output of a stage")
+            raise UserError(f"its input {name} ({path}) {problem}. Input files of a Ray run must be the same on "
+                            "every node: put them on a shared folder mounted at the same path, or make them the "
+                            "output of a stage")
 
 
 def _probe(addr: str) -> None:
@@ -291,9 +292,9 @@ class RayExecutor:
             result: StageResult = done.result()
         except BaseException as e:  # the task never returned: cancelled, or its node died too often
             cause = getattr(e, "cause", None)  # a RayTaskError carries what the task raised
-            result = StageResult(job.stage, "cancelled" if self.cancel.is_set() else "failed",
+            result = StageResult(job.stage, Status.CANCELLED if self.cancel.is_set() else Status.FAILED,
                                  log_path=job.log_path, error=redact(str(cause)) if isinstance(cause, TunepipeError)
-                                 else self._task_error(job, e), user_error=isinstance(cause, UserError))
+                                 else self._task_error(e), user_error=isinstance(cause, UserError))
         try:
             starts = self._ray.get(self._messages.starts.remote(job.stage), timeout=30)
         except Exception:  # noqa: BLE001 - the history is a courtesy; the result stands without it
@@ -303,16 +304,16 @@ class RayExecutor:
             [s["node"] for s in starts]
         out.set_result(result)
 
-    def _task_error(self, job: StageJob, e: BaseException) -> str:
+    def _task_error(self, e: BaseException) -> str:
         name = type(e).__name__
         if self.cancel.is_set() or name == "TaskCancelledError":
             return "interrupted"
         if name in ("NodeDiedError", "WorkerCrashedError", "OutOfMemoryError", "ActorDiedError"):
-            return (f"the Ray task of stage '{job.stage}' died ({name}) and Ray gave up after "
-                    f"{self.max_retries} retries: a node was lost or ran out of memory. Check `ray status`, "
-                    "give the stage more memory under `resources:`, or raise executor.max_retries")
+            return (f"its Ray task died ({name}) and Ray gave up after {self.max_retries} retries: a node was "
+                    "lost or ran out of memory. Check `ray status`, give the stage more memory under `resources:`, "
+                    "or raise executor.max_retries")
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        return f"the Ray task of stage '{job.stage}' failed: {name}: {first}"
+        return f"its Ray task failed: {name}: {first}"
 
     def _pump_messages(self) -> None:
         while not self._stop.is_set():

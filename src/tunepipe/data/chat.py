@@ -9,10 +9,9 @@ a role both as ``message_missing_key`` and as ``unrecognized_role``).
 Rules beyond the cookbook (see :data:`CATEGORIES` for every category and its severity):
 
 * ``weight`` only on assistant messages, and only the integers 0 or 1.
-* Tool calling: ``tools`` is a list of ``{"type": "function", "function": {"name", "description"?,
-  "parameters"?, "strict"?}}`` with unique names; an assistant's ``tool_calls`` is a non-empty list
-  of ``{"id", "type": "function", "function": {"name", "arguments"}}`` with unique ids, ``arguments``
-  a string holding a JSON object, and names among the declared ``tools`` when they are given.
+* Tool calling (:mod:`tunepipe.data.chat_tools`): ``tools`` is a list of functions with unique
+  names; an assistant's ``tool_calls`` a non-empty list of calls with unique ids, JSON-object
+  ``arguments`` and names among the declared ``tools`` when they are given.
 * Role order: a system (or developer) message only first; never two user messages in a row; a tool
   message only right after an assistant message with ``tool_calls`` (or another tool message), with
   a ``tool_call_id`` of one of that message's calls, each call answered once; every call answered
@@ -27,10 +26,11 @@ A problem is ``(category, message)``: plain tuples, cheap to send between worker
 
 from __future__ import annotations
 
-import json
-import re
 from collections.abc import Mapping
 from typing import Any
+
+from tunepipe.data.chat_tools import NAME_RE, Problem, check_tool_calls, check_tools, show, type_name
+from tunepipe.data.record import Provenance
 
 ERROR = "error"
 WARNING = "warning"
@@ -84,12 +84,8 @@ _ALLOWED_KEYS: Mapping[str, frozenset[str]] = {
 _ANY_KEYS = frozenset().union(*_ALLOWED_KEYS.values())
 CHAT_KEYS = ("messages", "tools", "parallel_tool_calls", "functions")
 DPO_KEYS = ("input", "preferred_output", "non_preferred_output")
-NAME_RE = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
-
-Problem = tuple[str, str]
-
-# The warnings a chat example can have when each message is plain (role and content): the format
-# stage's fast path reports them with the very same words as check_chat.
+# The warnings a chat example can have when each message is plain (role and content): the fast
+# check (plain_problems) words them as check_chat does.
 NO_TRAINED_ASSISTANT: Problem = ("no_trained_assistant_message", "every assistant message has weight 0")
 NO_SYSTEM: Problem = ("missing_system_message", "no system message")
 NO_USER: Problem = ("missing_user_message", "no user message")
@@ -111,133 +107,10 @@ def kind_of(record: Mapping[str, Any]) -> str:
 
 
 def provenance(record: Any) -> str | None:
-    """Where a record came from, from its ``meta``: ``data/x.jsonl:5``, ``data/x.csv:row 5``."""
-    meta = record.get("meta") if isinstance(record, dict) else None
-    if not isinstance(meta, dict) or not isinstance(meta.get("source"), str):
-        return None
-    for key, fmt in (("line", "{}:{}"), ("row", "{}:row {}"), ("index", "{}:index {}")):
-        if key in meta:
-            return fmt.format(meta["source"], meta[key])
-    return meta["source"]
-
-
-def _show(value: Any) -> str:
-    text = json.dumps(value, ensure_ascii=False)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
-def _type(value: Any) -> str:
-    return {dict: "object", list: "list", str: "string", bool: "boolean", type(None): "null",
-            int: "number", float: "number"}.get(type(value), type(value).__name__)
-
-
-# ------------------------------------------------------------------------------------------------
-# tools and tool calls
-
-
-def _check_tools(record: Mapping[str, Any], where: str, out: list[Problem]) -> set[str] | None:
-    """Check ``tools`` and ``parallel_tool_calls``; the declared function names (None: no tools)."""
-    if "parallel_tool_calls" in record and not isinstance(record["parallel_tool_calls"], bool):
-        out.append(("invalid_tools", f"{where}parallel_tool_calls must be true or false "
-                                     f"(got {_show(record['parallel_tool_calls'])})"))
-    if "tools" not in record or record["tools"] is None:
-        return None
-    tools = record["tools"]
-    if not isinstance(tools, list) or not tools:
-        out.append(("invalid_tools", f"{where}tools must be a non-empty list of functions (got {_type(tools)})"))
-        return set()
-    names: set[str] = set()
-    for i, tool in enumerate(tools):
-        p = f"{where}tools[{i}]"
-        if not isinstance(tool, dict):
-            out.append(("invalid_tools", f"{p} must be an object (got {_type(tool)})"))
-            continue
-        if tool.get("type") != "function":
-            out.append(("invalid_tools", f"{p}.type must be \"function\" (got {_show(tool.get('type'))})"))
-        extra = sorted(set(tool) - {"type", "function"})
-        if extra:
-            out.append(("invalid_tools", f"{p} has unrecognized key '{extra[0]}' (allowed: type, function)"))
-        fn = tool.get("function")
-        if not isinstance(fn, dict):
-            out.append(("invalid_tools", f"{p}.function must be an object with a name (got {_type(fn)})"))
-            continue
-        name = fn.get("name")
-        if not isinstance(name, str) or not NAME_RE.match(name):
-            out.append(("invalid_tools", f"{p}.function.name must match ^[a-zA-Z0-9_-]{{1,64}}$ "
-                                         f"(got {_show(name)})"))
-        elif name in names:
-            out.append(("invalid_tools", f"{p}.function.name '{name}' is declared twice"))
-        else:
-            names.add(name)
-        if "description" in fn and not isinstance(fn["description"], str):
-            out.append(("invalid_tools", f"{p}.function.description must be a string"))
-        if "parameters" in fn and not isinstance(fn["parameters"], dict):
-            out.append(("invalid_tools", f"{p}.function.parameters must be a JSON Schema object "
-                                         f"(got {_type(fn['parameters'])})"))
-        if "strict" in fn and not isinstance(fn["strict"], bool):
-            out.append(("invalid_tools", f"{p}.function.strict must be true or false"))
-        extra = sorted(set(fn) - {"name", "description", "parameters", "strict"})
-        if extra:
-            out.append(("invalid_tools", f"{p}.function has unrecognized key '{extra[0]}' "
-                                         "(allowed: name, description, parameters, strict)"))
-    return names
-
-
-def _check_tool_calls(calls: Any, p: str, declared: set[str] | None, out: list[Problem]) -> list[str]:
-    """Check an assistant message's ``tool_calls``; the ids of its well-formed calls."""
-    if not isinstance(calls, list) or not calls:
-        out.append(("invalid_tool_calls", f"{p}.tool_calls must be a non-empty list (got {_show(calls)}); "
-                                          "leave the key out when there are no calls"))
-        return []
-    ids: list[str] = []
-    for j, call in enumerate(calls):
-        q = f"{p}.tool_calls[{j}]"
-        if not isinstance(call, dict):
-            out.append(("invalid_tool_calls", f"{q} must be an object (got {_type(call)})"))
-            continue
-        cid = call.get("id")
-        if not isinstance(cid, str) or not cid:
-            out.append(("invalid_tool_calls", f"{q}.id must be a non-empty string (got {_show(cid)})"))
-        elif cid in ids:
-            out.append(("invalid_tool_calls", f"{q}.id '{cid}' is used twice in this message"))
-        else:
-            ids.append(cid)
-        if call.get("type") != "function":
-            out.append(("invalid_tool_calls", f"{q}.type must be \"function\" (got {_show(call.get('type'))})"))
-        extra = sorted(set(call) - {"id", "type", "function"})
-        if extra:
-            out.append(("invalid_tool_calls", f"{q} has unrecognized key '{extra[0]}' (allowed: id, type, function)"))
-        fn = call.get("function")
-        if not isinstance(fn, dict):
-            out.append(("invalid_tool_calls", f"{q}.function must be an object with name and arguments "
-                                              f"(got {_type(fn)})"))
-            continue
-        name = fn.get("name")
-        if not isinstance(name, str) or not NAME_RE.match(name):
-            out.append(("invalid_tool_calls", f"{q}.function.name must match ^[a-zA-Z0-9_-]{{1,64}}$ "
-                                              f"(got {_show(name)})"))
-        elif declared is not None and name not in declared:
-            known = ", ".join(sorted(declared)) or "none"
-            out.append(("invalid_tool_calls",
-                        f"{q} calls '{name}', which 'tools' does not declare (declared: {known})"))
-        args = fn.get("arguments")
-        if not isinstance(args, str):
-            out.append(("invalid_tool_calls", f"{q}.function.arguments must be a string holding a JSON object "
-                                              f"(got {_type(args)}); write it with json.dumps"))
-        else:
-            try:
-                parsed = json.loads(args)
-            except ValueError:
-                out.append(("invalid_tool_calls", f"{q}.function.arguments is not valid JSON: {_show(args)}"))
-            else:
-                if not isinstance(parsed, dict):
-                    out.append(("invalid_tool_calls", f"{q}.function.arguments must hold a JSON object "
-                                                      f"(got {_type(parsed)})"))
-        extra = sorted(set(fn) - {"name", "arguments"})
-        if extra:
-            out.append(("invalid_tool_calls", f"{q}.function has unrecognized key '{extra[0]}' "
-                                              "(allowed: name, arguments)"))
-    return ids
+    """Where a record came from, from its ``meta``: ``data/x.jsonl:5``, ``data/x.csv:row 5``
+    (:class:`tunepipe.data.record.Provenance` as text)."""
+    found = Provenance.of(record)
+    return None if found is None else str(found)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -247,14 +120,14 @@ def _check_tool_calls(calls: Any, p: str, declared: set[str] | None, out: list[P
 def _check_message(m: Any, p: str, declared: set[str] | None, out: list[Problem]) -> tuple[str | None, list[str]]:
     """Check one message on its own: (its role when recognised, the ids of its tool calls)."""
     if not isinstance(m, dict):
-        out.append(("message_missing_key", f"{p} is not an object with role and content (got {_type(m)})"))
+        out.append(("message_missing_key", f"{p} is not an object with role and content (got {type_name(m)})"))
         return None, []
     role = m.get("role")
     if "role" not in m:
         out.append(("message_missing_key", f"{p} has no 'role'"))
         role = None
     elif role not in ROLES:
-        out.append(("unrecognized_role", f"{p}.role {_show(role)} is not one of {', '.join(ROLES)}"))
+        out.append(("unrecognized_role", f"{p}.role {show(role)} is not one of {', '.join(ROLES)}"))
         role = None
     has_calls = role == "assistant" and (m.get("tool_calls") is not None or m.get("function_call") is not None)
     if "content" not in m:
@@ -266,7 +139,7 @@ def _check_message(m: Any, p: str, declared: set[str] | None, out: list[Problem]
             if not has_calls:
                 out.append(("missing_content", f"{p}.content is null"))
         elif not isinstance(c, str):
-            out.append(("missing_content", f"{p}.content must be a string (got {_type(c)})"))
+            out.append(("missing_content", f"{p}.content must be a string (got {type_name(c)})"))
         elif not c.strip() and not has_calls:
             out.append(("missing_content", f"{p}.content is empty"))
     allowed = _ALLOWED_KEYS.get(role, _ANY_KEYS) if role else _ANY_KEYS
@@ -279,25 +152,25 @@ def _check_message(m: Any, p: str, declared: set[str] | None, out: list[Problem]
                         f"{p} ({role}) has '{key}', which only {'/'.join(owners)} messages may have"))
         else:
             out.append(("message_unrecognized_key",
-                        f"{p} has unrecognized key {_show(key)} "
+                        f"{p} has unrecognized key {show(key)} "
                         f"(allowed for {role or 'a'} message: {', '.join(sorted(allowed))})"))
     if "name" in m and (not isinstance(m["name"], str) or not NAME_RE.match(m["name"])):
-        out.append(("invalid_name", f"{p}.name must match ^[a-zA-Z0-9_-]{{1,64}}$ (got {_show(m['name'])})"))
+        out.append(("invalid_name", f"{p}.name must match ^[a-zA-Z0-9_-]{{1,64}}$ (got {show(m['name'])})"))
     if "weight" in m:
         w = m["weight"]
         if role is not None and role != "assistant":
             out.append(("invalid_weight", f"{p}: 'weight' is allowed only on assistant messages "
                                           f"(found on a {role} message)"))
         elif type(w) is not int or w not in (0, 1):
-            out.append(("invalid_weight", f"{p}.weight must be 0 or 1 (got {_show(w)})"))
+            out.append(("invalid_weight", f"{p}.weight must be 0 or 1 (got {show(w)})"))
     ids: list[str] = []
     if role == "assistant" and m.get("tool_calls") is not None:
-        ids = _check_tool_calls(m["tool_calls"], p, declared, out)
+        ids = check_tool_calls(m["tool_calls"], p, declared, out)
     if role == "tool":
         tid = m.get("tool_call_id")
         if not isinstance(tid, str) or not tid:
             out.append(("invalid_tool_message", f"{p}: a tool message needs a 'tool_call_id' string "
-                                                f"naming the call it answers (got {_show(tid)})"))
+                                                f"naming the call it answers (got {show(tid)})"))
     if role == "function" and not isinstance(m.get("name"), str):
         out.append(("message_missing_key", f"{p}: a function message needs the function's 'name'"))
     return role, ids
@@ -354,7 +227,7 @@ def _check_messages(messages: Any, where: str, declared: set[str] | None,
                     out: list[Problem]) -> list[str | None] | None:
     """Check a messages list; the recognised role of each message, or None when there is no list."""
     if not isinstance(messages, list) or not messages:
-        got = "an empty list" if messages == [] else _type(messages) if messages is not None else "nothing"
+        got = "an empty list" if messages == [] else type_name(messages) if messages is not None else "nothing"
         out.append(("missing_messages_list", f"{where}messages must be a non-empty list of messages (got {got})"))
         return None
     roles: list[str | None] = []
@@ -379,60 +252,76 @@ def _unknown_keys(record: Mapping[str, Any], allowed: tuple[str, ...], out: list
     extra = [k for k in record if k not in allowed and k != "meta"]
     if extra:
         out.append(("unrecognized_example_key", f"top-level key{'s' if len(extra) > 1 else ''} "
-                                                f"{', '.join(_show(k) for k in extra)} not written to the output "
+                                                f"{', '.join(show(k) for k in extra)} not written to the output "
                                                 f"(known: {', '.join(allowed)}, meta)"))
 
 
 _QUICK_ROLES = frozenset({"system", "user", "assistant"})
 
 
-def is_plain_valid(record: Mapping[str, Any]) -> bool:
-    """True only for a plain chat example that has no problem at all (the common case, checked fast).
+def plain_problems(record: Mapping[str, Any]) -> list[Problem] | None:
+    """The problems of a plain chat example, checked fast (the common case); None for any other
+    record, which the full check (:func:`check_chat`) decides.
 
     Plain: only ``messages`` (and ``meta``); each message exactly role and content (an assistant
-    message may add a weight of 0 or 1); a non-blank string content; one system message first; no two
-    user messages in a row; a user message and a trained assistant message. Anything else goes through
-    the full check, so ``validate_chat(r) == []`` whenever this returns True (the tests check it).
+    message may add a weight of 0 or 1); a non-blank string content; roles system (first only), user
+    (never two in a row) and assistant, at least one assistant message. Such an example has no error,
+    and at most the warnings :func:`check_chat` words the same way (no trained assistant message, no
+    system message, no user message), in its order; the tests check that both agree.
     """
     if len(record) > 2 or (len(record) == 2 and "meta" not in record):
-        return False
+        return None
     messages = record.get("messages")
-    if type(messages) is not list or not messages:
-        return False
+    if messages.__class__ is not list or not messages:
+        return None
     prev = None
-    user = trained = False
-    for i, m in enumerate(messages):
-        if type(m) is not dict:
-            return False
+    system = user = replies = trained = False
+    for m in messages:
+        if m.__class__ is not dict:
+            return None
         role = m.get("role")
         content = m.get("content")
-        if type(content) is not str or type(role) is not str or role not in _QUICK_ROLES or not content.strip():
-            return False
+        if content.__class__ is not str or role.__class__ is not str or role not in _QUICK_ROLES \
+                or not content or content.isspace():
+            return None
         if len(m) != 2:
-            if len(m) != 3 or role != "assistant" or type(m.get("weight")) is not int or m["weight"] not in (0, 1):
-                return False
-        if role == "system":
-            if i:
-                return False
-        elif role == "user":
+            if len(m) != 3 or role != "assistant" or m.get("weight").__class__ is not int or m["weight"] not in (0, 1):
+                return None
+        if role == "user":
             if prev == "user":
-                return False
+                return None
             user = True
-        elif m.get("weight", 1):
-            trained = True
+        elif role == "assistant":
+            replies = True
+            if m.get("weight", 1):
+                trained = True
+        elif prev is not None:  # a system message after the first
+            return None
+        else:
+            system = True
         prev = role
-    return user and trained and messages[0]["role"] == "system"
+    if not replies:
+        return None  # an error (nothing to learn): the full check words it
+    if system and user and trained:
+        return []
+    return [p for p, ok in ((NO_TRAINED_ASSISTANT, trained), (NO_SYSTEM, system), (NO_USER, user)) if not ok]
+
+
+def is_plain_valid(record: Mapping[str, Any]) -> bool:
+    """True only for a plain chat example (:func:`plain_problems`) without any problem."""
+    return plain_problems(record) == []
 
 
 def validate_chat(record: Mapping[str, Any]) -> list[Problem]:
     """Every problem of a chat example ``{"messages": [...], "tools"?, "parallel_tool_calls"?}``."""
-    return [] if is_plain_valid(record) else check_chat(record)
+    found = plain_problems(record)
+    return check_chat(record) if found is None else found
 
 
 def check_chat(record: Mapping[str, Any]) -> list[Problem]:
-    """The full check of a chat example (:func:`validate_chat` skips it for plain valid examples)."""
+    """The full check of a chat example (:func:`validate_chat` skips it for plain examples)."""
     out: list[Problem] = []
-    declared = _check_tools(record, "", out)
+    declared = check_tools(record, "", out)
     roles = _check_messages(record.get("messages"), "", declared, out)
     if roles is None:
         _unknown_keys(record, CHAT_KEYS, out)
@@ -454,19 +343,19 @@ def check_chat(record: Mapping[str, Any]) -> list[Problem]:
 
 def _check_output(value: Any, key: str, out: list[Problem]) -> None:
     if not isinstance(value, list) or len(value) != 1:
-        got = "nothing" if value is None else f"{len(value)} messages" if isinstance(value, list) else _type(value)
+        got = "nothing" if value is None else f"{len(value)} messages" if isinstance(value, list) else type_name(value)
         out.append(("dpo_invalid_output", f"{key} must be a list of exactly one assistant message (got {got})"))
         return
     m = value[0]
     p = f"{key}[0]"
     if not isinstance(m, dict):
-        out.append(("dpo_invalid_output", f"{p} must be an assistant message object (got {_type(m)})"))
+        out.append(("dpo_invalid_output", f"{p} must be an assistant message object (got {type_name(m)})"))
         return
     if m.get("role") != "assistant":
-        out.append(("dpo_invalid_output", f"{p}.role must be \"assistant\" (got {_show(m.get('role'))})"))
+        out.append(("dpo_invalid_output", f"{p}.role must be \"assistant\" (got {show(m.get('role'))})"))
     c = m.get("content")
     if not isinstance(c, str) or not c.strip():
-        out.append(("dpo_invalid_output", f"{p}.content must be non-empty text (got {_show(c)}): "
+        out.append(("dpo_invalid_output", f"{p}.content must be non-empty text (got {show(c)}): "
                                           "DPO outputs are text only"))
     extra = sorted(set(m) - {"role", "content"})
     if extra:
@@ -479,9 +368,9 @@ def validate_dpo(record: Mapping[str, Any]) -> list[Problem]:
     inp = record.get("input")
     if not isinstance(inp, dict):
         out.append(("dpo_invalid_input", f"input must be an object with a 'messages' list (got "
-                                         f"{'nothing' if inp is None else _type(inp)})"))
+                                         f"{'nothing' if inp is None else type_name(inp)})"))
     else:
-        declared = _check_tools(inp, "input.", out)
+        declared = check_tools(inp, "input.", out)
         extra = sorted(set(inp) - {"messages", "tools", "parallel_tool_calls"})
         if extra:
             out.append(("dpo_invalid_input", f"input has unrecognized key '{extra[0]}' "
@@ -511,8 +400,8 @@ def validate_dpo(record: Mapping[str, Any]) -> list[Problem]:
 def validate(record: Any, kind: str) -> list[Problem]:
     """Every problem of one parsed line, for a target that wants ``kind`` examples (chat or dpo)."""
     if not isinstance(record, dict):
-        return [("data_type", f"expected a JSON object, got {_type(record)}")]
-    got = kind_of(record)
+        return [("data_type", f"expected a JSON object, got {type_name(record)}")]
+    got = "chat" if "messages" in record else kind_of(record)
     if got != kind:
         if kind == "chat":
             return [("wrong_example_kind", "a DPO preference example (input, preferred_output, "

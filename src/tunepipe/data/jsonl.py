@@ -13,6 +13,8 @@ from typing import IO, Any
 
 import orjson
 
+from tunepipe.data.blocks import file_lines
+
 JSONDecodeError = orjson.JSONDecodeError
 
 BATCH_LINES = 2000
@@ -28,14 +30,9 @@ def dumps(value: Any) -> bytes:
 
 
 def iter_lines(path: Path) -> Iterator[tuple[int, bytes]]:
-    """(1-based line number, raw line without the newline) for each non-blank line of a file."""
-    with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, start=1):
-            line = raw.rstrip(b"\r\n")
-            if lineno == 1 and line.startswith(b"\xef\xbb\xbf"):
-                line = line[3:]  # a UTF-8 byte-order mark
-            if line.strip():
-                yield lineno, line
+    """(1-based line number, raw line without the newline) for each non-blank line of a file, by the
+    rules every stage reads lines by (:mod:`tunepipe.data.blocks`)."""
+    return file_lines(path)
 
 
 def batched(items: Iterable[Any], size: int = BATCH_LINES) -> Iterator[list[Any]]:

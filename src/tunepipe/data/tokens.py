@@ -169,7 +169,7 @@ def count_recurring(enc: Any, cache: dict[str, int], value: str) -> int:
     return n
 
 
-def _value_tokens(enc: Any, value: Any) -> int:
+def value_tokens(enc: Any, value: Any) -> int:
     """Tokens of a message field's value; non-strings (tool calls, content parts) as their JSON."""
     if value is None:
         return 0
@@ -192,7 +192,7 @@ def message_value_tokens(enc: Any, message: Mapping[str, Any]) -> Iterator[tuple
             t = cache.get(value)
             yield key, count_recurring(enc, cache, value) if t is None else t
         else:
-            yield key, _value_tokens(enc, value)
+            yield key, value_tokens(enc, value)
 
 
 def count_message_tokens(enc: Any, message: Mapping[str, Any]) -> int:
@@ -209,5 +209,5 @@ def count_chat_tokens(enc: Any, messages: Iterable[Mapping[str, Any]], tools: An
     """Tokens of a conversation as the OpenAI cookbook counts them (+3 for the reply priming)."""
     total = 3 + sum(count_message_tokens(enc, m) for m in messages)
     if tools:
-        total += _value_tokens(enc, tools)
+        total += value_tokens(enc, tools)
     return total

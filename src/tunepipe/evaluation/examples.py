@@ -100,7 +100,7 @@ def load_examples(path: Path, max_examples: int | None = None, label: str | None
     return out
 
 
-def examples_file(art: Artifact, stage: str) -> Path:
+def examples_file(art: Artifact) -> Path:
     """The one JSONL file of the examples input (a file, or a split output folder holding one)."""
     if art.path.is_file():
         return art.path
@@ -108,5 +108,5 @@ def examples_file(art: Artifact, stage: str) -> Path:
     if len(files) == 1:
         return files[0]
     listing = ", ".join(art.label(f) for f in files) or "no .jsonl files"
-    raise UserError(f"stage '{stage}': input 'examples' ({art.name}) must hold one JSONL file of held-out examples, "
+    raise UserError(f"input 'examples' ({art.name}) must hold one JSONL file of held-out examples, "
                     f"found {listing}; connect split.validation or split.test, or a JSONL file")

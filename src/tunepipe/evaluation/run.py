@@ -54,17 +54,17 @@ class Side:
 
 # --- the model reference ----------------------------------------------------------------------
 
-def read_model(art: Artifact, stage: str) -> ModelRef:
+def read_model(art: Artifact) -> ModelRef:
     """The model reference of the ``model`` input, checked by the backend that wrote it (which must
     be installed here)."""
     from tunepipe.backends.registry import installed
 
-    ref = modelref.read(art.path, name=art.name, digest=art.digest, where=f"stage '{stage}': input 'model': ")
+    ref = modelref.read(art.path, name=art.name, digest=art.digest, where="input 'model': ")
     backends = installed()
     if ref.backend not in backends.names():
-        raise UserError(f"stage '{stage}': {art.name}/model.json names backend {ref.backend!r}, which is not installed "
-                        f"here (installed: {', '.join(backends.names())}): install the package that provides it")
-    modelref.require(ref, optional(backends.get(ref.backend), "model_fields", {}), where=f"stage '{stage}': ")
+        raise UserError(f"{art.name}/model.json names backend {ref.backend!r}, which is not installed here "
+                        f"(installed: {', '.join(backends.names())}): install the package that provides it")
+    modelref.require(ref, optional(backends.get(ref.backend), "model_fields", {}))
     return ref
 
 
@@ -354,17 +354,17 @@ def evaluate(ctx: StageContext, inputs: Mapping[str, Any], p: Mapping[str, Any],
         try:
             gates.append(G.parse(text, all_metrics, compare_base))
         except G.GateError as e:  # validation reports these with the line; this guards direct calls
-            raise UserError(f"stage '{stage}': {e.message}; {e.hint}") from None
+            raise UserError(f"{e.message}; {e.hint}") from None
     M.check_available(text_metrics)  # before any generation
 
     model_art: Artifact = inputs["model"]
     ex_art: Artifact = inputs["examples"]
-    ref = read_model(model_art, stage)
-    ex_path = examples_file(ex_art, stage)
+    ref = read_model(model_art)
+    ex_path = examples_file(ex_art)
     examples = load_examples(ex_path, p["max_examples"], label=ex_art.label(ex_path))
     if not examples:
-        raise UserError(f"stage '{stage}': the examples input ({ex_art.name}) holds no examples; evaluate on a "
-                        "non-empty split (e.g. give split a validation count such as validation: 50)")
+        raise UserError(f"the examples input ({ex_art.name}) holds no examples; evaluate on a non-empty split "
+                        "(e.g. give split a validation count such as validation: 50)")
     decoding = Decoding.from_params(p["decoding"])
     backend = ref.backend
     names = (["base"] if compare_base else []) + ["tuned"]

@@ -21,7 +21,7 @@ from typing import Any
 
 from tunepipe.hf.models import BaseSource
 from tunepipe.hf.render import DataSet
-from tunepipe.hf.settings import Settings
+from tunepipe.hf.settings import LocalTrainSettings
 
 LOSS_COLUMNS = ("step", "epoch", "train_loss", "val_loss", "learning_rate", "tokens")
 
@@ -77,7 +77,7 @@ def read_loss_csv(path: Path) -> list[dict[str, Any]]:
     return out
 
 
-def write_model(model: Any, tok: Any, s: Settings, out: Path) -> None:
+def write_model(model: Any, tok: Any, s: LocalTrainSettings, out: Path) -> None:
     """The tokenizer and the weights: ``adapter/`` (and ``merged/``) for LoRA, ``full/`` otherwise."""
     tok.save_pretrained(str(out / "tokenizer"))
     if s.lora is None:
@@ -93,7 +93,7 @@ def write_model(model: Any, tok: Any, s: Settings, out: Path) -> None:
         merged.save_pretrained(str(out / "merged"))
 
 
-def training_metrics(s: Settings, state: Any, train_set: DataSet, val_set: DataSet, trainable: int,
+def training_metrics(s: LocalTrainSettings, state: Any, train_set: DataSet, val_set: DataSet, trainable: int,
                      total_params: int, total_steps: int, warm: int, device: str, threads: int,
                      resumed_from: int | None, duration: float, source: BaseSource) -> dict[str, Any]:
     """metrics.json of a finished run; ``state`` is the loop's :class:`tunepipe.hf.loop.Progress`."""

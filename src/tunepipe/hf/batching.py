@@ -13,7 +13,7 @@ import random
 from collections.abc import Sequence
 from typing import Any
 
-from tunepipe.hf.render import IGNORE, Example
+from tunepipe.hf.render import IGNORE, TrainingExample
 
 GROUP_WINDOW = 16  # batches per length-sorted window
 
@@ -46,7 +46,7 @@ def steps_per_epoch(examples: int, batch_size: int, accumulation: int) -> int:
     return -(-batches // max(1, accumulation))
 
 
-def collate(examples: Sequence[Example], pad_id: int, device: Any = "cpu") -> dict[str, Any]:
+def collate(examples: Sequence[TrainingExample], pad_id: int, device: Any = "cpu") -> dict[str, Any]:
     """Right-padded ``input_ids``, ``attention_mask`` and ``labels`` (IGNORE on padding)."""
     import torch
 

@@ -49,7 +49,7 @@ from typing import Any
 from tunepipe.errors import UserError
 from tunepipe.hf.artifact import summary
 from tunepipe.hf.loop import World
-from tunepipe.hf.settings import Settings
+from tunepipe.hf.settings import LocalTrainSettings
 from tunepipe.plugins import Cancelled, StageContext
 
 MAX_FAILURES = 2  # worker-group restarts (from the newest checkpoint) after a worker or node dies
@@ -130,14 +130,14 @@ def _use_gpu(ray: Any, requested: str) -> bool:
     return requested == "auto" and ray.cluster_resources().get("GPU", 0) >= 1
 
 
-def _check_fits(ray: Any, stage: str, workers: int, cpus: int, gpu: bool) -> None:
+def _check_fits(ray: Any, workers: int, cpus: int, gpu: bool) -> None:
     """A Ray Train worker group larger than the cluster would wait for resources forever."""
     total = ray.cluster_resources()
     need = {"CPU": workers * cpus, **({"GPU": workers} if gpu else {})}
     short = [f"{v:g} {k}s, the cluster has {total.get(k, 0):g}" for k, v in need.items() if v > total.get(k, 0)]
     if short:
         each = f"{cpus} CPU{'s' if cpus > 1 else ''}" + (" and 1 GPU" if gpu else "")
-        raise UserError(f"stage '{stage}': workers: {workers} needs more than the Ray cluster has "
+        raise UserError(f"workers: {workers} needs more than the Ray cluster has "
                         f"({'; '.join(short)}; each worker takes {each}). Lower workers (or threads, the CPUs of "
                         "each worker), or start the cluster with more nodes")
 
@@ -153,7 +153,7 @@ def _model_origin(source: Any) -> str:
 
 
 def train_distributed(ctx: StageContext, train: Path, validation: Path | None, params: Mapping[str, Any], out: Path,
-                      s: Settings, *, storage: str | None = None) -> dict[str, Any]:
+                      s: LocalTrainSettings, *, storage: str | None = None) -> dict[str, Any]:
     """Train on ``s.workers`` Ray Train workers and copy rank 0's artifact into ``out``.
 
     ``storage``: where Ray Train keeps checkpoints (default ``<ctx.scratch>/ray-train``; on a
@@ -170,7 +170,7 @@ def train_distributed(ctx: StageContext, train: Path, validation: Path | None, p
         validation = None
     cpus = s.threads or 1
     gpu = _use_gpu(ray, s.device)
-    _check_fits(ray, ctx.stage, s.workers, cpus, gpu)
+    _check_fits(ray, s.workers, cpus, gpu)
     ctx.progress("resolving the model")
     source = resolve_base(s.model, ctx.shared("models"), say=ctx.say)
     link = _start_link(ray)
@@ -595,7 +595,7 @@ def _worker(config: dict[str, Any]) -> None:
 
     from tunepipe.hf.device import cpu_threads
     from tunepipe.hf.forward import quiet_transformers
-    from tunepipe.hf.loop import Run
+    from tunepipe.hf.loop import TrainingRun
     from tunepipe.hf.settings import settings
 
     context = ray.train.get_context()
@@ -613,7 +613,7 @@ def _worker(config: dict[str, Any]) -> None:
         try:
             train = _data_file(ray, link, config["train"])
             validation = _data_file(ray, link, config["validation"])
-            run = Run(ctx, s, params, device, threads, train, validation, source=config["source"],
+            run = TrainingRun(ctx, s, params, device, threads, train, validation, source=config["source"],
                        load_from=_model_source(ray, config), fingerprint_=config["fingerprint"], world=world)
         except UserError as e:
             problem = str(e)

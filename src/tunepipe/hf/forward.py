@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from tunepipe.errors import UserError
 from tunepipe.hf.models import check_target_modules
 from tunepipe.hf.render import IGNORE
-from tunepipe.hf.settings import Settings
+from tunepipe.hf.settings import LocalTrainSettings
 
 # Causal LMs whose logits are exactly lm_head(decoder(...)): no soft-capping or scaling of logits.
 PLAIN_HEADS = frozenset({"llama", "mistral", "qwen2", "qwen3", "phi3", "smollm3", "olmo2"})
@@ -30,7 +30,7 @@ def quiet_transformers() -> None:
     hf_logging.set_verbosity_error()
 
 
-def prepare_model(model: Any, s: Settings) -> Any:
+def prepare_model(model: Any, s: LocalTrainSettings) -> Any:
     """Wrap ``model`` with LoRA (or make every weight trainable for full fine-tuning)."""
     if s.lora is None:
         model.requires_grad_(True)

@@ -1,6 +1,6 @@
 """The local training loop: a plain PyTorch loop with PEFT LoRA (or full fine-tuning).
 
-:class:`Run` is one training run; :func:`tunepipe.hf.trainer.train_local` drives it in this process,
+:class:`TrainingRun` is one training run; :func:`tunepipe.hf.trainer.train_local` drives it in this process,
 and each Ray Train worker of :mod:`tunepipe.hf.distributed` drives its own with a :class:`World` of
 its kind. The loop:
 
@@ -42,7 +42,7 @@ from tunepipe.hf.device import placement
 from tunepipe.hf.forward import loss_sum, param_groups, plain_head, prepare_model, trainable_state
 from tunepipe.hf.models import BaseSource, load_tokenizer, load_weights, resolve_base
 from tunepipe.hf.render import DataSet, read_examples
-from tunepipe.hf.settings import SCHEDULES, Settings, fingerprint, warmup_steps
+from tunepipe.hf.settings import SCHEDULES, LocalTrainSettings, fingerprint, warmup_steps
 from tunepipe.plugins import Cancelled, StageContext
 
 PROGRESS_INTERVAL = 0.5  # seconds between progress notes (at most ~2 a second)
@@ -225,7 +225,7 @@ def _check_rendering(path: Path | None, data: DataSet, log: Any) -> None:
                     path.name, differ)
 
 
-class Run:
+class TrainingRun:
     """One training run: the model, data, optimizer and where the loop stands.
 
     The ordinary run resolves the base model and fingerprints the data itself. A Ray Train worker
@@ -233,7 +233,7 @@ class Run:
     copy it loads from (``load_from``) and its ``world``.
     """
 
-    def __init__(self, ctx: StageContext, s: Settings, params: Mapping[str, Any], device: str, threads: int,
+    def __init__(self, ctx: StageContext, s: LocalTrainSettings, params: Mapping[str, Any], device: str, threads: int,
                  train: Path, validation: Path | None, *, source: BaseSource | None = None,
                  load_from: BaseSource | None = None, fingerprint_: str | None = None, world: World = SOLO) -> None:
         self.ctx, self.s, self.device, self.threads, self.world = ctx, s, device, threads, world

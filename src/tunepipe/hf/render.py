@@ -30,7 +30,7 @@ IGNORE = -100  # the label of a token that is not trained (torch's cross_entropy
 
 
 @dataclass
-class Example:
+class TrainingExample:
     """One training example: token ids, labels (IGNORE where untrained), and the record's line."""
 
     ids: list[int]
@@ -48,7 +48,7 @@ class Example:
 class DataSet:
     """The examples of one file and what happened to the rest."""
 
-    examples: list[Example] = field(default_factory=list)
+    examples: list[TrainingExample] = field(default_factory=list)
     records: int = 0  # records read
     truncated: int = 0  # examples cut at max_seq_length (still trained on what is left)
     dropped_untrained: int = 0  # records with no trained token (all assistant turns weight 0)
@@ -163,7 +163,7 @@ def _offsets(tok: Any, text: str) -> tuple[list[int], list[tuple[int, int]]]:
     return list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
 
 
-def encode(tok: Any, text: str, spans: Sequence[Mapping[str, Any]], max_len: int, line: int = 0) -> Example:
+def encode(tok: Any, text: str, spans: Sequence[Mapping[str, Any]], max_len: int, line: int = 0) -> TrainingExample:
     """Token ids of ``text`` and labels: the token where its first character lies in a trained span."""
     ids, offsets = _offsets(tok, text)
     trained = sorted((int(s["start"]), int(s["end"])) for s in spans if s.get("weight", 1))
@@ -177,7 +177,7 @@ def encode(tok: Any, text: str, spans: Sequence[Mapping[str, Any]], max_len: int
     truncated = len(ids) > max_len
     if truncated:
         ids, labels = ids[:max_len], labels[:max_len]
-    return Example(ids, labels, line, truncated)
+    return TrainingExample(ids, labels, line, truncated)
 
 
 # --- reading files -----------------------------------------------------------------------------

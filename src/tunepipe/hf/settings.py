@@ -22,7 +22,10 @@ NOT_FINGERPRINTED = frozenset({"device", "threads", "save_every", "merge"})
 
 
 @dataclass(frozen=True)
-class Settings:
+class LocalTrainSettings:
+    """The train stage's parameters as the local backend trains with them, checked (named apart
+    from the backend contract's ``Settings``, which declares what a backend adds to ``with:``)."""
+
     model: str
     epochs: int
     batch_size: int
@@ -61,7 +64,7 @@ def _float(params: Mapping[str, Any], name: str, minimum: float = 0.0, where: st
     return float(value)
 
 
-def settings(params: Mapping[str, Any]) -> Settings:
+def settings(params: Mapping[str, Any]) -> LocalTrainSettings:
     """The parameters, checked (the stage's schema already applied the defaults)."""
     lora = params.get("lora")
     if lora is False:
@@ -89,7 +92,7 @@ def settings(params: Mapping[str, Any]) -> Settings:
     if threads is not None:
         threads = _int(params, "threads", 1)
     workers = _int(params, "workers", 1) if params.get("workers") is not None else 1
-    return Settings(
+    return LocalTrainSettings(
         model=str(params.get("model")), epochs=_int(params, "epochs", 1), batch_size=_int(params, "batch_size", 1),
         learning_rate=lr, seed=_int(params, "seed", 0), lora=lora_cfg,
         max_seq_length=_int(params, "max_seq_length", 2), accumulation=_int(params, "gradient_accumulation", 1),
@@ -105,7 +108,7 @@ def warmup_steps(warmup: float, total: int) -> int:
     return min(steps, total)
 
 
-def fingerprint(s: Settings, params: Mapping[str, Any], source: BaseSource, train: Path,
+def fingerprint(s: LocalTrainSettings, params: Mapping[str, Any], source: BaseSource, train: Path,
                 validation: Path | None) -> str:
     """What a checkpoint must match to be resumed from: the parameters that shape training, the base
     model's identity and the data's bytes."""

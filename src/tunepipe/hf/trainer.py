@@ -18,8 +18,8 @@ from tunepipe.errors import UserError
 from tunepipe.hf import artifact
 from tunepipe.hf.device import cpu_threads, resolve_device
 from tunepipe.hf.forward import quiet_transformers
-from tunepipe.hf.loop import Run
-from tunepipe.hf.settings import Settings, settings
+from tunepipe.hf.loop import TrainingRun
+from tunepipe.hf.settings import LocalTrainSettings, settings
 from tunepipe.plugins import StageContext
 
 
@@ -41,7 +41,7 @@ def train_local(ctx: StageContext, train: Path, validation: Path | None, params:
         validation = None
     quiet_transformers()
     with cpu_threads((s.threads or ctx.threads) if device == "cpu" else None) as threads, torch.enable_grad():
-        run = Run(ctx, s, params, device, threads, train, validation)
+        run = TrainingRun(ctx, s, params, device, threads, train, validation)
         run.resume_or_start()
         run.loop(stop_after_steps)
         ctx.progress("saving the model")
@@ -50,7 +50,7 @@ def train_local(ctx: StageContext, train: Path, validation: Path | None, params:
 
 
 def _distributed(ctx: StageContext, train: Path, validation: Path | None, params: Mapping[str, Any], out: Path,
-                 s: Settings) -> dict[str, Any]:
+                 s: LocalTrainSettings) -> dict[str, Any]:
     """``workers: N``: Ray Train's data-parallel workers, which only a stage running on Ray can start."""
     ray_ok = False
     if ctx.engine == "ray":
@@ -58,7 +58,7 @@ def _distributed(ctx: StageContext, train: Path, validation: Path | None, params
 
         ray_ok = ray.is_initialized()
     if not ray_ok:
-        raise UserError(f"stage '{ctx.stage}': workers: {s.workers} trains on {s.workers} Ray Train workers, which "
+        raise UserError(f"workers: {s.workers} trains on {s.workers} Ray Train workers, which "
                         "needs a Ray cluster, but this run uses the local executor. Run it with `pipeline run "
                         "--executor ray` (a cluster named by RAY_ADDRESS, else one started on this machine), or "
                         "set workers: 1 to train in this process")

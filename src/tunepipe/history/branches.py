@@ -10,8 +10,10 @@ from typing import Any
 
 from tunepipe.history.reports import Report
 from tunepipe.history.training import SOURCE as TRAINING
+from tunepipe.status import Status
 
-NOT_RUN, OK = "not run", "ok"
+NOT_RUN = "not run"  # a display word, never recorded: the stage is in no run record
+OK = Status.OK  # a row whose stages all finished
 __all__ = ["NOT_RUN", "OK", "TRAINING", "Cell", "Column", "Row"]
 
 

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tunepipe.errors import UserError
+from tunepipe.errors import UserError, without_stage
 from tunepipe.history import training as T
 from tunepipe.history.branches import NOT_RUN, OK, TRAINING, Cell, Column, Row
 from tunepipe.history.leader import BEST, TIED, Verdict, judge
@@ -24,8 +24,7 @@ from tunepipe.history.runs import History, Run
 from tunepipe.history.sweep import Sweep, find_sweep
 from tunepipe.history.workspace import stale_reasons
 from tunepipe.spec.model import Pipeline
-
-FINISHED = ("done", "cached")
+from tunepipe.status import FINISHED, Status
 
 
 @dataclass(frozen=True)
@@ -42,7 +41,7 @@ class Latest:
 
 
 @dataclass
-class Comparison:
+class SweepComparison:
     pipeline: str
     sweep: Sweep
     columns: list[Column]
@@ -60,7 +59,7 @@ class Comparison:
 
 
 def compare_sweep(pipeline: Pipeline, history: History, stage: str | None, sort: str | None,
-                  workspace: Run | None = None) -> Comparison:
+                  workspace: Run | None = None) -> SweepComparison:
     """The comparison of the matrix ``stage``'s branches, sorted by ``sort`` (default: see :func:`pick_sort`).
     ``workspace`` (:func:`tunepipe.history.workspace.plan_workspace`): marks the branches whose recorded
     results the pipeline as it is now would not reuse."""
@@ -87,7 +86,7 @@ def compare_sweep(pipeline: Pipeline, history: History, stage: str | None, sort:
             r.mark = verdict.kind if r.branch in verdict.leaders else ""
     others = sorted({n for run in history.runs for n in run.stages if n.startswith(sweep.stage + "@")}
                     - set(sweep.branches))
-    return Comparison(history.spec, sweep, columns, rows, column, verdict, others)
+    return SweepComparison(history.spec, sweep, columns, rows, column, verdict, others)
 
 
 def latest_entries(runs_newest_first: Sequence[Run], names: Sequence[str]) -> dict[str, Latest]:
@@ -97,8 +96,8 @@ def latest_entries(runs_newest_first: Sequence[Run], names: Sequence[str]) -> di
         for name in names:
             if name not in out and name in run.stages:
                 status = run.stage_status(name)
-                if status == "running" and run.status != "running":  # the run ended around it
-                    status = run.status if run.status == "crashed" else "interrupted"
+                if status == Status.RUNNING and run.status != Status.RUNNING:  # the run ended around it
+                    status = run.status if run.status == Status.CRASHED else Status.INTERRUPTED
                 out[name] = Latest(run, status, name)
         if len(out) == len(names):
             break
@@ -126,14 +125,19 @@ def build_row(sweep: Sweep, branch: str, latest: Mapping[str, Latest], reports: 
 
 
 def _status(stages: Mapping[str, str], latest: Mapping[str, Latest]) -> tuple[str, dict[str, str]]:
-    """The row's status and the first stage that did not finish (with its error)."""
+    """The row's status and the first stage that did not finish, with its error less the
+    ``stage 'NAME': `` the runner starts it with (the row names the stage)."""
     seen = list(stages.values())
-    problem = next(({"stage": n, "status": s, "error": str(latest[n].entry.get("error") or "") if n in latest else ""}
+    problem = next(({"stage": n, "status": s, "error": _error(latest[n].entry, n) if n in latest else ""}
                     for n, s in stages.items() if s not in FINISHED), {})
     if all(s == NOT_RUN for s in seen):
         return NOT_RUN, problem
-    word = next((w for w in ("failed", "running", "crashed", "interrupted") if w in seen), None)
+    word = next((w for w in (Status.FAILED, Status.RUNNING, Status.CRASHED, Status.INTERRUPTED) if w in seen), None)
     return word or (OK if not problem else "incomplete"), problem
+
+
+def _error(entry: Mapping[str, Any], stage: str) -> str:
+    return without_stage(stage, str(entry.get("error") or ""))
 
 
 def _model_folder(entry: Mapping[str, Any], cache_root: Path) -> Path | None:

@@ -14,7 +14,7 @@ from pathlib import Path
 from tunepipe.evaluation.report_html import CSP, CSS, esc, fnum, nice_ticks
 from tunepipe.history import training as T
 from tunepipe.history.branches import NOT_RUN, OK, TRAINING, Column, Row
-from tunepipe.history.compare import Comparison
+from tunepipe.history.compare import SweepComparison
 from tunepipe.history.compare_text import cell_text, problem_lines, status_text, verdict_lines
 
 # Tableau 10: told apart in print and by most colour-blind readers
@@ -52,7 +52,7 @@ JS = r"""
 """
 
 
-def write_html(c: Comparison, path: Path) -> None:
+def write_html(c: SweepComparison, path: Path) -> None:
     """The page, written to a temporary file beside ``path`` and moved into place."""
     from tunepipe.cache.atomic import write_bytes
 
@@ -60,12 +60,12 @@ def write_html(c: Comparison, path: Path) -> None:
     write_bytes(path, render_html(c).encode("utf-8"))
 
 
-def colors(c: Comparison) -> dict[str, str]:
+def colors(c: SweepComparison) -> dict[str, str]:
     """One colour per branch, in the sweep's own order (the same whatever the sort)."""
     return {b: PALETTE[i % len(PALETTE)] for i, b in enumerate(c.sweep.branches)}
 
 
-def render_html(c: Comparison) -> str:
+def render_html(c: SweepComparison) -> str:
     title = f"Sweep {c.sweep.stage} of {c.pipeline}"
     notes = "".join(f"<li>{esc(line)}</li>" for line in problem_lines(c))
     verdict = "".join(f'<p class="verdict">{esc(line)}</p>' for line in verdict_lines(c))
@@ -100,14 +100,14 @@ def render_html(c: Comparison) -> str:
 """
 
 
-def _subtitle(c: Comparison) -> str:
+def _subtitle(c: SweepComparison) -> str:
     s = c.sort
     order = "nothing to sort by" if s is None else \
         f"sorted by {s.name}, {'lowest' if s.higher_is_better is False else 'highest'} first"
     return f"{len(c.rows)} branches of {c.sweep.stage} · swept: {', '.join(c.sweep.keys)} · {order}"
 
 
-def branch_table(c: Comparison) -> str:
+def branch_table(c: SweepComparison) -> str:
     color = colors(c)
     head = "".join(["<th></th>", *(f"<th>{esc(k)}</th>" for k in c.sweep.keys), "<th>status</th>",
                     *(f'<th class=num title="{esc(_column_title(col))}">{esc(col.name)}</th>' for col in c.columns),
@@ -140,7 +140,7 @@ def _label(r: Row, keys: Sequence[str]) -> str:
     return ", ".join(r.values.get(k, "") for k in keys)
 
 
-def metric_chart(c: Comparison, col: Column) -> str:
+def metric_chart(c: SweepComparison, col: Column) -> str:
     """One bar per branch with its interval; a branch without a value gets a dash."""
     rows = [r for r in c.rows if r.status != NOT_RUN]
     points = [v for r in rows if (cell := r.cells.get(col.name)) for v in (cell.value, cell.low, cell.high)
@@ -189,7 +189,7 @@ def _bar(r: Row, col: Column, cx: float, y: Callable[[float], float], color: str
     return "".join(out)
 
 
-def loss_curves(c: Comparison) -> str:
+def loss_curves(c: SweepComparison) -> str:
     """Every train branch's training (solid) and validation (dashed) loss per step, on one chart."""
     curves = {r.branch: T.curve(r.model) for r in c.rows if r.model is not None}
     curves = {b: rows for b, rows in curves.items() if rows}
@@ -228,7 +228,7 @@ def loss_curves(c: Comparison) -> str:
             f"branch's loss.csv.</figcaption></figure>{_legend(c, list(curves))}")
 
 
-def _legend(c: Comparison, branches: list[str]) -> str:
+def _legend(c: SweepComparison, branches: list[str]) -> str:
     color = colors(c)
     labels = {r.branch: _label(r, c.sweep.keys) for r in c.rows}
     items = "".join(f'<span class="legend-item" data-branch="{esc(b)}" title="{esc(b)}">'

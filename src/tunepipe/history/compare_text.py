@@ -1,5 +1,5 @@
 """``pipeline compare`` for a terminal: the table of branches, then what the order means (best,
-tied, or why it is not tested) and what did not finish. (JSON is ``Comparison.to_json``; the page
+tied, or why it is not tested) and what did not finish. (JSON is ``SweepComparison.to_json``; the page
 is :mod:`tunepipe.history.compare_html`.)"""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from tunepipe.history.branches import NOT_RUN, OK, TRAINING, Cell, Row
-from tunepipe.history.compare import Comparison
+from tunepipe.history.compare import SweepComparison
 from tunepipe.history.leader import BEST, TIED
 from tunepipe.history.render import number
 from tunepipe.history.significance import settings
@@ -41,7 +41,7 @@ def summary_text(summary: dict[str, object]) -> str:
     return text if len(text) <= SUMMARY_WIDTH else text[:SUMMARY_WIDTH - 1] + "…"
 
 
-def compare_text(c: Comparison) -> str:
+def compare_text(c: SweepComparison) -> str:
     lines = [_title(c), ""]
     with_summary = not any(col.source != TRAINING for col in c.columns)
     head = ["", *c.sweep.keys, "status", *(col.name for col in c.columns), *(["summary"] if with_summary else []),
@@ -54,7 +54,7 @@ def compare_text(c: Comparison) -> str:
     return "\n".join(lines).rstrip()
 
 
-def _title(c: Comparison) -> str:
+def _title(c: SweepComparison) -> str:
     n = len(c.rows)
     text = f"sweep '{c.sweep.stage}' of {c.pipeline}: {n} branch{'es' if n != 1 else ''}"
     s = c.sort
@@ -65,14 +65,14 @@ def _title(c: Comparison) -> str:
     return f"{text}, sorted by {s.name} ({what}; {order})"
 
 
-def _intervals(c: Comparison) -> str:
+def _intervals(c: SweepComparison) -> str:
     """The confidence of the evaluate report's own intervals."""
     source = c.sort.source if c.sort else ""
     doc = next((r.reports[source].doc for r in c.rows if source in r.reports), {})
     return f"{settings(doc)[1]:.0%}"
 
 
-def verdict_lines(c: Comparison) -> list[str]:
+def verdict_lines(c: SweepComparison) -> list[str]:
     v, s = c.verdict, c.sort
     if s is None or not v.leaders:
         return [f"note: {v.why}"] if v.why else []
@@ -86,14 +86,17 @@ def verdict_lines(c: Comparison) -> list[str]:
     return [f"leader by {s.name}: {v.leaders[0]}, not marked best: {v.why}"]
 
 
-def problem_lines(c: Comparison) -> list[str]:
+def problem_lines(c: SweepComparison) -> list[str]:
     lines = []
+    unfinished = [r.problem["stage"] for r in c.rows if r.status != NOT_RUN and r.problem.get("status") == NOT_RUN]
     for r in c.rows:
         p = r.problem
-        if r.status in (OK, NOT_RUN) or not p:
+        if r.status in (OK, NOT_RUN) or not p or p.get("status") == NOT_RUN:
             continue
         error = f": {p['error'].splitlines()[0]}" if p.get("error") else ""
         lines.append(f"{p['status']}: {p['stage']}{error} (`pipeline logs {c.pipeline} {p['stage']}`)")
+    if unfinished:  # the branch ran, but a stage after it never did (e.g. only `run FILE evaluate` was asked)
+        lines.append(f"not run yet: {', '.join(unfinished)} (`pipeline run {c.pipeline}` runs them)")
     stale = [f"{name} ({why})" for r in c.rows for name, why in list(r.stale.items())[:1]]  # what follows waits
     if stale:
         lines.append(f"stale: results from an older state of the pipeline, its inputs or code: {'; '.join(stale)} "

@@ -20,14 +20,14 @@ RECORDED = 50  # the workspace counts as run when one of this many newest runs h
 
 
 @dataclass(frozen=True)
-class Side:
+class DiffSide:
     id: str
     run_id: str
     started: float | None
     status: str
 
     @classmethod
-    def of(cls, run: Run) -> Side:
+    def of(cls, run: Run) -> DiffSide:
         return cls(run.short, run.run_id, run.started, run.status)
 
 
@@ -62,8 +62,8 @@ class Evaluation:
 
 @dataclass
 class RunDiff:
-    a: Side
-    b: Side
+    a: DiffSide
+    b: DiffSide
     changes: list[Change] = field(default_factory=list)
     evaluations: list[Evaluation] = field(default_factory=list)
     metrics: list[MetricChange] = field(default_factory=list)
@@ -123,7 +123,7 @@ def _with_workspace(history: History, given_a: str | None, given_b: str | None,
 
 def diff_runs(a: Run, b: Run, reports_a: Mapping[str, Report], reports_b: Mapping[str, Report]) -> RunDiff:
     """Run ``a`` (old) against run ``b`` (new). Reports should carry their rows (``with_rows``)."""
-    out = RunDiff(Side.of(a), Side.of(b), run_changes(a, b))
+    out = RunDiff(DiffSide.of(a), DiffSide.of(b), run_changes(a, b))
     for stage in list(reports_b) + [s for s in reports_a if s not in reports_b]:
         old, new = reports_a.get(stage), reports_b.get(stage)
         if old is None or new is None:

@@ -11,8 +11,9 @@ from typing import Any
 from tunepipe.history.changes import Change, since_previous
 from tunepipe.history.reports import Reports
 from tunepipe.history.runs import History, Run
+from tunepipe.status import Status
 
-COUNTED = ("done", "cached", "failed")
+COUNTED = (Status.DONE, Status.CACHED, Status.FAILED)
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,7 @@ def list_runs(history: History, limit: int | None) -> list[RunRow]:
     for run in runs:
         statuses = Counter(run.stage_status(s) for s in run.stages)
         counts = {k: statuses.pop(k, 0) for k in COUNTED} | dict(statuses)
-        failed = [s for s in run.stages if run.stage_status(s) == "failed"]
+        failed = [s for s in run.stages if run.stage_status(s) == Status.FAILED]
         metrics = [Headline(stage, m, rep.value(m, "base"), rep.value(m), rep.from_scratch)
                    for stage, rep in reports.of(run).items() for m in rep.headline()]
         rows.append(RunRow(run, duration(run), counts, failed, changes.get(run.run_id), metrics))
@@ -68,4 +69,4 @@ def duration(run: Run) -> float | None:
         return None
     if run.finished is not None:
         return max(0.0, run.finished - run.started)
-    return max(0.0, time.time() - run.started) if run.status == "running" else None
+    return max(0.0, time.time() - run.started) if run.status == Status.RUNNING else None

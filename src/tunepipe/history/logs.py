@@ -13,9 +13,10 @@ from typing import BinaryIO
 from tunepipe.errors import UserError
 from tunepipe.history.ids import short_ids
 from tunepipe.history.runs import History, Run, read_run, runs_folders
+from tunepipe.status import FINISHED, NOT_SUCCEEDED, Status
 
 POLL_S = 0.25
-STAGE_DONE = ("done", "cached", "failed", "skipped", "cancelled")
+STAGE_DONE = FINISHED | NOT_SUCCEEDED  # the stage ended, whatever became of it
 CHUNK = 1 << 16
 
 
@@ -78,7 +79,7 @@ def follow(log: StageLog, out: BinaryIO, poll: float = POLL_S, say: Callable[[st
         now = read_run(log.run.file)
         run = now if isinstance(now, Run) else log.run
         status = run.stage_status(log.stage)
-        over = run.status != "running" or status in STAGE_DONE
+        over = run.status != Status.RUNNING or status in STAGE_DONE
         if log.path.is_file():
             pos = _copy(log.path, pos, out)
         elif not (said or over):
@@ -107,7 +108,7 @@ def _why_none(run: Run, stage: str) -> str:
     status = run.stage_status(stage)
     if stage not in run.stages:
         return "the stage was not part of that run"
-    if status == "cached":
+    if status == Status.CACHED:
         return "it was reused from the cache in that run (a cached stage writes no log)"
     return f"its status there is {status}"
 
@@ -121,7 +122,7 @@ def to_follow(history: History, stage: str, given: str | None) -> tuple[StageLog
     """The log ``-f`` follows, and whether its run is still going: the given run, else the newest
     one when it is running (its stage may not have started yet), else the latest log as without -f."""
     run = history.run(given) if given is not None else history.require_runs()[0]
-    if run.status != "running":
+    if run.status != Status.RUNNING:
         return find_log(history, stage, given), False
     if stage not in run.stages and any(n.startswith(stage + "@") for r in history.runs for n in r.stages):
         check_stage(history, stage)  # a matrix stage as written: the error names its branches

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from tunepipe.history import changes as C
-from tunepipe.history.diff import PAIRED, MetricChange, RunDiff, Side
+from tunepipe.history.diff import PAIRED, DiffSide, MetricChange, RunDiff
 from tunepipe.history.listing import RunRow
 from tunepipe.history.workspace import WORKSPACE
 
@@ -125,7 +125,7 @@ def _compact(c: C.Change) -> str:
 
 # --- pipeline diff -----------------------------------------------------------------------------
 
-def _side(s: Side) -> str:
+def _side(s: DiffSide) -> str:
     if s.run_id == WORKSPACE:
         return "the workspace (not run yet)"
     return f"run {s.id} ({when(s.started)}, {s.status})"

@@ -16,6 +16,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tunepipe.status import Status
+
 if TYPE_CHECKING:
     from tunepipe.history.runs import Run
 
@@ -75,7 +77,7 @@ class Reports:
             folders = [f"{self.root}/objects/{d[:2]}/{d}" for d in (outputs.values() if isinstance(outputs, Mapping)
                                                                     else ()) if isinstance(d, str) and d]
             key = stage.get("key")
-            if stage.get("status") == "failed" and isinstance(key, str) and key:
+            if stage.get("status") == Status.FAILED and isinstance(key, str) and key:
                 folders.append(f"{self.root}/scratch/{key}/report")  # what a failed gate keeps
             for folder in folders:
                 if (doc := self._doc(folder)) is not None:

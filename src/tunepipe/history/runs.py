@@ -21,8 +21,7 @@ from typing import Any
 
 from tunepipe.errors import UserError
 from tunepipe.history.ids import match, short_ids
-
-FINAL = ("ok", "failed", "interrupted")
+from tunepipe.status import RUN_ENDS, Status
 
 
 @dataclass(frozen=True, eq=False)
@@ -32,7 +31,7 @@ class Run:
     run_id: str
     file: Path
     record: Mapping[str, Any]
-    status: str  # ok | failed | interrupted | running | crashed (running, but its process is gone) | unknown
+    status: str  # a Status: ok | failed | interrupted | running | crashed (running, its process gone) | unknown
     started: float | None
     short: str = ""  # the unique id prefix shown to people (see tunepipe.history.ids)
 
@@ -48,7 +47,7 @@ class Run:
         return {str(k): v for k, v in stages.items() if isinstance(v, dict)}
 
     def stage_status(self, stage: str) -> str:
-        return str(self.stages.get(stage, {}).get("status", "unknown"))
+        return str(self.stages.get(stage, {}).get("status", Status.UNKNOWN))
 
     def parts(self, stage: str) -> Mapping[str, Any] | None:
         parts = self.stages.get(stage, {}).get("parts")
@@ -137,12 +136,12 @@ def _status(data: Mapping[str, Any], run_id: str) -> str:
     from tunepipe.procs import alive
 
     status = data.get("status")
-    if status in FINAL:
+    if status in RUN_ENDS:
         return str(status)
-    if status == "running":
+    if status == Status.RUNNING:
         tail = run_id.rpartition("-")[2]
-        return "running" if not tail.isdigit() or alive(int(tail)) else "crashed"
-    return str(status) if isinstance(status, str) and status else "unknown"
+        return Status.RUNNING if not tail.isdigit() or alive(int(tail)) else Status.CRASHED
+    return str(status) if isinstance(status, str) and status else Status.UNKNOWN
 
 
 def _number(value: Any) -> float | None:

@@ -12,24 +12,18 @@ its own changes still show. Plans only: nothing runs and no state is saved.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from enum import StrEnum
 from typing import Any
 
 from tunepipe.history.runs import History, Run
+from tunepipe.status import Freshness, PlanState
 
 WORKSPACE = "workspace"  # the name users give the workspace in `pipeline diff FILE RUN workspace`
-
-
-class Freshness(StrEnum):
-    FRESH = "fresh"  # the cache holds the result for the stage as it is now
-    STALE = "stale"  # it runs next time
-    PENDING = "pending"  # it waits for a stale stage upstream; it reruns only if that changes its inputs
 
 
 def plan_workspace(session: Any, history: History) -> Run:
     """The workspace as a :class:`Run` named ``workspace``: per stage its status (a
     :class:`Freshness`), key, parts, reasons and (fresh stages) outputs."""
-    from tunepipe.plan import CACHED, PENDING, PENDING_NOTE, Planner
+    from tunepipe.plan import PENDING_NOTE, Planner
     from tunepipe.runner import resolve_selection
 
     planner = Planner(session.pipeline, session.store, session.registry)
@@ -40,13 +34,13 @@ def plan_workspace(session: Any, history: History) -> Run:
         plan = planner.prepare(name, {**assumed, **known}, False)
         entry: dict[str, Any] = {"key": plan.key, "parts": plan.parts, "reasons": plan.reasons}
         waits = [up for up in session.pipeline.stages[name].upstream() if up in assumed]
-        if plan.state == PENDING:
+        if plan.state == PlanState.PENDING:
             entry["status"] = Freshness.PENDING
-        elif plan.state == CACHED and not waits and plan.record is not None:
+        elif plan.state == PlanState.CACHED and not waits and plan.record is not None:
             entry.update(status=Freshness.FRESH, outputs=plan.record["outputs"])
             known[name] = plan.record["outputs"]
         else:
-            entry["status"] = Freshness.PENDING if plan.state == CACHED else Freshness.STALE
+            entry["status"] = Freshness.PENDING if plan.state == PlanState.CACHED else Freshness.STALE
             entry["reasons"] = plan.reasons or [f"waits for {', '.join(waits)}: {PENDING_NOTE}"]
         if name not in known and (outputs := latest_outputs(history, name)) is not None:
             assumed[name] = outputs

@@ -18,18 +18,19 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from tunepipe.crash import crashpoint
 from tunepipe.data.chat import MIN_EXAMPLES
 from tunepipe.errors import StageFailed, UserError
 from tunepipe.openai_ft import results, state
-from tunepipe.openai_ft.config import Settings, job_metadata, key_tag, settings_from_params
-from tunepipe.openai_ft.estimate import Estimate, estimate
+from tunepipe.openai_ft.config import OpenAISettings, job_metadata, key_tag, settings_from_params
+from tunepipe.openai_ft.estimate import CostEstimate, estimate
 from tunepipe.openai_ft.results import ENDED_BADLY, TERMINAL
 from tunepipe.plugins import Cancelled, StageContext
 
 MAX_HANDOVERS = 3  # survivors followed in turn after the followed job was cancelled as a duplicate
 
 
-def budget_guard(est: Estimate, settings: Settings) -> None:
+def budget_guard(est: CostEstimate, settings: OpenAISettings) -> None:
     """UserError when the estimate is over ``max_cost_usd``, or unknown while a maximum is set."""
     limit = settings.max_cost_usd
     if limit is None:
@@ -46,7 +47,7 @@ def budget_guard(est: Estimate, settings: Settings) -> None:
 
 
 @contextlib.contextmanager
-def _api(doing: str, ctx: StageContext, settings: Settings) -> Iterator[None]:
+def _api(doing: str, ctx: StageContext, settings: OpenAISettings) -> Iterator[None]:
     """Turn SDK errors into UserError / StageFailed with what was being done."""
     import openai
 
@@ -66,15 +67,18 @@ def _again_if_unreadable(ctx: StageContext, step: Callable[[], Any]) -> Any:
     return again_if_unreadable(step, log=ctx.log, sleep=lambda t: sleep_sliced(t, ctx.check_cancelled))
 
 
-def _endpoint(settings: Settings) -> str:
+def _endpoint(settings: OpenAISettings) -> str:
     from tunepipe.openai_ft.client import endpoint_label
 
     return endpoint_label(settings)
 
 
-class _Run:
-    def __init__(self, ctx: StageContext, train: Path, validation: Path | None, settings: Settings,
-                 est: Estimate, client: Any) -> None:
+class _FineTuning:
+    """One stage's fine-tuning on OpenAI: its job found again or created once, followed to its end,
+    and its results written; what it learns is saved in the stage's scratch folder as it goes."""
+
+    def __init__(self, ctx: StageContext, train: Path, validation: Path | None, settings: OpenAISettings,
+                 est: CostEstimate, client: Any) -> None:
         self.ctx, self.train, self.validation = ctx, train, validation
         self.s, self.est, self.client = settings, est, client
         self.st = state.load(ctx.scratch)
@@ -134,10 +138,10 @@ class _Run:
             job = jobs.create_job(self.client, request, tag, log=ctx.log,
                                   sleep=lambda t: jobs.sleep_sliced(t, ctx.check_cancelled),
                                   check=ctx.check_cancelled, describe=lambda e: describe(e, self.s))
-        jobs.crashpoint("openai-after-create")
+        crashpoint("openai-after-create")
         st.job_id, st.last_event_id = job.id, None
         self.save()
-        jobs.crashpoint("openai-after-save")
+        crashpoint("openai-after-save")
         ctx.say(f"created job {job.id}")
         return self.reconcile(job)
 
@@ -335,7 +339,7 @@ def train_openai(ctx: StageContext, train: Path, validation: Path | None, params
     ctx.check_cancelled()
     ctx.log.info("OpenAI endpoint: %s", _endpoint(settings))
     client = make_client(settings, http_client=http_client)
-    run = _Run(ctx, train, validation, settings, est, client)
+    run = _FineTuning(ctx, train, validation, settings, est, client)
     job = None
     try:
         job = _again_if_unreadable(ctx, run.job)  # it looks before it acts: a repeat creates nothing twice

@@ -49,9 +49,9 @@ class Endpoint:
         return cls(p["api_key_env"], p.get("base_url"), int(p["concurrency"]), int(p["max_retries"]))
 
     def settings(self, model: str) -> Any:
-        from tunepipe.openai_ft.config import Settings
+        from tunepipe.openai_ft.config import OpenAISettings
 
-        return Settings(model=model, api_key_env=self.api_key_env, base_url=self.base_url)
+        return OpenAISettings(model=model, api_key_env=self.api_key_env, base_url=self.base_url)
 
     def client(self, http_client: Any = None) -> Any:
         from tunepipe.openai_ft.client import make_client

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 from urllib.parse import urlsplit
 
 from tunepipe.errors import StageFailed, UserError
-from tunepipe.openai_ft.config import Settings
+from tunepipe.openai_ft.config import OpenAISettings
 from tunepipe.redact import redact
 
 if TYPE_CHECKING:
@@ -52,7 +52,7 @@ class UnreadableAnswer(StageFailed):
     server is up and answering, so a step that is safe to repeat is worth running again."""
 
 
-def api_key(settings: Settings) -> str:
+def api_key(settings: OpenAISettings) -> str:
     """The API key from the environment, or a UserError that says how to set it."""
     env = settings.api_key_env
     value = os.environ.get(env, "")
@@ -64,7 +64,7 @@ def api_key(settings: Settings) -> str:
     return value.strip()
 
 
-def scrub(text: str, settings: Settings | None = None) -> str:
+def scrub(text: str, settings: OpenAISettings | None = None) -> str:
     """``text`` without the API key (nor any other secret of the environment)."""
     if settings is not None:
         key = os.environ.get(settings.api_key_env, "").strip()
@@ -73,12 +73,12 @@ def scrub(text: str, settings: Settings | None = None) -> str:
     return redact(text)
 
 
-def base_url(settings: Settings) -> str | None:
+def base_url(settings: OpenAISettings) -> str | None:
     """The API base URL: the stage's, else OPENAI_BASE_URL, else None (the SDK's default)."""
     return settings.base_url or os.environ.get("OPENAI_BASE_URL") or None
 
 
-def endpoint_label(settings: Settings) -> str:
+def endpoint_label(settings: OpenAISettings) -> str:
     """Where requests go, for logs: scheme, host and path, never credentials in the URL."""
     url = base_url(settings)
     if not url:
@@ -89,7 +89,7 @@ def endpoint_label(settings: Settings) -> str:
     return f"{parts.scheme}://{host}{port}{parts.path}"
 
 
-def make_client(settings: Settings, *, http_client: Any = None, max_retries: int = MAX_RETRIES) -> openai.OpenAI:
+def make_client(settings: OpenAISettings, *, http_client: Any = None, max_retries: int = MAX_RETRIES) -> openai.OpenAI:
     """An SDK client for the stage's key and endpoint. ``http_client``: an ``openai.DefaultHttpxClient``
     of the caller's (tests add fault-injection headers through one; proxies could too). Either way its
     answers go through :func:`check_json` (the hook is added to the caller's client)."""
@@ -154,7 +154,7 @@ def is_unreadable(exc: BaseException) -> bool:
     return isinstance(exc, openai.APIConnectionError) and isinstance(exc.__cause__, httpx2.DecodingError)
 
 
-def describe(exc: BaseException, settings: Settings | None = None) -> str:
+def describe(exc: BaseException, settings: OpenAISettings | None = None) -> str:
     """One line for an SDK error: status, code and the API's own message and param (key scrubbed)."""
     import openai
 
@@ -181,7 +181,7 @@ def describe(exc: BaseException, settings: Settings | None = None) -> str:
     return scrub(f"{type(exc).__name__}: {exc}", settings)
 
 
-def fail(exc: BaseException, *, doing: str, stage: str, settings: Settings) -> NoReturn:
+def fail(exc: BaseException, *, doing: str, stage: str, settings: OpenAISettings) -> NoReturn:
     """Raise what an SDK error means: a UserError for the key, permissions and rejected requests,
     else StageFailed. ``doing``: what was being done ("creating the fine-tuning job")."""
     import openai

@@ -30,8 +30,9 @@ MAX_POLL_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
-class Settings:
-    """Everything the backend needs from the stage's parameters, validated."""
+class OpenAISettings:
+    """Everything the OpenAI backend needs from the stage's parameters, validated (named apart from
+    the backend contract's ``Settings``, which declares what a backend adds to ``with:``)."""
 
     model: str
     method: str = "supervised"
@@ -87,8 +88,8 @@ def sanitize_suffix(text: str) -> str:
     return s[:SUFFIX_MAX].rstrip("-") or "tunepipe"
 
 
-def settings_from_params(params: Mapping[str, Any], stage: str) -> Settings:
-    """Settings from the train stage's parameters (already defaulted by its schema)."""
+def settings_from_params(params: Mapping[str, Any], stage: str) -> OpenAISettings:
+    """The settings from the train stage's parameters (already defaulted by its schema)."""
     o: Mapping[str, Any] = params.get("openai") or {}
     model = params.get("model")
     if not isinstance(model, str) or not model:
@@ -115,7 +116,7 @@ def settings_from_params(params: Mapping[str, Any], stage: str) -> Settings:
     env = o.get("api_key_env") or "OPENAI_API_KEY"
     if not isinstance(env, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", env):
         raise UserError(f"openai.api_key_env must name an environment variable (e.g. OPENAI_API_KEY); got {env!r}")
-    return Settings(
+    return OpenAISettings(
         model=model,
         method=method,
         epochs=_auto_or_number("epochs", params.get("epochs", "auto"), integer=True, minimum=1, maximum=50),
@@ -166,6 +167,6 @@ def key_tag(stage_key: str) -> str:
     return stage_key[:KEY_CHARS]
 
 
-def job_metadata(settings: Settings, stage: str, stage_key: str) -> dict[str, str]:
+def job_metadata(settings: OpenAISettings, stage: str, stage_key: str) -> dict[str, str]:
     """Metadata identifying the pipeline stage (the user's pairs first, then tunepipe's two)."""
     return {**settings.metadata, META_STAGE: stage[:METADATA_MAX_VALUE], META_KEY: key_tag(stage_key)}

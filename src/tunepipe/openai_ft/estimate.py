@@ -29,7 +29,7 @@ FALLBACK_ENCODING = "o200k_base"
 
 
 @dataclass(frozen=True)
-class Estimate:
+class CostEstimate:
     """What a job on ``train`` would bill, before it runs."""
 
     model: str
@@ -81,7 +81,7 @@ def example_tokens(enc: Any, record: Mapping[str, Any], method: str) -> int:
     return count_chat_tokens(enc, record["messages"], record.get("tools"))
 
 
-def estimate(train: Path, params: Mapping[str, Any]) -> Estimate:
+def estimate(train: Path, params: Mapping[str, Any]) -> CostEstimate:
     """The estimate for training on ``train`` (JSONL examples) with the train stage's ``params``."""
     from tunepipe.data import models
     from tunepipe.data.report import default_epochs, estimate_cost
@@ -112,7 +112,7 @@ def estimate(train: Path, params: Mapping[str, Any]) -> Estimate:
     price = models.price_per_million(s.model, s.prices)
     price_source = (None if price.value is None else "openai.prices" if price.source == "param"
                     else f"built-in estimate as of {models.PRICES_AS_OF}")
-    return Estimate(model=s.model, method=s.method, examples=examples, tokens=tokens, epochs=epochs,
-                    epochs_source=source, billable_tokens=billable, usd=estimate_cost(billable, price.value),
-                    price_per_1m=price.value, price_source=price_source, context_limit=cap, over_limit=over,
-                    encoding=enc_name, note=note)
+    return CostEstimate(model=s.model, method=s.method, examples=examples, tokens=tokens, epochs=epochs,
+                        epochs_source=source, billable_tokens=billable, usd=estimate_cost(billable, price.value),
+                        price_per_1m=price.value, price_source=price_source, context_limit=cap, over_limit=over,
+                        encoding=enc_name, note=note)

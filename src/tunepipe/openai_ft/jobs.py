@@ -43,8 +43,6 @@ but succeeded, failed and cancelled (``paused`` included) means wait.
 
 from __future__ import annotations
 
-import os
-import signal
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -61,12 +59,6 @@ MAX_POLL_FAILURES = 30  # transient errors in a row while following a job before
 CREATE_ATTEMPTS = 4
 SLICE_S = 0.1
 EVENT_PAGE = 100
-
-
-def crashpoint(name: str) -> None:
-    """Fault injection for the crash tests: ``TUNEPIPE_CRASHPOINT=name`` kills the process here."""
-    if os.environ.get("TUNEPIPE_CRASHPOINT") == name:
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -8,6 +8,8 @@ the input records, so the same data always hashes the same and an earlier upload
 
 from __future__ import annotations
 
+import contextlib
+
 import hashlib
 import os
 import tempfile
@@ -90,8 +92,6 @@ def prepare(source: Path, folder: Path, role: str, method: str) -> Prepared | No
         os.replace(tmp, prepared.path)
         return prepared
     except BaseException:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        except FileNotFoundError:
-            pass
         raise

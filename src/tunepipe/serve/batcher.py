@@ -30,7 +30,7 @@ _END = object()
 
 
 @dataclass(eq=False)
-class _Job:
+class _Request:
     """A prompt to reply to in a batch, or (``solo``) a function to run alone."""
 
     future: asyncio.Future[Any]
@@ -49,16 +49,16 @@ class Batcher:
     replier: Replier
     max_batch: int = 8
     gather_s: float = 0.01
-    _queue: asyncio.Queue[_Job] | None = field(default=None, init=False, repr=False)
+    _queue: asyncio.Queue[_Request] | None = field(default=None, init=False, repr=False)
     _task: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
 
     async def reply(self, prompt: Prompt, decoding: Decoding) -> Reply:
         """The reply to ``prompt``, generated in a batch with others that wait with the same decoding."""
-        return await self._submit(_Job(self._future(), prompt, decoding))
+        return await self._submit(_Request(self._future(), prompt, decoding))
 
     async def call(self, fn: Callable[[], Any]) -> Any:
         """``fn()`` run in its turn, alone (loading the model, say)."""
-        return await self._submit(_Job(self._future(), solo=fn))
+        return await self._submit(_Request(self._future(), solo=fn))
 
     async def stream(self, prompt: Prompt, decoding: Decoding) -> AsyncIterator[str | Reply]:
         """The reply's text in pieces as the replier streams it, then its :class:`Reply` when the
@@ -86,7 +86,7 @@ class Batcher:
                 gen.close()
                 send(_END)
 
-        job = _Job(self._future(), solo=produce)
+        job = _Request(self._future(), solo=produce)
         self._enqueue(job)
         try:
             while (item := await self._next(pieces, job.future)) is not _END:
@@ -111,14 +111,14 @@ class Batcher:
     def _future(self) -> asyncio.Future[Any]:
         return asyncio.get_running_loop().create_future()
 
-    def _enqueue(self, job: _Job) -> None:
+    def _enqueue(self, job: _Request) -> None:
         if self._queue is None:
             self._queue = asyncio.Queue()
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._work(self._queue))
         self._queue.put_nowait(job)
 
-    async def _submit(self, job: _Job) -> Any:
+    async def _submit(self, job: _Request) -> Any:
         self._enqueue(job)
         return await job.future
 
@@ -133,8 +133,8 @@ class Batcher:
             getter.cancel()
         return pieces.get_nowait() if not pieces.empty() else _END
 
-    async def _work(self, queue: asyncio.Queue[_Job]) -> None:
-        waiting: list[_Job] = []
+    async def _work(self, queue: asyncio.Queue[_Request]) -> None:
+        waiting: list[_Request] = []
         while True:
             if not waiting:
                 waiting.append(await queue.get())
@@ -147,7 +147,7 @@ class Batcher:
                 waiting = [j for j in waiting if all(j is not b for b in batch)]
                 await self._run(batch)
 
-    def _take(self, waiting: list[_Job]) -> list[_Job]:
+    def _take(self, waiting: list[_Request]) -> list[_Request]:
         """The oldest job, and the prompts waiting with its decoding (up to max_batch)."""
         first = waiting[0]
         if first.solo is not None:
@@ -155,7 +155,7 @@ class Batcher:
         same = [j for j in waiting if j.solo is None and j.decoding == first.decoding]
         return same[:max(1, self.max_batch)]
 
-    async def _run(self, batch: list[_Job]) -> None:
+    async def _run(self, batch: list[_Request]) -> None:
         first = batch[0]
         try:
             if first.solo is not None:

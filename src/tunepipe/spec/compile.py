@@ -20,14 +20,13 @@ from tunepipe.registry import LoadedPlugin, Registry
 from tunepipe.spec import schema
 from tunepipe.spec.expand import expand
 from tunepipe.spec.files import file_problem
-from tunepipe.spec.include import assemble, package_ref, where_top
+from tunepipe.spec.include import assemble, package_ref
 from tunepipe.spec.model import InputRef, Pipeline, StageSpec
 from tunepipe.spec.resolve import apply_overrides
 from tunepipe.spec.resources import normalise_executor, normalise_resources
 from tunepipe.spec.tracking import normalise_tracking, tracking_problems
 from tunepipe.spec.yamlpos import Document, JsonPath
 
-_where_top = where_top  # kept for callers of the old name
 _QUOTED = re.compile(r"'([^']*)'")
 
 

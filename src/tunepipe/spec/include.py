@@ -69,7 +69,7 @@ def package_ref(text: str) -> tuple[str, str] | None:
 
 
 @dataclass(frozen=True)
-class Source:
+class SpecFile:
     """One pipeline file: how messages name it, where it is, and what it is relative to."""
 
     display: str
@@ -132,7 +132,7 @@ class _Assembler:
         self.any_stages = False
 
     def run(self) -> Assembled:
-        src = Source(display=self.main.source, identity=str(self.path.resolve()), path=self.path)
+        src = SpecFile(display=self.main.source, identity=str(self.path.resolve()), path=self.path)
         layer = self._layer(self.main, src, ())
         out = self.merged
         data = self.main.data if isinstance(self.main.data, dict) else {}
@@ -154,7 +154,7 @@ class _Assembler:
 
     # -- one file ----------------------------------------------------------------------------------
 
-    def _layer(self, doc: Document, src: Source, chain: tuple[tuple[Source, Position], ...]) -> _Layer:
+    def _layer(self, doc: Document, src: SpecFile, chain: tuple[tuple[SpecFile, Position], ...]) -> _Layer:
         via = tuple(pos for _, pos in reversed(chain))
         doc.via.setdefault(doc.source, via)
         self.merged.texts.setdefault(doc.source, doc.text)
@@ -199,8 +199,8 @@ class _Assembler:
         _merge(acc, own)
         return acc
 
-    def _resolve(self, doc: Document, src: Source, text: str,
-                 ipath: JsonPath) -> tuple[Source, Document | None] | None:
+    def _resolve(self, doc: Document, src: SpecFile, text: str,
+                 ipath: JsonPath) -> tuple[SpecFile, Document | None] | None:
         pkg = package_ref(text)
         if pkg is not None:
             return self._package(doc, pkg[0], pkg[1], ipath)
@@ -215,7 +215,7 @@ class _Assembler:
         assert src.base is not None
         path = Path(os.path.normpath(src.base / text))
         display = text if os.path.isabs(text) else os.path.normpath(os.path.join(os.path.dirname(src.display), text))
-        sub = Source(display=display, identity=str(path.resolve()), path=path)
+        sub = SpecFile(display=display, identity=str(path.resolve()), path=path)
         try:
             raw = read_spec(path)
         except FileNotFoundError:
@@ -245,7 +245,7 @@ class _Assembler:
         return sub, self._load(doc, raw, display, ipath)
 
     def _package(self, doc: Document, package: str, inner: str,
-                 ipath: JsonPath) -> tuple[Source, Document | None] | None:
+                 ipath: JsonPath) -> tuple[SpecFile, Document | None] | None:
         import importlib
 
         display = f"{package}:{inner}"
@@ -295,7 +295,7 @@ class _Assembler:
             self._stamp(path, raw)
         else:
             self.cacheable = False
-        sub = Source(display=display, identity=str(path.resolve()) if path else display, path=path,
+        sub = SpecFile(display=display, identity=str(path.resolve()) if path else display, path=path,
                      package=package, inner=inner)
         return sub, self._load(doc, raw, display, ipath)
 

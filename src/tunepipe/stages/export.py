@@ -63,7 +63,7 @@ class Export:
                             system=params.get("system"), examples=_files(examples),
                             data_digest=examples.digest if examples is not None else None,
                             report=report.path if report is not None else None, shared=ctx.shared("models"),
-                            source=model.name, where=f"stage '{ctx.stage}': ")
+                            source=model.name)
         if done.note:
             ctx.say(done.note)
         size = sum((done.folder / f).stat().st_size for f in done.files)

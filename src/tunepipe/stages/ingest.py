@@ -34,8 +34,8 @@ or ``{"input", "preferred_output", "non_preferred_output", "meta"}``, in input o
 ``source`` (the file's label) and the record's position: ``line`` (JSONL, 1-based physical line),
 ``index`` (JSON array, 0-based element) or ``row`` (CSV/TSV/Parquet, 1-based data row: the header
 and blank rows are not counted), plus the ``keep_fields`` and, for ``openai``/``dpo`` records, the
-record's own ``meta``. ``rejects/rejects.jsonl``: ``{"source", "line"|"index"|"row", "reason",
-"code"}`` for each record that could not be used.
+record's own ``meta``. ``rejects/rejects.jsonl``: ``{"source", "line"|"index"|"row", "stage", "code",
+"reason"}`` for each record that could not be used (:mod:`tunepipe.data.rejects`, the layout of every stage).
 
 Errors. A bad record (not JSON, not UTF-8, not CSV, a wrong field count, wrong types, a missing or
 null field, an empty message after mapping, an unknown role, an unknown shape) fails the stage with
@@ -50,38 +50,39 @@ parse, a ``sources`` entry that matches nothing) fail before anything is read. N
 (every file empty, or every record rejected) fails the stage too, naming the files and why, unless
 ``allow_empty: true``: an empty data set would otherwise run the whole pipeline to a hollow success.
 
-Speed and memory. Records move in batches of 1,000; memory holds a bounded number of batches, never
-the data set. Parsing and mapping run in ``workers`` processes (:func:`tunepipe.data.parallel.
-ordered_map`): with ``workers: 0`` (default) the stage's thread budget (the cores divided by
-``-j``) is used once the input is past 20,000 records, one process below that. The output is the
-same, byte for byte, for any number of workers; since ``workers`` is a parameter, changing it
-reruns this stage, but the records' digest does not change, so the stages after it stay cached.
+Speed and memory. Records move in batches (a block of about 256 KiB of JSONL lines, or 1,000
+elements or rows); memory holds a bounded number of batches, never the data set. Parsing and mapping
+run in ``workers`` processes (``ctx.map``): with ``workers: 0`` (default) the stage's share of the
+cores is used once the input is past 20,000 records, one process below that. A worker reads its
+block of a plain JSONL file itself and writes its records to a part file that this process appends
+to the output (:mod:`tunepipe.data.ingest_work`), so neither the input nor the output goes through a
+pipe. The output is the same, byte for byte, for any number of workers; since ``workers`` is a
+parameter, changing it reruns this stage, but the records' digest does not change, so the stages
+after it stay cached.
+
+The work itself is :mod:`tunepipe.data.ingesting` (planning, reading, accounting) and
+:mod:`tunepipe.data.ingest_work` (a batch, in a worker); this module is the stage: its parameters,
+``run`` and its summary.
 """
 
 from __future__ import annotations
 
-import fnmatch
+import dataclasses
 import functools
-import json
-from collections import Counter
 from collections.abc import Iterator, Mapping
 from contextlib import closing
-from dataclasses import dataclass, field
 from itertools import chain
-from pathlib import Path
 from typing import Any
 
-import orjson
+from tunepipe.data import readers
+from tunepipe.data.ingest_work import Output, map_batch
+from tunepipe.data.ingesting import Batch, Mapped, Stats, batches, plan
+from tunepipe.data.mapping import PRESETS
+from tunepipe.data.rejects import Rejects
+from tunepipe.errors import StageInputError
+from tunepipe.plugins import Port, StageContext
 
-from tunepipe.data import jsonl, parallel, readers
-from tunepipe.data.mapping import PRESETS, ConfigError, Mapper, Reject
-from tunepipe.errors import StageInputError, UserError
-from tunepipe.plugins import Artifact, Port, StageContext
-
-BATCH = 1000  # records per batch (JSONL goes in blocks of about 256 KiB of lines)
 PARALLEL_AFTER = 20_000  # records read before the stage starts worker processes (workers: 0)
-SETTINGS = ("format", "delimiter", "preset", "map", "keep_fields")
-NOUN = {"line": "line", "index": "element", "row": "row"}
 
 _TEMPLATE = {"type": "string", "description": "A template: text with {field} (or {a.b} for a nested field); "
                                               "{{ and }} write braces."}
@@ -171,280 +172,49 @@ class Ingest:
     packages: tuple[str, ...] = ()
 
     def run(self, ctx: StageContext, inputs: Mapping[str, Any], params: Mapping[str, Any]) -> dict[str, Any]:
-        plan = _plan(inputs["data"], params)
-        stats = _Stats()
+        files = plan(inputs["data"], params)
+        stats = Stats()
         skip = params["on_error"] == "skip"
-        with open(ctx.output("records") / "records.jsonl", "wb", buffering=1 << 20) as out, \
-                jsonl.Writer(ctx.output("rejects") / "rejects.jsonl") as rej, \
-                closing(_results(_batches(plan, stats, ctx), params["workers"], ctx.threads, ctx.engine)) as results:
-            for label, unit, blob, count, rejects in results:
-                out.write(blob)
-                for n, physical, code, reason in rejects:
+        with Output(ctx.output("records") / "records.jsonl", ctx.scratch / "parts") as out, \
+                Rejects(ctx.output("rejects") / "rejects.jsonl", ctx.stage) as rejects, \
+                closing(_mapped(ctx, batches(files, stats, ctx.log), params["workers"], out)) as results:
+            for done in results:
+                out.add(done)
+                for r in done.rejects:
                     if not skip:
-                        raise StageInputError(
-                            f"{_where(label, unit, n, physical)}: {reason}. Fix the {NOUN[unit]}, or set "
-                            f"`on_error: skip` to set such {NOUN[unit]}s aside in the rejects artifact")
-                    rej.write({"source": label, unit: n, "reason": reason, "code": code})
-                    stats.reject(code, _where(label, unit, n, physical), reason)
-                stats.records += count
+                        raise StageInputError(r.failure(done.reading))
+                    rejects.write(r.provenance(done.reading), r.code, r.reason)
+                    stats.reject(r.code, done.reading.located(r.position, r.physical), r.reason)
+                stats.records += done.records
                 ctx.check_cancelled()
                 ctx.progress(f"{stats.records:,} records, {stats.rejected:,} rejected")
-        total = stats.records + stats.rejected
-        if skip and total and stats.rejected / total > params["max_reject_rate"]:
-            raise StageInputError(
-                f"{stats.rejected:,} of {total:,} records were rejected ({stats.rejected / total:.0%}), more than "
-                f"max_reject_rate {params['max_reject_rate']}: the format or the mapping is probably wrong. "
-                f"Most common: {stats.top()}. Fix the data or the settings, or raise max_reject_rate")
+        problem = stats.too_many_rejects(params["max_reject_rate"]) if skip else None
+        if problem:
+            raise StageInputError(problem)
         ctx.log.info("read %d files: %d records, %d rejected %s", stats.files, stats.records, stats.rejected,
                      dict(stats.by_code))
         if not stats.records and not params.get("allow_empty", False):
-            raise StageInputError(_empty_message(stats))
+            raise StageInputError(stats.nothing_read())
         return {"records": stats.records, "rejected": stats.rejected, "files": stats.files,
                 "rejected_by_reason": dict(sorted(stats.by_code.items()))}
 
 
-@dataclass
-class _Stats:
-    records: int = 0
-    rejected: int = 0
-    files: int = 0
-    labels: list[str] = field(default_factory=list)  # the files read, for messages
-    by_code: Counter[str] = field(default_factory=Counter)
-    example: dict[str, str] = field(default_factory=dict)
-
-    def reject(self, code: str, where: str, reason: str) -> None:
-        self.rejected += 1
-        self.by_code[code] += 1
-        self.example.setdefault(code, f"{where}: {reason}")
-
-    def top(self, n: int = 3) -> str:
-        return "; ".join(f"{code} ×{count:,} (first: {self.example[code]})"
-                         for code, count in self.by_code.most_common(n))
-
-
-def _names(labels: list[str], shown: int = 5) -> str:
-    """``a.jsonl, b.csv`` or ``a.jsonl, ... and 7 more files``: the files in a message, bounded."""
-    more = len(labels) - shown
-    return ", ".join(labels[:shown]) + (f" and {more:,} more file{'s' if more > 1 else ''}" if more > 0 else "")
-
-
-def _empty_message(stats: _Stats) -> str:
-    """Why ingest read no records, and what to do: the files were empty, or every record was rejected."""
-    where = _names(stats.labels) if stats.labels else "the inputs (no data file among them)"
-    if stats.rejected:
-        why = (f"all {stats.rejected:,} records were rejected ({stats.top()}). Fix the data or the reading "
-               "settings (format, preset, map)")
-    else:
-        one = len(stats.labels) == 1
-        why = (f"{'the file holds' if one else 'the files hold'} no records (empty, only blank lines, or a header "
-               "without rows). Check the input paths and the files' contents")
-    return (f"no records read from {where}: {why}, or set `allow_empty: true` on this stage to pass an empty data "
-            "set on (the stages after it need records)")
-
-
-def _where(label: str, unit: str, n: int, physical: int | None) -> str:
-    if unit == "line":
-        return f"{label}:{n}"
-    if unit == "index":
-        return f"{label}[{n}]"
-    return f"{label}:{physical} (row {n})" if physical is not None else f"{label} row {n}"
-
-
-# ---------------------------------------------------------------------------------------------- planning
-
-@dataclass(frozen=True)
-class _File:
-    art: Artifact
-    path: Path
-    label: str
-    settings: dict[str, Any]
-    where: str  # where the file's map comes from, for messages: "" (top level) or "sources[i]"
-    explicit_format: bool  # the format was set (not auto), so unknown extensions are read anyway
-
-
-def _plan(arts: list[Artifact], params: Mapping[str, Any]) -> list[_File]:
-    """Every file to read with its settings; checks the settings before any data is read."""
-    sources = params.get("sources") or []
-    _check_settings(params, "")
-    for i, entry in enumerate(sources):
-        _check_settings(entry, f"sources[{i}]")
-    used = [False] * len(sources)
-    files: list[_File] = []
-    for art in arts:
-        for path in art.files():
-            label = art.label(path)
-            settings = {k: params[k] for k in SETTINGS if k in params}
-            where = ""
-            for i, entry in enumerate(sources):
-                if any(fnmatch.fnmatchcase(name, entry["match"]) for name in (art.name, label, path.name)):
-                    used[i] = True
-                    settings.update({k: entry[k] for k in SETTINGS if k in entry})
-                    where = f"sources[{i}]" if "map" in entry or "keep_fields" in entry else ""
-                    break
-            files.append(_File(art, path, label, settings, where, settings.get("format", "auto") != "auto"))
-    for i, entry in enumerate(sources):
-        if not used[i]:
-            names = ", ".join(dict.fromkeys(a.name or a.path.name for a in arts)) or "none"
-            raise UserError(f"ingest parameter sources[{i}].match {entry['match']!r} matches none of the inputs "
-                            f"({names}); fix the pattern or remove the entry")
-    for f in {(json.dumps(f.settings, sort_keys=True), f.where): f for f in files}.values():
-        try:
-            Mapper(f.settings, f.where)
-        except ConfigError as e:
-            raise UserError(f"ingest parameter {e}") from None
-    return files
-
-
-def _check_settings(settings: Mapping[str, Any], where: str) -> None:
-    prefix = f"{where}." if where else ""
-    preset = settings.get("preset")
-    if "map" in settings and preset not in (None, "auto", "map"):
-        raise UserError(f"ingest parameters {prefix}map and {prefix}preset: {preset} do not go together: a map is "
-                        f"used with preset map (or auto); remove one of them")
-    try:
-        Mapper({"preset": "auto" if preset == "map" and "map" not in settings else preset or "auto",
-                "map": settings.get("map"), "keep_fields": settings.get("keep_fields")}, where)
-    except ConfigError as e:
-        raise UserError(f"ingest parameter {e}") from None
-
-
-# ---------------------------------------------------------------------------------------------- reading
-
-# (settings as JSON, where the map comes from, label, format, unit, columns, a Block or a list of units)
-_Batch = tuple[str, str, str, str, str, tuple[str, ...] | None, Any]
-_Result = tuple[str, str, bytes, int, list[tuple[int, int | None, str, str]]]
-
-
-def _batches(plan: list[_File], stats: _Stats, ctx: StageContext) -> Iterator[_Batch]:
-    """The work, in input order, one batch (a block of JSONL lines, or a list of units) at a time."""
-    for f in plan:
-        if not f.explicit_format and f.path != f.art.path and readers.format_from_name(f.path) is None:
-            ctx.log.info("skipping %s: not a data file by its name", f.label)  # e.g. a report in a stage's folder
-            continue
-        settings_json = json.dumps(f.settings, sort_keys=True)
-        try:
-            with readers.open_source(f.path, f.settings.get("format", "auto"), f.settings.get("delimiter")) as src:
-                stats.files += 1
-                stats.labels.append(f.label)
-                if src.columns:  # a tabular file with a header (an empty file simply has no records)
-                    problem = Mapper(f.settings, f.where).columns_problem(src.columns, src.format != "parquet")
-                    if problem:
-                        raise StageInputError(f"{f.label}: {problem}")
-                for units in src.batches(BATCH):
-                    yield settings_json, f.where, f.label, src.format, src.unit, src.columns, units
-        except readers.FileProblem as e:
-            raise StageInputError(f"{f.label}: {e}") from None
-
-
-def _size(batch: _Batch) -> int:
-    units = batch[-1]
-    return units.lines if isinstance(units, readers.Block) else len(units)
-
-
-def _detached(batch: _Batch) -> _Batch:
-    """A batch to send to a worker process: a block of a plain file goes as its offset, not its bytes."""
-    units = batch[-1]
-    return (*batch[:-1], units.detached()) if isinstance(units, readers.Block) else batch
-
-
-def _results(work: Iterator[_Batch], workers: int, threads: int, engine: str = "local") -> Iterator[_Result]:
-    """``map(_process, work)``, in input order, on worker processes when it pays (on Ray, on the
-    cluster: a block then carries its bytes, since a worker on another node cannot read this file)."""
-    if workers == 0:  # automatic: the stage's threads, once the input is large enough to pay for them
-        workers = parallel.worker_count(threads, engine)
-        head: list[_Batch] = []
+def _mapped(ctx: StageContext, work: Iterator[Batch], workers: int, out: Output) -> Iterator[Mapped]:
+    """``map_batch`` over the batches, in input order: in this process for one worker or a small
+    input (``workers: 0`` and under ``PARALLEL_AFTER`` records), else spread by ``ctx.map``."""
+    if workers == 0:  # automatic: the stage's share of the cores, once the input is large enough to pay for them
+        head: list[Batch] = []
         seen = 0
         while seen < PARALLEL_AFTER and (batch := next(work, None)) is not None:
             head.append(batch)
-            seen += _size(batch)
-        if seen < PARALLEL_AFTER:
-            workers = 1
+            seen += batch.size
         work = chain(head, work)
-    if workers <= 1:
-        yield from map(_process, work)
+        serial = seen < PARALLEL_AFTER
     else:
-        with closing(parallel.ordered_map(_process, work if engine == "ray" else map(_detached, work), workers,
-                                          engine=engine)) as results:
-            yield from results
-
-
-# ------------------------------------------------------------------------------- parsing and mapping (workers)
-
-@functools.lru_cache(maxsize=64)
-def _mapper(settings_json: str, where: str) -> Mapper:
-    return Mapper(json.loads(settings_json), where)
-
-
-def _process(batch: _Batch) -> _Result:
-    """Parse and map one batch: the output (JSON lines, one blob), how many, and the rejects as
-    (n, physical line, code, reason)."""
-    settings_json, where, label, fmt, unit, columns, units = batch
-    mapper = _mapper(settings_json, where)
-    if isinstance(units, readers.Block):
-        units = readers.block_lines(units.read(), units.first_line)
-    lines: list[bytes] = []
-    rejects: list[tuple[int, int | None, str, str]] = []
-    for item in units:
-        n = item[0]
-        physical = item[2] if unit == "row" else None
-        record: Any = None
-        try:
-            record = _decode(fmt, unit, columns, item)
-            out = mapper.apply(record)
-            out["meta"]["source"] = label
-            out["meta"][unit] = n
-            lines.append(orjson.dumps(out, default=_json_default))
-        except Reject as r:
-            rejects.append((n, physical, r.code, r.reason))
-        except orjson.JSONEncodeError as e:
-            code, reason = _encode_problem(record, e)
-            rejects.append((n, physical, code, reason))
-    return label, unit, b"".join(line + b"\n" for line in lines), len(lines), rejects
-
-
-def _decode(fmt: str, unit: str, columns: tuple[str, ...] | None, item: Any) -> Any:
-    if unit != "row":
-        raw: bytes = item[1]
-        if not raw:
-            raise Reject("bad_json", "empty element (a stray comma?)")
-        try:
-            return orjson.loads(raw)
-        except orjson.JSONDecodeError as e:
-            try:
-                raw.decode("utf-8")
-            except UnicodeDecodeError as u:
-                raise Reject("not_utf8", f"not UTF-8 (byte offset {u.start} in the {NOUN[unit]})") from None
-            raise Reject("bad_json", f"not valid JSON ({e.msg} at column {e.colno})") from None
-    values = item[1]
-    if isinstance(values, str):
-        raise Reject("bad_csv", values)
-    assert columns is not None
-    if len(values) != len(columns):
-        raise Reject("field_count", f"the row has {len(values)} fields but the header has {len(columns)}; quote "
-                                    "fields that contain the delimiter")
-    if fmt == "parquet":
-        values = readers.nested_without_nulls(values)
-    return dict(zip(columns, values))
-
-
-def _json_default(value: Any) -> Any:
-    from decimal import Decimal
-
-    if isinstance(value, Decimal):
-        return str(value)
-    if isinstance(value, (bytes, bytearray)):
-        return bytes(value).decode("utf-8")
-    if hasattr(value, "isoformat"):
-        return value.isoformat()
-    raise TypeError(f"{type(value).__name__} is not JSON")
-
-
-def _encode_problem(record: Any, e: Exception) -> tuple[str, str]:
-    if isinstance(record, dict):
-        for name, value in record.items():
-            if isinstance(value, str):
-                try:
-                    value.encode("utf-8")
-                except UnicodeEncodeError:
-                    return "not_utf8", f"not UTF-8 (in column '{name}')"
-    return "not_json", f"a value cannot be written as JSON ({e})"
+        serial = workers == 1
+        ctx = dataclasses.replace(ctx, threads=workers)  # ctx.map spreads over ctx.workers
+    if serial or ctx.workers <= 1:  # the lines come back as one bytes object: no part files
+        return ctx.map(map_batch, work, serial=True)
+    # local_files: a block of a plain file is a byte range of a file on this node, and every part is
+    # written into this node's scratch
+    return ctx.map(functools.partial(map_batch, parts=str(out.parts)), work, local_files=True)

@@ -100,9 +100,9 @@ class Train:
 
     def run(self, ctx: StageContext, inputs: Mapping[str, Any], params: Mapping[str, Any]) -> dict[str, Any]:
         p = resolve_params(ctx.stage, params)
-        train = _jsonl(inputs["train"], "train", ctx.stage)
+        train = _jsonl(inputs["train"], "train")
         given = inputs.get("validation")
-        validation = _jsonl(given, "validation", ctx.stage) if given is not None else None
+        validation = _jsonl(given, "validation") if given is not None else None
         if validation is not None and validation.stat().st_size == 0:
             ctx.log.info("the validation input is empty: no validation loss")
             validation = None
@@ -124,7 +124,7 @@ class Train:
         hook = optional(backend_of(p), "preview", None)
         if hook is None or inputs.get("train") is None:
             return []
-        return list(hook(_jsonl(inputs["train"], "train", ""), p))
+        return list(hook(_jsonl(inputs["train"], "train"), p))
 
     def secret_env(self, params: Mapping[str, Any]) -> list[str]:
         """The variables the chosen backend reads secrets from (OpenAI: its ``openai.api_key_env``):
@@ -177,7 +177,7 @@ def check_params(params: Mapping[str, Any]) -> list[ParamProblem]:
     return problems + (list(own(params)) if own is not None else [])
 
 
-def _jsonl(art: Artifact, port: str, stage: str) -> Path:
+def _jsonl(art: Artifact, port: str) -> Path:
     """The one JSONL file of an input (a file, or a stage output folder holding one)."""
     if art.path.is_file():
         return art.path
@@ -188,5 +188,5 @@ def _jsonl(art: Artifact, port: str, stage: str) -> Path:
     if len(files) == 1:
         return files[0]
     listing = ", ".join(art.label(f) for f in files) or "no .jsonl files"
-    raise UserError(f"stage '{stage}': input '{port}' ({art.name}) must hold one JSONL file of examples, "
+    raise UserError(f"input '{port}' ({art.name}) must hold one JSONL file of examples, "
                     f"found {listing}; point '{port}' at one file or at split.{port}")

@@ -19,7 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-STATUSES = ("ok", "failed", "interrupted")  # what ``end`` receives: the run's outcome
+from tunepipe.status import RUN_ENDS
+
+STATUSES = RUN_ENDS  # what ``end`` receives: the run's outcome (ok, failed, interrupted)
 
 
 @dataclass(frozen=True)

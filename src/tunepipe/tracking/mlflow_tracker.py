@@ -27,12 +27,13 @@ from pathlib import Path
 from typing import Any
 
 from tunepipe.errors import UserError
+from tunepipe.status import Status
 from tunepipe.tracking.contract import Metric, RunStart
 
 DEFAULT_URI = "./mlruns"
 DATABASE = "mlflow.db"
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:")  # two letters at least: C:\mlruns is a path
-_STATUS = {"ok": "FINISHED", "failed": "FAILED", "interrupted": "KILLED"}
+_STATUS = {Status.OK: "FINISHED", Status.FAILED: "FAILED", Status.INTERRUPTED: "KILLED"}
 _SYSTEM_TAGS = {"git.commit": "mlflow.source.git.commit", "tunepipe.spec": "mlflow.source.name"}
 _BATCH = {"params": 100, "tags": 100, "metrics": 1000}  # MLflow's limits per log_batch call
 _INSTALL = "pip install 'tunepipe[mlflow]'"
