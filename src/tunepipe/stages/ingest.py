@@ -56,9 +56,8 @@ run in ``workers`` processes (``ctx.map``): with ``workers: 0`` (default) the st
 cores is used once the input is past 20,000 records, one process below that. A worker reads its
 block of a plain JSONL file itself and writes its records to a part file that this process appends
 to the output (:mod:`tunepipe.data.ingest_work`), so neither the input nor the output goes through a
-pipe. The output is the same, byte for byte, for any number of workers; since ``workers`` is a
-parameter, changing it reruns this stage, but the records' digest does not change, so the stages
-after it stay cached.
+pipe. The output is the same, byte for byte, for any number of workers, and ``workers`` is an
+operational setting: changing it reruns nothing.
 
 The work itself is :mod:`tunepipe.data.ingesting` (planning, reading, accounting) and
 :mod:`tunepipe.data.ingest_work` (a batch, in a worker); this module is the stage: its parameters,
