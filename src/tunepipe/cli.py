@@ -8,54 +8,21 @@ Heavy modules are imported inside the verbs so ``pipeline --help`` stays fast.
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import os
 import signal
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Any, NoReturn
 
 import click
 
 from tunepipe import __version__
-from tunepipe.errors import SpecError, TunepipeError
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def _errors(fn: F) -> F:
-    """Print a TunepipeError as its message (no traceback) and exit with its code."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except TunepipeError as e:
-            from tunepipe.redact import redact
-
-            text = redact(str(e))  # an excerpt of the spec may show a secret the user pasted
-            click.echo(text if isinstance(e, SpecError) else f"error: {text}", err=True)
-            sys.exit(e.exit_code)
-        except OSError as e:  # a read-only, unwritable or full cache folder: the user's to fix
-            from tunepipe.cache.diskerrors import describe, is_disk_error
-
-            if not is_disk_error(e):
-                raise
-            click.echo(f"error: {describe(e, 'using the cache')}", err=True)
-            sys.exit(2)
-
-    return wrapper  # type: ignore[return-value]
-
-
-def _spec_options(fn: F) -> F:
-    fn = click.option("-S", "--set", "overrides", multiple=True, metavar="STAGE.PARAM=VALUE",
-                      help="Override a parameter (value read as YAML), or vars.NAME=VALUE. Repeatable.")(fn)
-    fn = click.option("--cache-dir", envvar="TUNEPIPE_CACHE", metavar="DIR",
-                      help="Cache folder [default: .tunepipe next to the pipeline file; env TUNEPIPE_CACHE].")(fn)
-    return fn
-
+from tunepipe.cli_history import COMMANDS as HISTORY_COMMANDS
+from tunepipe.cli_model import COMMANDS as MODEL_COMMANDS
+from tunepipe.cli_options import handle_errors as _errors
+from tunepipe.cli_options import spec_options as _spec_options
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="tunepipe")
@@ -69,6 +36,9 @@ def cli() -> None:
     pipeline init my-project                   start a new project
     """
 
+
+for _command in (*HISTORY_COMMANDS, *MODEL_COMMANDS):
+    cli.add_command(_command)
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -338,297 +308,6 @@ def show(file: str, stage: str, overrides: tuple[str, ...], cache_dir: str | Non
     session = open_session(file, overrides, cache_dir)
     info = stage_artifacts(session, stage)
     click.echo(json.dumps(info, indent=2) if as_json else describe_artifacts(info))
-
-
-def _cache_dir_option(fn: F) -> F:
-    return click.option("--cache-dir", envvar="TUNEPIPE_CACHE", metavar="DIR",
-                        help="Cache folder [default: .tunepipe next to the pipeline file; env TUNEPIPE_CACHE].")(fn)
-
-
-def _history(file: str, cache_dir: str | None) -> Any:
-    """The recorded runs of FILE; records that cannot be read are named on stderr, once each."""
-    from tunepipe.history.runs import open_history
-
-    history = open_history(file, cache_dir)
-    for bad in history.unreadable[:5]:
-        click.echo(f"warning: skipped the run record {bad.file}: it {bad.why}", err=True)
-    if len(history.unreadable) > 5:
-        click.echo(f"warning: skipped {len(history.unreadable) - 5} more run records that cannot be read", err=True)
-    return history
-
-
-@cli.command("runs")
-@click.argument("file", type=click.Path(dir_okay=False))
-@_cache_dir_option
-@click.option("-n", "--limit", type=click.IntRange(min=0), default=20, show_default=True,
-              help="Show the newest N runs; 0 shows all.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@_errors
-def runs_cmd(file: str, cache_dir: str | None, limit: int, as_json: bool) -> None:
-    """The recorded runs of FILE, newest first: id, start, duration, outcome, stages done / cached /
-    failed, what changed since each stage's previous run, and the evaluate stages' headline metrics."""
-    from tunepipe.history.listing import list_runs
-    from tunepipe.history.render import runs_text
-
-    history = _history(file, cache_dir)
-    rows = list_runs(history, limit or None)
-    if as_json:
-        click.echo(json.dumps({"pipeline": file, "cache": str(history.cache_root), "total": len(history.runs),
-                               "runs": [r.to_json() for r in rows],
-                               "unreadable": [{"file": str(u.file), "why": u.why} for u in history.unreadable]},
-                              indent=2))
-    else:
-        click.echo(runs_text(rows))
-    if len(rows) < len(history.runs):
-        click.echo(f"({len(rows)} newest of {len(history.runs)} runs; --limit 0 shows all)", err=True)
-
-
-@cli.command("logs")
-@click.argument("file", type=click.Path(dir_okay=False))
-@click.argument("stage")
-@_cache_dir_option
-@click.option("--run", "run_id", metavar="ID", help="The run (an id from `pipeline runs`, or a unique prefix) "
-                                                    "[default: the latest run with a log of STAGE].")
-@click.option("-f", "--follow", is_flag=True, help="Keep printing as the log grows, until the stage's run ends.")
-@_errors
-def logs(file: str, stage: str, cache_dir: str | None, run_id: str | None, follow: bool) -> None:
-    """Print the log of STAGE from its latest run (or --run ID); -f follows a running stage."""
-    from tunepipe.errors import UserError
-    from tunepipe.history import logs as L
-
-    history = _history(file, cache_dir)
-    log, live = L.to_follow(history, stage, run_id) if follow else (L.find_log(history, stage, run_id), False)
-    click.echo(f"log of stage {stage} in run {log.run.short} ({log.run.status}): {log.path}", err=True)
-    sys.stdout.flush()
-    out = sys.stdout.buffer
-    if not live:
-        if follow:
-            click.echo(f"run {log.run.short} is not running: nothing to follow", err=True)
-        L.copy_all(log.path, out)
-        return
-    status = L.follow(log, out, say=lambda text: click.echo(text, err=True))
-    if not log.path.is_file():
-        raise UserError(f"stage '{stage}' has no log in run {log.run.short}: it did not run there (status {status})")
-
-
-@cli.command("diff")
-@click.argument("file", type=click.Path(dir_okay=False))
-@click.argument("run_a", required=False)
-@click.argument("run_b", required=False)
-@_spec_options
-@click.option("--json", "fmt", flag_value="json", help="Print JSON.")
-@click.option("--md", "fmt", flag_value="md", help="Print Markdown tables (for a pull request).")
-@_errors
-def diff(file: str, run_a: str | None, run_b: str | None, overrides: tuple[str, ...], cache_dir: str | None,
-         fmt: str | None) -> None:
-    """What differs between two runs of FILE: parameters, input contents and plugin code per stage,
-    and every metric of every evaluate stage with old, new, delta and whether the change is outside
-    the bootstrap interval.
-
-    \b
-    (no ID)          the latest run against the workspace (the file, its inputs and code as they
-                     are now) if that differs from it, else the last two runs
-    RUN_A            RUN_A against the latest run
-    RUN_A RUN_B      RUN_A against RUN_B; `workspace` as RUN_B names the workspace
-    """
-    from tunepipe.history.diff import diff_history
-    from tunepipe.history.render import diff_markdown, diff_text
-
-    history = _history(file, cache_dir)
-    explicit = "workspace" in (run_a, run_b)
-    d = diff_history(history, run_a, run_b, lambda: _workspace(file, overrides, cache_dir, history, explicit))
-    if fmt == "json":
-        click.echo(json.dumps(d.to_json(), indent=2))
-    else:
-        click.echo(diff_markdown(d, file) if fmt == "md" else diff_text(d), nl=fmt != "md")
-
-
-def _workspace(file: str, overrides: tuple[str, ...], cache_dir: str | None, history: Any, explicit: bool,
-               instead: str = "showing the last two runs") -> Any:
-    """The workspace planned as a run; where it cannot be planned (a broken pipeline file, a
-    missing plugin), an error if the user named it, else None and a note on stderr."""
-    from tunepipe.errors import UserError
-    from tunepipe.history.workspace import plan_workspace
-    from tunepipe.session import open_session
-
-    try:
-        return plan_workspace(open_session(file, overrides, cache_dir), history)
-    except UserError as e:
-        if explicit:
-            raise
-        click.echo(f"note: the workspace cannot be planned ({str(e).splitlines()[0]}): {instead}", err=True)
-        return None
-
-
-@cli.command("compare")
-@click.argument("file", type=click.Path(dir_okay=False))
-@click.argument("stage", required=False)
-@_spec_options
-@click.option("--sort", metavar="METRIC", default=None,
-              help="Order by METRIC (an evaluate metric, train_loss, val_loss, val_loss_best) "
-                   "[default: the evaluate stage's rank_by, else rouge_l, else val_loss].")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@click.option("--html", "html_out", metavar="OUT.html", type=click.Path(dir_okay=False),
-              help="Also write one self-contained page: the table, the metrics side by side, the loss curves.")
-@_errors
-def compare(file: str, stage: str | None, overrides: tuple[str, ...], cache_dir: str | None, sort: str | None,
-            as_json: bool, html_out: str | None) -> None:
-    """The branches of the matrix STAGE of FILE side by side (default: its only matrix stage): swept
-    values, status, evaluate metrics with intervals, training and validation loss; the leader is
-    marked best only when its paired difference from the runner-up excludes zero, else tied."""
-    from tunepipe.history.compare import compare_sweep
-    from tunepipe.history.compare_text import compare_text
-    from tunepipe.registry import Registry
-    from tunepipe.spec import load_pipeline
-
-    path = Path(file)
-    pipeline = load_pipeline(path, Registry(search_paths=[path.absolute().parent]), overrides, display=file)
-    history = _history(file, cache_dir)
-    workspace = _workspace(file, overrides, cache_dir, history, explicit=False, instead="stale results are not marked")
-    c = compare_sweep(pipeline, history, stage, sort, workspace)
-    if html_out is not None:
-        from tunepipe.history.compare_html import write_html
-
-        write_html(c, Path(html_out))
-        click.echo(f"wrote {html_out}", err=True)
-    click.echo(json.dumps(c.to_json(), indent=2) if as_json else compare_text(c))
-
-
-@cli.command()
-@click.argument("file", type=click.Path(dir_okay=False))
-@click.argument("stage", required=False)
-@_spec_options
-@click.option("-p", "--prompt", metavar="TEXT", help="Answer TEXT once and exit; only the reply goes to stdout.")
-@click.option("--system", metavar="TEXT", default=None,
-              help="The system prompt [default: the most frequent one in the training data]; '' for none.")
-@click.option("--base", is_flag=True, help="Talk to the base model instead of the fine-tuned one.")
-@click.option("--compare", is_flag=True, help="The base's reply and the fine-tuned one's to each prompt.")
-@click.option("--max-new-tokens", type=click.IntRange(min=1), default=256, show_default=True)
-@click.option("--temperature", type=click.FloatRange(min=0), default=0.0, show_default=True,
-              help="0 is greedy: the same prompt gets the same reply.")
-@click.option("--seed", type=int, default=0, show_default=True, help="The sampling seed (temperature > 0).")
-@click.option("--json", "as_json", is_flag=True, help="With --prompt: the replies as JSON.")
-@_errors
-def chat(file: str, stage: str | None, overrides: tuple[str, ...], cache_dir: str | None, prompt: str | None,
-         system: str | None, base: bool, compare: bool, max_new_tokens: int, temperature: float, seed: int,
-         as_json: bool) -> None:
-    """Talk to the model a train STAGE made (default: the pipeline's only train stage).
-
-    Replies stream as they are generated. Without --prompt: a conversation (/reset, /system TEXT,
-    Ctrl-D to leave)."""
-    from tunepipe import chat as C
-    from tunepipe.replies import Decoding
-    from tunepipe.session import open_session
-    from tunepipe.cardfacts import usual_system
-    from tunepipe.trained import context, find_trained
-
-    if base and compare:
-        raise click.UsageError("--base and --compare exclude each other (--compare shows both)")
-    if as_json and prompt is None:
-        raise click.UsageError("--json needs --prompt")
-    session = open_session(file, overrides, cache_dir)
-    trained = find_trained(session, stage)
-    if trained.stale:
-        click.echo(f"note: {trained.stage}'s model is not current ({'; '.join(trained.stale)}): talking to the "
-                   f"last one trained; `pipeline run {file} {trained.stage}` trains the current one", err=True)
-    if system is None:
-        system, share = usual_system(trained.data)
-        if system:
-            click.echo(f"system prompt (the training data's most frequent, {share:.0%} of examples; --system to "
-                       f"change): {system}", err=True)
-    decoding = Decoding(max_new_tokens, temperature, 1.0, seed)
-    with context(session, trained.stage) as ctx:
-        conv = C.Conversation(system or None, C.sides_for(trained, ctx, base=base, compare=compare))
-        try:
-            if prompt is None:
-                C.repl(conv, decoding, sys.stdout, sys.stderr, read=C.reader(sys.stdin, sys.stdout, sys.stderr),
-                       history=session.store.root / "chat_history")
-            elif as_json:
-                quiet = open(os.devnull, "w", encoding="utf-8")
-                with quiet:
-                    replies = C.ask(conv, prompt, decoding, quiet, quiet)
-                click.echo(json.dumps({"prompt": prompt, "system": conv.system, "replies": replies}, indent=2))
-            else:
-                C.ask(conv, prompt, decoding, sys.stdout, sys.stderr)
-        finally:
-            for side in conv.sides:
-                side.replier.close()
-
-
-@cli.command("export")
-@click.argument("file", type=click.Path(dir_okay=False))
-@click.argument("stage", required=False)
-@_spec_options
-@click.option("--to", "to", required=True, metavar="DIR", type=click.Path(file_okay=False),
-              help="The folder to write (created; must be empty unless --force).")
-@click.option("--format", "fmt", type=click.Choice(["hf-adapter", "merged", "gguf"]), default=None,
-              help="A train stage's model as: hf-adapter (default), merged or gguf.")
-@click.option("--quantize", type=click.Choice(["f32", "f16", "q8_0"]), default=None,
-              help="gguf: the weights' type [default: q8_0].")
-@click.option("--system", metavar="TEXT", default=None,
-              help="gguf: the Modelfile's system prompt [default: the training data's most frequent].")
-@click.option("--force", is_flag=True, help="Replace the content of a non-empty --to folder.")
-@_errors
-def export_cmd(file: str, stage: str | None, overrides: tuple[str, ...], cache_dir: str | None, to: str,
-               fmt: str | None, quantize: str | None, system: str | None, force: bool) -> None:
-    """Copy a STAGE's results out of the cache into a normal folder (default: the only train stage).
-
-    A train stage's model is exported on the spot: its adapter with a model card, or with --format
-    merged weights or a GGUF file and an Ollama Modelfile."""
-    from tunepipe.exporting import export_to
-    from tunepipe.session import open_session
-
-    for name, value in (("--quantize", quantize), ("--system", system)):
-        if value is not None and fmt != "gguf":
-            raise click.UsageError(f"{name} needs --format gguf")
-    session = open_session(file, overrides, cache_dir)
-    done, files = export_to(session, stage, Path(to), fmt=fmt, force=force, quantize=quantize, system=system)
-    if done is not None and done.note:
-        click.echo(f"note: {done.note}", err=True)
-    for name in files:
-        click.echo(str(Path(to) / name))
-
-
-@cli.command()
-@click.argument("file", type=click.Path(dir_okay=False))
-@click.argument("stage", required=False)
-@_spec_options
-@click.option("--host", default="127.0.0.1", show_default=True, help="The address to listen on.")
-@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
-@click.option("--base", is_flag=True, help="Serve the base model instead of the fine-tuned one.")
-@click.option("--model-id", metavar="ID", default=None,
-              help="The model name clients send [default: PIPELINE/STAGE, or the base model's name].")
-@click.option("--max-batch", type=click.IntRange(min=1), default=8, show_default=True,
-              help="Requests generated together.")
-@_errors
-def serve(file: str, stage: str | None, overrides: tuple[str, ...], cache_dir: str | None, host: str, port: int,
-          base: bool, model_id: str | None, max_batch: int) -> None:
-    """Serve a train STAGE's model behind the OpenAI API (/v1/chat/completions, /v1/models).
-
-    An application written for an OpenAI model works unchanged with base_url
-    http://HOST:PORT/v1. Needs the serve extra: pip install 'tunepipe[serve]'."""
-    from tunepipe.session import open_session
-    from tunepipe.trained import context, find_trained, hosted
-
-    session = open_session(file, overrides, cache_dir)
-    trained = find_trained(session, stage)
-    hosted(trained)
-    if trained.stale:
-        click.echo(f"note: {trained.stage}'s model is not current ({'; '.join(trained.stale)}): serving the last "
-                   "one trained", err=True)
-    name = model_id or (trained.ref.base_model if base else f"{session.pipeline.name}/{trained.stage}")
-    with context(session, trained.stage) as ctx:
-        from tunepipe.serve import bind, make_app  # a UserError naming the extra when it is missing
-        from tunepipe.serve.server import server
-
-        sock = bind(host, port)  # a port in use is an error before the model loads
-        replier = trained.backend.replier(ctx, trained.ref, base=base, settings=dict(trained.params))
-        app = make_app(replier, name, max_batch=max_batch)
-        app.state.served.warm()
-        where = f"http://{host if ':' not in host else f'[{host}]'}:{sock.getsockname()[1]}/v1"
-        click.echo(f"serving {name} at {where} (model={name!r}; Ctrl-C stops)")
-        with sock:
-            server(app).run(sockets=[sock])
 
 
 @cli.group()
