@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ import pytest
 from tunepipe.data import blocks as B
 from tunepipe.data import split_passes as P
 from tunepipe.data import splitting as S
+from tunepipe.data.outfile import OutputFile
 from tunepipe.data.record import Provenance
 from tunepipe.errors import StageInputError
 from tunepipe.plugins import Artifact
@@ -51,6 +53,47 @@ def test_scan_hashes_each_example_and_stages_it_without_meta(tmp_path: Path) -> 
     assert lines == [json.dumps({"messages": r["messages"]}, separators=(",", ":")).encode() for r in records]
 
 
+def test_with_bands_scan_writes_each_example_to_its_splits_part_as_the_assignment_decides(tmp_path: Path) -> None:
+    records = [chat(i, source="a.csv", row=i) for i in range(300)]
+    path = write(tmp_path / "x.jsonl", records)
+    art = Artifact(path, "d", "x")
+    validation, test = S.Size(0.2), S.Size(0.1)
+    bands = S.direct_bands(validation, test, stratified=False, leakage="fail")
+    for keep_meta in (False, True):
+        staged = tmp_path / f"staged-{keep_meta}"
+        staged.mkdir()
+        cfg = S.ScanConfig(salt=S.seed_salt(0), group_by=None, by_prompt=False, stratify_by=None,
+                           staged=str(staged), bands=bands, keep_meta=keep_meta)
+        hashes = P.Hashes(cfg, "examples")
+        paths = [tmp_path / f"{keep_meta}-{name}.jsonl" for name in S.SPLITS]
+        with contextlib.ExitStack() as stack:
+            outs = [stack.enter_context(OutputFile(p)) for p in paths]
+            for block in B.cut(art, [path], 2000):
+                got = P.scan(cfg, block)
+                hashes.add(got)
+                P.append_parts(outs, staged, block.index, got.written)
+        h = hashes.arrays()
+        split = S.assign_all(h.u, None, [], validation, test).split
+        assert h.written == np.bincount(split, minlength=3).tolist() and min(h.written) > 0
+        assert not list(staged.iterdir())  # the parts are removed once appended
+        for s, p in enumerate(paths):
+            want = [r if keep_meta else {"messages": r["messages"]} for r, x in zip(records, split) if x == s]
+            assert [json.loads(line) for line in p.read_text().splitlines()] == want
+
+
+def test_bands_only_where_every_split_follows_from_its_own_hash() -> None:
+    ratio, count = S.Size(0.1), S.Size(5)
+    assert S.direct_bands(ratio, S.Size(0), False, "report") == (S.band(0.1) - 1, None)
+    assert S.direct_bands(ratio, ratio, True, "fail") is None          # strata: quotas per stratum
+    assert S.direct_bands(count, S.Size(0), False, "fail") is None     # a count needs every key
+    assert S.direct_bands(S.Size(0), ratio, False, "fail") == (None, 2**64 - S.band(0.1))  # but zero is zero
+    assert S.direct_bands(ratio, S.Size(0), False, "dedupe") is None   # drops decided on the whole set
+    bands = S.direct_bands(ratio, ratio, False, "fail")
+    assert bands is not None
+    for u in (0, bands[0], bands[0] + 1, bands[1] - 1, bands[1], 2**64 - 1):
+        assert S.band_split(u, bands) == S.ratio_split(u, 0.1, 0.1)
+
+
 def test_a_bad_line_is_numbered_in_its_block_and_named_by_its_meta_when_it_has_a_position(tmp_path: Path) -> None:
     records: list[Any] = [chat(i, label="a") for i in range(20)]
     records[13] = "{not json"
@@ -73,7 +116,7 @@ def test_hashes_number_strata_and_refuse_too_many(monkeypatch: pytest.MonkeyPatc
     hashes = P.Hashes(cfg, "examples")
     hashes.add(P.Scanned(0, bytes(16), bytes(8) + b"\xff" * 8, [b'"b"', b'"a"']))
     hashes.add(P.Scanned(0, bytes(8), bytes(8), [b'"b"']))
-    u, ph, st, values = hashes.arrays()
+    u, ph, st, values, _ = hashes.arrays()
     assert hashes.count == 3 and st.tolist() == [0, 1, 0] and values == ["b", "a"]
     assert ph.tolist() == [0, S.LOW2, 0]  # the two low bits are cleared for the split
     monkeypatch.setattr(P, "MAX_STRATA", 2)
@@ -84,14 +127,14 @@ def test_hashes_number_strata_and_refuse_too_many(monkeypatch: pytest.MonkeyPatc
 
 
 def test_write_splits_copies_each_line_to_its_split_in_order(tmp_path: Path) -> None:
-    folders = [tmp_path / name for name in S.SPLITS]
-    for f in folders:
-        f.mkdir()
+    paths = [tmp_path / f"{name}.jsonl" for name in S.SPLITS]
     split = np.array([0, 1, 0, 3, 2, 0], dtype=np.uint8)  # 3: dropped
-    P.write_splits(folders, split, [[b"a", b"b"], [b"c", b"d", b"e"], [b"f"]])
-    assert [(f / f"{f.name}.jsonl").read_bytes() for f in folders] == [b"a\nc\nf\n", b"b\n", b"e\n"]
-    with pytest.raises(RuntimeError, match="the input changed"):
-        P.write_splits(folders, split, [[b"a"]])
+    with contextlib.ExitStack() as stack:
+        outs = [stack.enter_context(OutputFile(p)) for p in paths]
+        P.write_splits(outs, split, [[b"a", b"b"], [b"c", b"d", b"e"], [b"f"]])
+    assert [p.read_bytes() for p in paths] == [b"a\nc\nf\n", b"b\n", b"e\n"]
+    with pytest.raises(RuntimeError, match="the input changed"), OutputFile(tmp_path / "x") as out:
+        P.write_splits([out, out, out], split, [[b"a"]])
 
 
 def test_locate_findings_and_groups_across_strata_name_examples_by_provenance(tmp_path: Path) -> None:

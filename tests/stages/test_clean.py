@@ -611,17 +611,20 @@ def test_small_blocks_give_the_same_output(tmp_path: Path, monkeypatch: pytest.M
 
 def test_kept_lines_are_copied_around_the_duplicates(tmp_path: Path) -> None:
     from tunepipe.data.clean_passes import copy_kept
+    from tunepipe.data.outfile import OutputFile
 
     lines = [b'{"a":1}', b'{"b":22}', b"{}", b'{"d":4444}', b'{"e":5}']
     staged = tmp_path / "staged.jsonl"
     staged.write_bytes(b"".join(x + b"\n" for x in lines))
     for n, dups in enumerate(([], [0], [4], [1, 2], [0, 1, 2, 3, 4], [0, 2, 4], [3])):
         out = tmp_path / f"out{n}"
-        with open(out, "wb", buffering=0) as f:
-            f.write(b"before\n")
-            assert copy_kept(f.fileno(), staged, [len(x) for x in lines], dups) == len(lines) - len(dups)
-        assert out.read_bytes() == b"before\n" + b"".join(x + b"\n" for i, x in enumerate(lines) if i not in dups)
-    assert copy_kept(0, tmp_path / "none", [], []) == 0  # nothing staged: nothing read
+        for source in (staged, staged.read_bytes()):  # staged by a worker, or handed over by this process
+            with OutputFile(out) as f:
+                f.write(b"before\n")
+                assert copy_kept(f, source, [len(x) for x in lines], dups) == len(lines) - len(dups)
+            assert out.read_bytes() == b"before\n" + b"".join(x + b"\n" for i, x in enumerate(lines) if i not in dups)
+    with OutputFile(tmp_path / "empty") as f:
+        assert copy_kept(f, tmp_path / "none", [], []) == 0  # nothing staged: nothing read
 
 
 def test_a_bad_line_in_a_later_block_is_named_by_its_file_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from tunepipe.cache.atomic import write_json
-from tunepipe.cache.digests import DigestMemo, tree_digest, tree_entries
+from tunepipe.cache.digests import DigestMemo, output_digest, tree_digest, tree_entries
 from tunepipe.cache.diskerrors import remember_root
 from tunepipe.cache.integrity import downstream, file_sizes, maker_lines, object_damage, reader_lines
 from tunepipe.cache.locks import KeyLock
@@ -249,7 +249,7 @@ class LocalStore:
                 with open(p, "rb") as f:
                     os.fsync(f.fileno())
                 os.chmod(p, stat.S_IMODE(st.st_mode) & ~0o222)
-        digest = tree_digest(folder)
+        digest = tree_digest(folder, digest_of=output_digest)
         dest = self.object_path(digest)
         dest.parent.mkdir(exist_ok=True)
         self._put_manifest(digest, file_sizes(entries))  # first: whoever sees the object can check it

@@ -28,6 +28,7 @@ import orjson
 
 from tunepipe.data.blocks import Block, count_lines
 from tunepipe.data.cleaning import EXACT, NEAR, TOO_LONG, TOO_SHORT, Config, Reason, cleaner_for, plain_line
+from tunepipe.data.outfile import OutputFile
 from tunepipe.data.pii import KINDS
 from tunepipe.data.record import Provenance
 
@@ -162,9 +163,9 @@ def clean_block(cfg: Config, staged: str | None, block: Block) -> CleanedBlock:
     return got
 
 
-def copy_kept(out: int, source: bytes | Path, lengths: Sequence[int], dups: Sequence[int]) -> int:
-    """Append the lines of ``source`` (bytes, or the file they are staged in) to the file descriptor
-    ``out``, but the lines numbered in ``dups`` (sorted), runs of lines at a time; how many were copied."""
+def copy_kept(out: OutputFile, source: bytes | Path, lengths: Sequence[int], dups: Sequence[int]) -> int:
+    """Append the lines of ``source`` (bytes, or the file they are staged in) to ``out``, but the
+    lines numbered in ``dups`` (sorted), runs of lines at a time; how many were copied."""
     if not lengths:
         return 0
     ends = list(accumulate(n + 1 for n in lengths))  # where each line ends, with the newline after it
@@ -177,27 +178,15 @@ def copy_kept(out: int, source: bytes | Path, lengths: Sequence[int], dups: Sequ
     if isinstance(source, bytes):
         view = memoryview(source)
         for start, end in runs:
-            while start < end:
-                start += os.write(out, view[start:end])
+            out.write(view[start:end])
     else:
-        with open(source, "rb") as f:
-            for start, end in runs:
-                _copy(out, f.fileno(), start, end - start)
-    return len(lengths) - len(dups)
-
-
-def _copy(out: int, src: int, offset: int, count: int) -> None:
-    """Append ``count`` bytes of ``src`` from ``offset`` to ``out``: in the kernel (``sendfile``)
-    where it copies between files, else through this process."""
-    while count > 0:
+        fd = os.open(source, os.O_RDONLY)
         try:
-            sent = os.sendfile(out, src, offset, count)
-        except (AttributeError, OSError):
-            sent = os.write(out, os.pread(src, min(count, 1 << 20), offset))
-        if sent <= 0:
-            raise OSError(f"could not copy the staged lines ({count} bytes left)")
-        offset += sent
-        count -= sent
+            for start, end in runs:
+                out.append(fd, start, end - start)
+        finally:
+            os.close(fd)
+    return len(lengths) - len(dups)
 
 
 @dataclass
@@ -225,10 +214,10 @@ class Tally:
 class Gather:
     """The parent's side: each block's result, in input order, into the outputs (see the module's documentation).
 
-    ``out``: the file descriptor of ``records.jsonl``; ``deduper``: None without deduplication.
+    ``out``: ``records.jsonl``; ``deduper``: None without deduplication.
     """
 
-    def __init__(self, out: int, rejects: Rejects, changes: jsonl.Writer, deduper: Deduper | None,
+    def __init__(self, out: OutputFile, rejects: Rejects, changes: jsonl.Writer, deduper: Deduper | None,
                  staged: Path) -> None:
         self.out, self.rejects, self.changes, self.deduper, self.staged = out, rejects, changes, deduper, staged
         self.tally = Tally()

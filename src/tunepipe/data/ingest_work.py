@@ -8,7 +8,8 @@ unit that cannot be used comes back as a :class:`~tunepipe.data.ingesting.Reject
 Where the lines go: a worker process writes its batch's lines to a *part* file of its own
 (``parts``: a folder of this node's scratch) and returns only counts and rejects; the stage's
 process, taking the results in input order, appends each part to ``records.jsonl``
-(:class:`Output`: ``copy_file_range``, a copy inside the kernel) and removes it. Nothing of the
+(:class:`Output`, an :class:`~tunepipe.data.outfile.OutputFile` that hashes it on the way) and
+removes it. Nothing of the
 output crosses a pipe, so a worker never waits for the stage's process to read it: pipes and
 waiting were about half of ingest's samples in the profile (``docs/benchmarks.md``), though in CPU
 time a part file and a pickled bytes object through the pipe cost about the same. In the stage's
@@ -30,6 +31,7 @@ import orjson
 from tunepipe.data.blocks import Block
 from tunepipe.data.ingesting import NOUN, Batch, Mapped, Reading, Rejected
 from tunepipe.data.mapping import Mapper, Reject
+from tunepipe.data.outfile import OutputFile
 from tunepipe.data.readers import nested_without_nulls
 
 
@@ -160,35 +162,17 @@ class Output(AbstractContextManager["Output"]):
         self.parts = parts
         shutil.rmtree(parts, ignore_errors=True)  # left by a crashed run of this key
         parts.mkdir(parents=True)
-        self._out = open(path, "wb", buffering=1 << 20)
+        self._out = OutputFile(path)
 
     def add(self, done: Mapped) -> None:
         """A batch's lines: the ones it returned, or its part file (appended, then removed)."""
         if done.data:
             self._out.write(done.data)
         if done.part:
-            self._out.flush()
-            with open(done.part, "rb") as part:
-                _copy(part.fileno(), self._out.fileno(), os.fstat(part.fileno()).st_size)
-            os.unlink(done.part)
+            self._out.append(Path(done.part), remove=True)
 
     def __exit__(self, *exc: object) -> None:
         try:
-            self._out.close()
+            self._out.__exit__(*exc)
         finally:
             shutil.rmtree(self.parts, ignore_errors=True)
-
-
-def _copy(src: int, dst: int, size: int) -> None:
-    """``size`` bytes from ``src``'s position to ``dst``'s, in the kernel where it can (both advance)."""
-    in_kernel = getattr(os, "copy_file_range", None)  # Linux only
-    try:
-        while in_kernel is not None and size > 0 and (n := in_kernel(src, dst, size)):
-            size -= n
-    except OSError:  # not between these files (another file system, an old kernel): copy the rest here
-        pass
-    while size > 0 and (chunk := os.read(src, min(size, 1 << 20))):
-        view = memoryview(chunk)
-        while view:
-            view = view[os.write(dst, view):]
-        size -= len(chunk)

@@ -6,6 +6,10 @@
   order, into the per-example arrays the assignment works on.
 * Pass 2: :func:`write_splits` copies each example's line into its split's file, from the staged
   files (:func:`staged_lines`) or the input again (:func:`input_lines`), without parsing.
+* With bands (ratios, no strata, no ``leakage: dedupe``: :func:`~tunepipe.data.splitting.direct_bands`)
+  each example's split is known in pass 1, so there is no pass 2: the workers write each block's
+  lines to one part per split, and the parent appends them (:func:`append_parts`) while later
+  blocks are still being read. The default split of the format stage's examples takes this path.
 * :func:`locate` finds examples by index again, for the messages and the report's findings.
 """
 
@@ -16,13 +20,14 @@ from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, BinaryIO, NamedTuple
 
 import orjson
 
 from tunepipe.data.blocks import Block, count_lines, cut, file_lines
+from tunepipe.data.outfile import OutputFile
 from tunepipe.data.record import Provenance, prompt_text, user_prompt
-from tunepipe.data.splitting import (LOW2, SPLITS, BadExample, Leaks, ScanConfig, canonical, example_key,
+from tunepipe.data.splitting import (LOW2, SPLITS, BadExample, Leaks, ScanConfig, band_split, canonical, example_key,
                                      key_digest, prompt_digest, required_field)
 from tunepipe.errors import StageInputError
 
@@ -54,18 +59,24 @@ class Scanned:
     prompts: bytes                      # 8 bytes per example
     strata: list[bytes] | None          # the stratify_by value's canonical JSON per example
     error: BadLine | None = None
+    written: tuple[int, int, int] | None = None  # with bands: the lines written to each split's part
+
+
+def part_path(folder: str | Path, index: int, split: int | None = None) -> Path:
+    """Where a block's worker writes: its staged examples, or (with bands) one split's lines."""
+    return Path(folder) / (f"{index:06d}.jsonl" if split is None else f"{index:06d}.{split}.jsonl")
 
 
 def scan(cfg: ScanConfig, block: Block) -> Scanned:
-    """Parse a block's examples, hash their keys and prompts, and stage them without meta (in a worker)."""
+    """Parse a block's examples and hash their keys and prompts (in a worker); stage them without
+    meta, or, with bands, write each to its split's part."""
     keys, prompts = bytearray(), bytearray()
     strata: list[bytes] | None = [] if cfg.stratify_by is not None else None
-    salt, loads, dumps = cfg.salt, orjson.loads, orjson.dumps
+    salt, loads, dumps, bands, raw_lines = cfg.salt, orjson.loads, orjson.dumps, cfg.bands, cfg.keep_meta
+    written = [0, 0, 0]
     data = block.read()
-    # staged lines go straight to a buffered file: holding them in a list costs more than writing them
-    with contextlib.ExitStack() as stack:
-        staged = stack.enter_context(open(Path(cfg.staged) / f"{block.index:06d}.jsonl", "wb", buffering=1 << 20)) \
-            if cfg.staged is not None else None
+    # lines go straight to buffered files: holding them in a list costs more than writing them
+    with _Parts(cfg, block.index) as parts:
         for rel, raw in block.lines(data):
             record: Any = None
             try:
@@ -74,16 +85,24 @@ def scan(cfg: ScanConfig, block: Block) -> Scanned:
                     raise BadExample(f"expected a JSON object, got {type(record).__name__}. The examples input "
                                      "must hold one example object per line")
                 prompt = user_prompt(record)
-                keys += key_digest(example_key(record, cfg, prompt), salt)
+                digest = key_digest(example_key(record, cfg, prompt), salt)
+                keys += digest
                 prompts += prompt_digest(prompt)
                 if strata is not None:
                     strata.append(canonical(required_field(record, cfg.stratify_by, "stratify_by",
                                                            cfg.stratify_label)))
-                if staged is not None:
-                    if "meta" in record:
-                        del record["meta"]
-                    staged.write(dumps(record))
-                    staged.write(b"\n")
+                if parts.folder is not None:
+                    s = 0 if bands is None else band_split(int.from_bytes(digest, "little"), bands)
+                    if raw_lines:
+                        line = raw
+                    else:
+                        if "meta" in record:
+                            del record["meta"]
+                        line = dumps(record)
+                    out = parts.file(s)
+                    out.write(line)
+                    out.write(b"\n")
+                    written[s] += 1
             except orjson.JSONDecodeError as e:
                 return Scanned(0, b"", b"", None, BadLine(rel, None, f"not valid JSON ({e}). The examples input "
                                                                      "must be JSONL with one example per line, "
@@ -91,7 +110,30 @@ def scan(cfg: ScanConfig, block: Block) -> Scanned:
             except BadExample as e:
                 where = Provenance.of(record)
                 return Scanned(0, b"", b"", None, BadLine(rel, where if where and where.unit else None, str(e)))
-    return Scanned(count_lines(data), bytes(keys), bytes(prompts), strata)
+    return Scanned(count_lines(data), bytes(keys), bytes(prompts), strata,
+                   written=tuple(written) if bands is not None else None)  # type: ignore[arg-type]
+
+
+class _Parts(contextlib.AbstractContextManager["_Parts"]):
+    """A block's files in ``cfg.staged``, opened when first written: one (staged examples) or,
+    with bands, one per split."""
+
+    def __init__(self, cfg: ScanConfig, index: int) -> None:
+        self.folder, self.index, self.by_split = cfg.staged, index, cfg.bands is not None
+        self._files: dict[int, BinaryIO] = {}
+
+    def file(self, split: int) -> BinaryIO:
+        key = split if self.by_split else 0
+        f = self._files.get(key)
+        if f is None:
+            assert self.folder is not None
+            f = self._files[key] = open(part_path(self.folder, self.index, split if self.by_split else None), "wb",
+                                        buffering=1 << 20)
+        return f
+
+    def __exit__(self, *exc: object) -> None:
+        for f in self._files.values():
+            f.close()
 
 
 class Hashes:
@@ -100,6 +142,7 @@ class Hashes:
     def __init__(self, cfg: ScanConfig, input_name: str) -> None:
         self.cfg, self.input_name = cfg, input_name
         self.keys, self.prompts, self.strata = bytearray(), bytearray(), array("H")
+        self.written = [0, 0, 0]  # with bands: the lines the workers wrote to each split
         self.names: dict[bytes, int] = {}  # each stratum value's canonical JSON -> its number
 
     @property
@@ -108,6 +151,8 @@ class Hashes:
 
     def add(self, got: Scanned) -> None:
         self.keys += got.keys
+        for s, n in enumerate(got.written or ()):
+            self.written[s] += n
         self.prompts += got.prompts
         for value in got.strata or ():
             sid = self.names.setdefault(value, len(self.names))
@@ -127,7 +172,7 @@ class Hashes:
         ph &= np.uint64(LOW2)  # the two low bits carry the split in find_leaks
         st = (np.frombuffer(self.strata, dtype=np.uint16) if self.strata else np.zeros(0, dtype=np.uint16)) \
             if self.cfg.stratify_by is not None else None
-        return Hashed(u, ph, st, [orjson.loads(v) for v in self.names])
+        return Hashed(u, ph, st, [orjson.loads(v) for v in self.names], self.written)
 
 
 class Hashed(NamedTuple):
@@ -137,6 +182,7 @@ class Hashed(NamedTuple):
     ph: np.ndarray               # prompt hash with the two low bits clear; 0: no prompt
     st: np.ndarray | None        # stratum number (uint16), with stratify_by
     values: list[Any]            # each stratum's value, by number
+    written: list[int]           # with bands: the lines the workers wrote to each split
 
 
 def staged_lines(staged: Path) -> Iterator[list[bytes]]:
@@ -149,28 +195,31 @@ def input_lines(art: Artifact, files: Sequence[Path]) -> Iterator[list[bytes]]:
     return ([raw for _, raw in block.lines()] for block in cut(art, files))
 
 
-def write_splits(folders: Sequence[Path], split: np.ndarray, blocks: Iterable[list[bytes]],
+def write_splits(outs: Sequence[OutputFile], split: np.ndarray, blocks: Iterable[list[bytes]],
                  tick: Callable[[], None] = lambda: None) -> None:
-    """Copy each example's line into ``folders[s]/{name}.jsonl`` of its split ``s``, in input order;
+    """Copy each example's line into ``outs[s]``, the file of its split ``s``, in input order;
     ``tick`` runs after each block (to stop when the run is cancelled)."""
     import numpy as np
 
-    outs = [open(folder / f"{name}.jsonl", "wb", buffering=1 << 20) for folder, name in zip(folders, SPLITS)]
-    try:
-        done = 0
-        for lines in blocks:
-            where = split[done:done + len(lines)]
-            done += len(lines)
-            for s, out in enumerate(outs):
-                picked = np.flatnonzero(where == s).tolist()
-                if picked:
-                    out.write(b"\n".join([lines[i] for i in picked]) + b"\n")
-            tick()
-        if done != len(split):
-            raise RuntimeError(f"pass 2 read {done} examples, pass 1 {len(split)}: the input changed")
-    finally:
-        for out in outs:
-            out.close()
+    done = 0
+    for lines in blocks:
+        where = split[done:done + len(lines)]
+        done += len(lines)
+        for s, out in enumerate(outs):
+            picked = np.flatnonzero(where == s).tolist()
+            if picked:
+                out.write(b"\n".join([lines[i] for i in picked]))
+                out.write(b"\n")
+        tick()
+    if done != len(split):
+        raise RuntimeError(f"pass 2 read {done} examples, pass 1 {len(split)}: the input changed")
+
+
+def append_parts(outs: Sequence[OutputFile], folder: str | Path, index: int, written: Sequence[int]) -> None:
+    """Append block ``index``'s split parts (written with bands) to the splits' files, and remove them."""
+    for s, n in enumerate(written):
+        if n:
+            outs[s].append(part_path(folder, index, s), remove=True)
 
 
 class Located(NamedTuple):

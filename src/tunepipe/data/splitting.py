@@ -145,9 +145,33 @@ class ScanConfig:
     group_by: tuple[str, ...] | None
     by_prompt: bool
     stratify_by: tuple[str, ...] | None
-    staged: str | None                  # folder for the examples without meta; None with keep_meta
+    staged: str | None                  # folder the workers write to; None: they write nothing (keep_meta)
     group_label: str = ""
     stratify_label: str = ""
+    # (largest validation hash, smallest test hash) when each example's split follows from its key
+    # hash alone (see :func:`direct_bands`): the workers then write the splits' lines themselves
+    bands: tuple[int | None, int | None] | None = None
+    keep_meta: bool = False             # with bands: write the lines as they are, meta included
+
+
+def direct_bands(validation: Size, test: Size, stratified: bool, leakage: str) -> tuple[int | None, int | None] | None:
+    """The hash bands of the splits when they are known before any example is read: both sizes are
+    ratios or zero (a count needs every key), there are no strata, and no leaking copy will be
+    dropped (``leakage: dedupe`` decides on the whole set). None otherwise."""
+    counted = any(size.is_count and size.value for size in (validation, test))
+    if stratified or counted or leakage == "dedupe":
+        return None
+    return cutoffs(None, validation, test, stratified=False)
+
+
+def band_split(u: int, bands: tuple[int | None, int | None]) -> int:
+    """The split of key hash ``u`` in :func:`direct_bands`' bands (as :func:`assign` decides it)."""
+    val_max, test_min = bands
+    if val_max is not None and u <= val_max:
+        return VALIDATION
+    if test_min is not None and u >= test_min:
+        return TEST
+    return TRAIN
 
 
 class BadExample(Exception):

@@ -40,6 +40,7 @@ from tunepipe.data.clean_passes import Gather, Tally, clean_block
 from tunepipe.data.cleaning import (EMPTY, EMPTY_NON_PREFERRED, EMPTY_PREFERRED, EMPTY_PROMPT, EXACT, NEAR,
                                     NO_ASSISTANT, SAME_OUTPUTS, TOO_LONG, TOO_SHORT, Config, cleaner_for)
 from tunepipe.data.normalize import FORMS
+from tunepipe.data.outfile import OutputFile
 from tunepipe.data.pii import KINDS
 from tunepipe.data.rejects import Rejects
 from tunepipe.data.tokens import OFFLINE_ENCODINGS
@@ -136,12 +137,12 @@ def _clean(ctx: StageContext, cfg: Config, art: Artifact, files: list[Path], ded
     # workers stage the kept lines in files rather than send them back; one worker (this process) hands them over
     work = functools.partial(clean_block, cfg, str(staged) if ctx.workers > 1 else None)
     numbers = LineNumbers()
-    with open(ctx.output("records") / "records.jsonl", "wb", buffering=0) as out, \
+    with OutputFile(ctx.output("records") / "records.jsonl") as out, \
             Rejects(ctx.output("rejects") / "rejects.jsonl", ctx.stage) as rejects, \
             jsonl.Writer(ctx.output("report") / "changes.jsonl") as changes, \
             contextlib.closing(ctx.map(work, blocks, local_files=True)) as results:
         # local_files: a block is a byte range of a file on this node, staged into this node's scratch
-        gather = Gather(out.fileno(), rejects, changes, deduper, staged)
+        gather = Gather(out, rejects, changes, deduper, staged)
         for block, got in zip(blocks, results):
             before = numbers.advance(block, got.lines)
             if got.error is not None:

@@ -45,18 +45,18 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import os
 import shutil
 from collections.abc import Mapping
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 from tunepipe.data import jsonl
 from tunepipe.data.blocks import LineNumbers, cut, jsonl_files
 from tunepipe.data.chat import MIN_EXAMPLES, WARNING
 from tunepipe.data.formatting import HF_TARGET, FormatConfig, Tally, format_block
+from tunepipe.data.outfile import OutputFile
 from tunepipe.data.rejects import Rejects
 from tunepipe.data.tokens import get_encoding
 from tunepipe.errors import StageInputError
@@ -284,25 +284,11 @@ class Format:
         return headline
 
 
-def _append(out: BinaryIO, part: str) -> None:
-    """Append a worker's part file to ``out`` (unbuffered) and remove it; in the kernel where it can
-    (``sendfile``: about half the CPU of a read-write loop), else by reading and writing."""
-    with open(part, "rb") as f:
-        size, done = os.fstat(f.fileno()).st_size, 0
-        try:
-            while done < size:
-                done += os.sendfile(out.fileno(), f.fileno(), done, size - done)
-        except (OSError, AttributeError):  # a platform whose sendfile only writes to sockets, or has none
-            f.seek(done)
-            shutil.copyfileobj(f, out, 1 << 20)
-    os.unlink(part)
-
-
 def _stream(ctx: StageContext, t: _Target, art: Artifact, files: list[Path], params: Mapping[str, Any]) -> Tally:
     """Format every block (in the workers), append their examples in input order, tally the rest."""
     blocks = list(cut(art, files, t.block_bytes))
     numbers = LineNumbers()
-    with open(ctx.output("examples") / "examples.jsonl", "wb", buffering=0) as out, \
+    with OutputFile(ctx.output("examples") / "examples.jsonl") as out, \
             Rejects(ctx.output("rejects") / "rejects.jsonl", ctx.stage) as rejects, \
             jsonl.Writer(ctx.output("report") / "problems.jsonl") as problems_out, \
             closing(ctx.map(functools.partial(format_block, t.cfg), blocks, local_files=True)) as results:
@@ -310,7 +296,7 @@ def _stream(ctx: StageContext, t: _Target, art: Artifact, files: list[Path], par
                       t.limit.value)
         # local_files: a block is a byte range of a file on this node, and its part goes to this node's scratch
         for block, got in zip(blocks, results):
-            _append(out, got.part)
+            out.append(Path(got.part), remove=True)
             tally.add(got, block.label, numbers.advance(block, got.lines), block.label if len(files) > 1 else None)
             ctx.check_cancelled()
             ctx.progress(f"{tally.records:,} records")

@@ -3,11 +3,13 @@
 How an example's split is decided, what counts as a leak, and what the stage costs in memory and
 time: :mod:`tunepipe.data.splitting` (the decisions, pure functions over hashes) and
 :mod:`tunepipe.data.split_passes` (the passes over the files). This module is the stage itself:
-its parameters, ``run`` (pass 1, the assignment, the leakage check, pass 2) and the report.
+its parameters, ``run`` (pass 1, the assignment, the leakage check, pass 2 unless pass 1 wrote the
+splits) and the report.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
@@ -18,11 +20,12 @@ from typing import TYPE_CHECKING, Any
 
 from tunepipe.data import fields
 from tunepipe.data.blocks import LineNumbers, cut, jsonl_files
+from tunepipe.data.outfile import OutputFile
 from tunepipe.data.record import Provenance
-from tunepipe.data.split_passes import (Hashed, Hashes, check_groups_within_strata, findings, input_lines, scan,
-                                        staged_lines, write_splits)
+from tunepipe.data.split_passes import (Hashed, Hashes, append_parts, check_groups_within_strata, findings,
+                                        input_lines, scan, staged_lines, write_splits)
 from tunepipe.data.splitting import (DROPPED, GROUP_BY_PROMPT, SPLITS, TEST, TRAIN, VALIDATION, Assigned, Leaks,
-                                     ScanConfig, Size, assign_all, canonical, find_leaks, seed_salt)
+                                     ScanConfig, Size, assign_all, canonical, direct_bands, find_leaks, seed_salt)
 from tunepipe.errors import StageInputError, UserError
 from tunepipe.plugins import Artifact, Port, StageContext
 
@@ -97,45 +100,53 @@ class Split:
         group_by, stratify_by, mode = params["group_by"], params["stratify_by"], params["leakage"]
         staged = ctx.scratch / "staged"
         shutil.rmtree(staged, ignore_errors=True)  # left by a crashed run of this key
-        if not params["keep_meta"]:
+        cfg = _scan_config(params, staged, validation, test)
+        if cfg.staged is not None:
             staged.mkdir(parents=True)
-        cfg = _scan_config(params, staged)
         try:
-            h = _pass1(ctx, cfg, art, files)
-            if h.st is not None and group_by:
-                check_groups_within_strata(h.u, h.st, art, files, group_by, stratify_by)
-            assigned = assign_all(h.u, h.st, h.values, validation, test)
-            split = assigned.split
-            leaks = find_leaks(h.ph, split)
-            found = findings(leaks, h.ph, split, art, files, mode) if leaks.prompts else []
-            if leaks.prompts and mode == "fail":
-                raise StageInputError(_leak_message(leaks, found))
-            if mode == "dedupe":
-                split[leaks.dropped] = DROPPED
-            counts = np.bincount(split, minlength=4)
-            if not counts[TRAIN] and not params.get("allow_empty", False):
-                raise StageInputError(_empty_train(art, len(h.u), counts, validation, test,
-                                                   len(leaks.dropped) if mode == "dedupe" else 0))
-            lines = staged_lines(staged) if cfg.staged else input_lines(art, files)
-            write_splits([ctx.output(name) for name in SPLITS], split, lines, ctx.check_cancelled)
+            with contextlib.ExitStack() as stack:
+                outs = [stack.enter_context(OutputFile(ctx.output(name) / f"{name}.jsonl")) for name in SPLITS]
+                h = _pass1(ctx, cfg, art, files, outs)
+                if h.st is not None and group_by:
+                    check_groups_within_strata(h.u, h.st, art, files, group_by, stratify_by)
+                assigned = assign_all(h.u, h.st, h.values, validation, test)
+                split = assigned.split
+                leaks = find_leaks(h.ph, split)
+                found = findings(leaks, h.ph, split, art, files, mode) if leaks.prompts else []
+                if leaks.prompts and mode == "fail":
+                    raise StageInputError(_leak_message(leaks, found))
+                if mode == "dedupe":
+                    split[leaks.dropped] = DROPPED
+                counts = np.bincount(split, minlength=4)
+                if not counts[TRAIN] and not params.get("allow_empty", False):
+                    raise StageInputError(_empty_train(art, len(h.u), counts, validation, test,
+                                                       len(leaks.dropped) if mode == "dedupe" else 0))
+                if cfg.bands is None:
+                    lines = staged_lines(staged) if cfg.staged else input_lines(art, files)
+                    write_splits(outs, split, lines, ctx.check_cancelled)
+                elif h.written != counts[:3].tolist():  # the workers' bands and the assignment must agree
+                    raise RuntimeError(f"split: the workers wrote {h.written} examples per split, the "
+                                       f"assignment counts {counts[:3].tolist()}")
         finally:
             shutil.rmtree(staged, ignore_errors=True)
         return _report(ctx, params, (validation, test), h, assigned, counts, leaks, found)
 
 
-def _scan_config(params: Mapping[str, Any], staged: Path) -> ScanConfig:
+def _scan_config(params: Mapping[str, Any], staged: Path, validation: Size, test: Size) -> ScanConfig:
     group_by, stratify_by = params["group_by"], params["stratify_by"]
+    bands = direct_bands(validation, test, bool(stratify_by), params["leakage"])
     return ScanConfig(
         salt=seed_salt(params["seed"]),
         group_by=fields.parse(group_by) if group_by and group_by != GROUP_BY_PROMPT else None,
         by_prompt=group_by == GROUP_BY_PROMPT,
         stratify_by=fields.parse(stratify_by) if stratify_by else None,
-        staged=None if params["keep_meta"] else str(staged),
-        group_label=group_by or "", stratify_label=stratify_by or "")
+        staged=None if params["keep_meta"] and bands is None else str(staged),
+        group_label=group_by or "", stratify_label=stratify_by or "", bands=bands, keep_meta=params["keep_meta"])
 
 
-def _pass1(ctx: StageContext, cfg: ScanConfig, art: Artifact, files: list[Path]) -> Hashed:
-    """Hash every example's key and prompt (and stage it without meta): the per-example arrays."""
+def _pass1(ctx: StageContext, cfg: ScanConfig, art: Artifact, files: list[Path], outs: list[OutputFile]) -> Hashed:
+    """Hash every example's key and prompt (and stage it without meta, or with bands write it to
+    ``outs``): the per-example arrays."""
     size = sum(p.stat().st_size for p in files)
     serial = size < PARALLEL_MIN_BYTES
     ctx.log.info("%d file(s), %d bytes, %d worker(s)", len(files), size, 1 if serial else ctx.workers)
@@ -148,6 +159,8 @@ def _pass1(ctx: StageContext, cfg: ScanConfig, art: Artifact, files: list[Path])
             where = got.error.where or Provenance(block.label, "line", before + got.error.line)
             raise StageInputError(f"{where}: {got.error.message}")
         hashes.add(got)
+        if got.written is not None:
+            append_parts(outs, cfg.staged, block.index, got.written)
         ctx.check_cancelled()
         ctx.progress(f"{hashes.count:,} examples hashed")
     return hashes.arrays()
