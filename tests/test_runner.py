@@ -316,7 +316,7 @@ def test_unchanged_large_inputs_are_not_reread(project, monkeypatch: pytest.Monk
     data.write_text("y" * 100_000)
     os.utime(data, (old + 1, old + 1))
     project.ok("run", "p.yaml")
-    assert reads == [data.absolute()]
+    assert [p for p in reads if ".tunepipe" not in p.parts] == [data.absolute()]  # not the stage's outputs
 
 
 def test_secrets_never_reach_keys_records_or_logs(project, monkeypatch: pytest.MonkeyPatch) -> None:

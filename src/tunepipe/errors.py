@@ -127,6 +127,11 @@ class StageFailed(TunepipeError):
         self.log_path = log_path
 
 
+class OutputError(TunepipeError):
+    """A stage wrote an output the cache cannot store (a symbolic link): the plugin's fault, exit 1.
+    The runner names the stage (:func:`with_stage`)."""
+
+
 class StageInputError(UserError):
     """A plugin found its input data unusable (e.g. a malformed record): a user error with a place.
 

@@ -137,7 +137,7 @@ class StageContext:
         return worker_count(self.threads, self.engine)
 
     def map(self, fn: Callable[[T], R], items: Iterable[T], *, local_files: bool = False,
-            serial: bool = False) -> Iterator[R]:
+            serial: bool = False, workers: int | None = None) -> Iterator[R]:
         """``map(fn, items)``, spread over :attr:`workers` processes (on Ray, over the cluster), with
         the results in input order and a bounded number of items in flight, so memory stays flat
         and the output is the same for any number of workers.
@@ -146,12 +146,15 @@ class StageContext:
         workers (a block of input lines, not the records parsed from it, is cheap to send; see
         :mod:`tunepipe.data.blocks`). ``local_files``: the items name files of this machine (byte
         ranges of the input), so on a cluster their work stays on this node. ``serial``: run in
-        this process (a small input, where starting workers costs more than they save). Close
-        the iterator (``contextlib.closing``) when the stage may stop before the end.
+        this process (a small input, where starting workers costs more than they save).
+        ``workers``: spread over this many instead of :attr:`workers` (a stage's own setting, such
+        as ingest's ``workers``). Close the iterator (``contextlib.closing``) when the stage may
+        stop before the end.
         """
-        from tunepipe.data.parallel import ordered_map
+        from tunepipe.data.parallel import ordered_map, worker_count
 
-        return ordered_map(fn, items, 1 if serial else self.workers, engine=self.engine, same_node=local_files)
+        n = 1 if serial else worker_count(workers, self.engine) if workers else self.workers
+        return ordered_map(fn, items, n, engine=self.engine, same_node=local_files)
 
     @property
     def cancelled(self) -> bool:

@@ -14,7 +14,7 @@ import pytest
 
 from tunepipe.cache.digests import tree_digest
 from tunepipe.cache.store import LocalStore
-from tunepipe.errors import StageFailed, UserError
+from tunepipe.errors import OutputError, UserError
 
 K1, K2, K3 = ("1" * 64, "2" * 64, "3" * 64)
 
@@ -123,7 +123,7 @@ def test_publish_different_content_yields_different_objects(store: LocalStore) -
 def test_publish_rejects_symbolic_link(store: LocalStore) -> None:
     folder = make_output(store, K1, {"real.txt": b"data"})
     os.symlink(folder / "real.txt", folder / "link.txt")
-    with pytest.raises(StageFailed, match="symbolic link"):
+    with pytest.raises(OutputError, match="^the output [^ ]+ contains a symbolic link"):
         store.publish(folder)
     assert objects(store) == []
     assert folder.is_dir()  # nothing was moved
@@ -132,7 +132,7 @@ def test_publish_rejects_symbolic_link(store: LocalStore) -> None:
 def test_publish_rejects_symbolic_link_to_folder(store: LocalStore) -> None:
     folder = make_output(store, K1, {"d/real.txt": b"data"})
     os.symlink(folder / "d", folder / "d-link")
-    with pytest.raises(StageFailed, match=r"symbolic link \(d-link\)"):
+    with pytest.raises(OutputError, match=r"symbolic link \(d-link\)"):
         store.publish(folder)
     assert objects(store) == []
 
@@ -140,7 +140,7 @@ def test_publish_rejects_symbolic_link_to_folder(store: LocalStore) -> None:
 def test_publish_rejects_dangling_symbolic_link(store: LocalStore) -> None:
     folder = make_output(store, K1, {"real.txt": b"data"})
     os.symlink("does-not-exist", folder / "broken")
-    with pytest.raises(StageFailed, match="symbolic link"):
+    with pytest.raises(OutputError, match="^the output [^ ]+ contains a symbolic link"):
         store.publish(folder)
 
 

@@ -62,7 +62,7 @@ def test_gzip_is_detected_by_suffix_and_by_magic_bytes(tmp_path: Path) -> None:
 
 
 def test_a_truncated_gzip_file_is_a_file_problem_naming_how_far_it_got(tmp_path: Path) -> None:
-    data = gzip.compress(b"".join(b'{"n": %d, "pad": "%s"}\n' % (i, b"x" * (i % 50)) for i in range(40000)))
+    data = gzip.compress(b"".join(b'{"n": %d, "pad": "%s"}\n' % (i, b"x" * (i % 50)) for i in range(200000)))
     path = tmp_path / "x.jsonl.gz"
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(FileProblem, match=r"the gzip data is corrupt or truncated after line \d+ .*compress the"):
@@ -81,7 +81,8 @@ def test_utf16_text_is_a_file_problem(tmp_path: Path) -> None:
 
 # ------------------------------------------------------------------------------------------------ JSONL
 
-def test_jsonl_blocks_keep_line_numbers_across_blocks(tmp_path: Path) -> None:
+def test_jsonl_blocks_keep_line_numbers_across_blocks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(readers, "BLOCK", 1 << 16)  # several blocks
     lines = [b'{"i": %d}' % i for i in range(30000)]
     body = b"\xef\xbb\xbf" + b"\r\n".join(lines[:10]) + b"\r\n\n  \n" + b"\n".join(lines[10:])  # no final newline
     path = tmp_path / "x.jsonl"

@@ -17,10 +17,11 @@ from __future__ import annotations
 import importlib
 import traceback
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
-from tunepipe.backends.contract import Backend, Settings
-from tunepipe.errors import PluginError, UserError
+from tunepipe.backends.contract import Backend, Settings, code_modules
+from tunepipe.errors import PluginError, TunepipeError, UserError
 
 GROUP = "tunepipe.backends"
 DEFAULT = "local"  # the train stage's default backend
@@ -130,3 +131,17 @@ def installed() -> Backends:
     if _installed is None:
         _installed = Backends()
     return _installed
+
+
+def model_code(model_folder: Path, role: str) -> list[str]:
+    """The modules whose code makes results of ``role`` from a trained model (the backend that
+    trained it, read from its model.json; see :func:`~tunepipe.backends.contract.code_modules`), for
+    the key of a stage that uses the model: not its training code, nor another backend's. Nothing
+    when model.json cannot be read: the stage then fails on it, with the reason."""
+    from tunepipe import modelref
+
+    try:
+        backend = installed().get(modelref.read(model_folder).backend)
+    except (TunepipeError, KeyError, OSError, ValueError):
+        return []
+    return code_modules(backend, role)

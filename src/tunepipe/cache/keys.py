@@ -96,6 +96,34 @@ def _name(path: tuple[str, ...]) -> str:
     return ".".join(path)
 
 
+def _param_reasons(old: Mapping[tuple[str, ...], Any], new: Mapping[tuple[str, ...], Any]) -> list[str]:
+    """Each parameter (flattened) added, removed or changed."""
+    out = []
+    for k in sorted(set(old) | set(new)):
+        if k not in old:
+            out.append(f"parameter {_name(k)} added ({_short(new[k])})")
+        elif k not in new:
+            out.append(f"parameter {_name(k)} removed (was {_short(old[k])})")
+        elif canonical_json(old[k]) != canonical_json(new[k]):
+            out.append(f"parameter {_name(k)}: {_short(old[k])} -> {_short(new[k])}")
+    return out
+
+
+def _input_reasons(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """Each input added, removed, changed (its digests) or renamed."""
+    out = []
+    for k in sorted(set(old) | set(new)):
+        was, now = (input_digests(side[k]) if k in side else None for side in (old, new))
+        if was is None or now is None:
+            out.append(f"input {k} {'added' if was is None else 'removed'}")
+        elif was != now:
+            out.append(f"input {k} changed ({','.join(d[:8] for d in was)} -> {','.join(d[:8] for d in now)})")
+        elif old[k] != new[k]:
+            out.append(f"input {k} renamed ({_names(old[k])} -> {_names(new[k])}): plugins may write "
+                       "or match an input's name")
+    return out
+
+
 def diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
     """Human reasons why ``new`` differs from ``old`` (both key parts); empty if equal."""
     reasons: list[str] = []
@@ -108,27 +136,8 @@ def diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
         reasons.append(f"plugin version {op.get('version')} -> {np_.get('version')}")
     if old.get("code") != new.get("code") and op.get("identity") == np_.get("identity"):
         reasons.append("plugin code changed")
-    oldp, newp = _flatten(old.get("params", {})), _flatten(new.get("params", {}))
-    for k in sorted(set(oldp) | set(newp)):
-        if k not in oldp:
-            reasons.append(f"parameter {_name(k)} added ({_short(newp[k])})")
-        elif k not in newp:
-            reasons.append(f"parameter {_name(k)} removed (was {_short(oldp[k])})")
-        elif canonical_json(oldp[k]) != canonical_json(newp[k]):
-            reasons.append(f"parameter {_name(k)}: {_short(oldp[k])} -> {_short(newp[k])}")
-    oi, ni = old.get("inputs", {}), new.get("inputs", {})
-    for k in sorted(set(oi) | set(ni)):
-        if k not in oi:
-            reasons.append(f"input {k} added")
-        elif k not in ni:
-            reasons.append(f"input {k} removed")
-        elif input_digests(oi[k]) != input_digests(ni[k]):
-            was = ",".join(d[:8] for d in input_digests(oi[k]))
-            now = ",".join(d[:8] for d in input_digests(ni[k]))
-            reasons.append(f"input {k} changed ({was} -> {now})")
-        elif oi[k] != ni[k]:
-            reasons.append(f"input {k} renamed ({_names(oi[k])} -> {_names(ni[k])}): plugins may write "
-                           "or match an input's name")
+    reasons += _param_reasons(_flatten(old.get("params", {})), _flatten(new.get("params", {})))
+    reasons += _input_reasons(old.get("inputs", {}), new.get("inputs", {}))
     if old.get("outputs") != new.get("outputs"):
         reasons.append(f"outputs changed: {old.get('outputs')} -> {new.get('outputs')}")
     oe, ne = old.get("env", {}), new.get("env", {})

@@ -41,7 +41,7 @@ from tunepipe.cache.digests import DigestMemo, output_digest, tree_digest, tree_
 from tunepipe.cache.diskerrors import remember_root
 from tunepipe.cache.integrity import downstream, file_sizes, maker_lines, object_damage, reader_lines
 from tunepipe.cache.locks import KeyLock
-from tunepipe.errors import CacheError, StageFailed, UserError
+from tunepipe.errors import CacheError, OutputError, UserError
 
 LAYOUT_VERSION = "1"
 _counter = itertools.count()
@@ -244,7 +244,7 @@ class LocalStore:
         entries = tree_entries(folder)
         for rel, p, st in entries:
             if stat.S_ISLNK(st.st_mode):
-                raise StageFailed(folder.name, f"output contains a symbolic link ({rel}); write real files")
+                raise OutputError(f"the output {folder.name} contains a symbolic link ({rel}); write real files")
             if stat.S_ISREG(st.st_mode):
                 with open(p, "rb") as f:
                     os.fsync(f.fileno())

@@ -34,7 +34,7 @@ from tunepipe.errors import StageInputError, UserError
 if TYPE_CHECKING:
     from tunepipe.plugins import Artifact
 
-BATCH = 1000  # elements or rows per batch (JSONL goes in blocks of about 256 KiB of lines)
+BATCH = 1000  # elements or rows per batch (JSONL goes in blocks of about 1 MiB of lines)
 SETTINGS = ("format", "delimiter", "preset", "map", "keep_fields")
 NOUN = {"line": "line", "index": "element", "row": "row"}
 

@@ -35,6 +35,7 @@ class OutputFile(AbstractContextManager["OutputFile"]):
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         self._hash = hashlib.sha256()
         self._buf = bytearray()
+        self._read_buf = bytearray(CHUNK)  # reused: a fresh 1 MiB per read is a fresh mapping to fault in
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         """Append bytes (small writes are gathered into one)."""
@@ -53,13 +54,15 @@ class OutputFile(AbstractContextManager["OutputFile"]):
         fd = os.open(part, os.O_RDONLY) if isinstance(part, Path | str) else part
         try:
             left = os.fstat(fd).st_size - offset if count is None else count
+            buf = self._read_buf
             while left > 0:
-                chunk = os.pread(fd, min(left, CHUNK), offset)
-                if not chunk:
+                view = memoryview(buf)[:min(left, CHUNK)]
+                n = os.preadv(fd, [view], offset)
+                if not n:
                     raise OSError(f"{part}: the part file ended {left} bytes early")
-                self._put(chunk)
-                offset += len(chunk)
-                left -= len(chunk)
+                self._put(view[:n])
+                offset += n
+                left -= n
         finally:
             if fd is not part:
                 os.close(fd)
@@ -89,7 +92,7 @@ class OutputFile(AbstractContextManager["OutputFile"]):
             self._put(self._buf)
             self._buf = bytearray()
 
-    def _put(self, data: bytes | bytearray) -> None:
+    def _put(self, data: bytes | bytearray | memoryview) -> None:
         self._hash.update(data)
         view = memoryview(data)
         while view:

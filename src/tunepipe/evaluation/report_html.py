@@ -136,6 +136,27 @@ JS = r"""
 """
 
 
+def page(title: str, body: str, script: str, css: str = CSS) -> str:
+    """A whole HTML page in one file: nothing outside it loads (``CSP``), so it opens offline."""
+    return f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta http-equiv="Content-Security-Policy" content="{CSP}">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{esc(title)}</title>
+<style>{css}</style>
+</head>
+<body>
+<main>
+{body}
+</main>
+<script>{script}</script>
+</body>
+</html>
+"""
+
+
 def esc(value: Any) -> str:
     return html.escape("" if value is None else str(value), quote=True)
 
@@ -493,18 +514,7 @@ def render_html(doc: Mapping[str, Any], rows: Sequence[Mapping[str, Any]], loss:
         rubric = "".join(f"<li><b>{esc(k)}</b>: {esc(v)}</li>" for k, v in judge["rubric"].items())
         judge_html = (f"<h2>Judge</h2><p>{esc(judge['model'])} scored each reply 1-5 per criterion (shown as 0-1). "
                       f"Replies without a usable verdict: {esc(unscored)}.</p><ul>{rubric}</ul>")
-    return f"""<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta http-equiv="Content-Security-Policy" content="{CSP}">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>Evaluation: {esc(title)}</title>
-<style>{CSS}</style>
-</head>
-<body>
-<main>
-<h1>Evaluation: {esc(title)} {gates_state}</h1>
+    return page(f"Evaluation: {title}", f"""<h1>Evaluation: {esc(title)} {gates_state}</h1>
 <p class="sub">{esc(sub)}</p>
 <h2>Headline</h2>
 {_headline(doc)}
@@ -520,9 +530,4 @@ def render_html(doc: Mapping[str, Any], rows: Sequence[Mapping[str, Any]], loss:
 <h2>Generation</h2>
 {_generation(doc)}
 <h2>Examples</h2>
-{_examples(doc, rows)}
-</main>
-<script>{JS}</script>
-</body>
-</html>
-"""
+{_examples(doc, rows)}""", JS)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from tunepipe.evaluation.report_html import CSP, CSS, esc, fnum, nice_ticks
+from tunepipe.evaluation.report_html import CSS, esc, fnum, nice_ticks, page
 from tunepipe.history import training as T
 from tunepipe.history.branches import NOT_RUN, OK, TRAINING, Column, Row
 from tunepipe.history.compare import SweepComparison
@@ -72,18 +72,7 @@ def render_html(c: SweepComparison) -> str:
     charts = "".join(metric_chart(c, col) for col in c.columns)
     metrics = f'<div class="charts">{charts}</div><p class="small">{BARS_NOTE}</p>' if charts else \
         '<p class="small">No branch has an evaluate report or training losses yet.</p>'
-    return f"""<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta http-equiv="Content-Security-Policy" content="{CSP}">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{esc(title)}</title>
-<style>{CSS}{EXTRA_CSS}</style>
-</head>
-<body>
-<main>
-<h1>{esc(title)}</h1>
+    return page(title, f"""<h1>{esc(title)}</h1>
 <p class="sub">{esc(_subtitle(c))}</p>
 <h2>Branches</h2>
 {branch_table(c)}
@@ -92,12 +81,7 @@ def render_html(c: SweepComparison) -> str:
 <h2>Metrics</h2>
 {metrics}
 <h2>Loss curves</h2>
-{loss_curves(c)}
-</main>
-<script>{JS}</script>
-</body>
-</html>
-"""
+{loss_curves(c)}""", JS, CSS + EXTRA_CSS)
 
 
 def _subtitle(c: SweepComparison) -> str:

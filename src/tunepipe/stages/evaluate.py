@@ -39,9 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from tunepipe.backends import params as B
-from tunepipe.backends.contract import code_modules
-from tunepipe.backends.registry import Backends, installed
-from tunepipe.errors import TunepipeError
+from tunepipe.backends.registry import Backends, installed, model_code
 from tunepipe.plugins import ParamProblem, Port, StageContext
 
 METRICS = ("exact_match", "token_f1", "rouge_l", "bleu", "length_ratio", "semantic", "contains_answer")  # = evaluation.metrics.METRICS
@@ -154,15 +152,9 @@ class Evaluate:
 
     def code_for(self, params: Mapping[str, Any], inputs: Mapping[str, Any]) -> list[str]:
         """The replier code of the backend that trained the model enters the key, not its training
-        code nor another backend's replier (read from the model input's model.json; nothing when
-        that cannot be read: the run then fails on it with the reason)."""
-        from tunepipe import modelref
-
-        try:
-            backend = installed().get(modelref.read(inputs["model"][0].path).backend)
-        except (TunepipeError, KeyError, IndexError, OSError, ValueError):
-            return []
-        return code_modules(backend, "reply")
+        code nor another backend's replier."""
+        model = inputs.get("model") or []
+        return model_code(model[0].path, "reply") if model else []
 
     def describe(self, outputs: Mapping[str, Path], summary: Mapping[str, Any]) -> str:
         """For ``pipeline show``: report.md up to its worst-regressions list (the headline table

@@ -22,9 +22,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from tunepipe.backends.contract import EXPORT_FORMATS, code_modules
-from tunepipe.backends.registry import installed
-from tunepipe.errors import TunepipeError
+from tunepipe.backends.contract import EXPORT_FORMATS
+from tunepipe.backends.registry import model_code
 from tunepipe.plugins import Artifact, ParamProblem, Port, StageContext
 
 QUANTIZE = ("f32", "f16", "q8_0")
@@ -76,13 +75,8 @@ class Export:
 
     def code_for(self, params: Mapping[str, Any], inputs: Mapping[str, Any]) -> list[str]:
         """The export code of the backend that trained the model enters the key."""
-        from tunepipe import modelref
-
-        try:
-            backend = installed().get(modelref.read(inputs["model"][0].path).backend)
-        except (TunepipeError, KeyError, IndexError, OSError, ValueError):
-            return []
-        return code_modules(backend, "export")
+        model = inputs.get("model") or []
+        return model_code(model[0].path, "export") if model else []
 
     def describe(self, outputs: Mapping[str, Path], summary: Mapping[str, Any]) -> str:
         """For ``pipeline show``: how to take the export out of the cache."""

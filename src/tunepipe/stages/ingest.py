@@ -50,7 +50,7 @@ parse, a ``sources`` entry that matches nothing) fail before anything is read. N
 (every file empty, or every record rejected) fails the stage too, naming the files and why, unless
 ``allow_empty: true``: an empty data set would otherwise run the whole pipeline to a hollow success.
 
-Speed and memory. Records move in batches (a block of about 256 KiB of JSONL lines, or 1,000
+Speed and memory. Records move in batches (a block of about 1 MiB of JSONL lines, or 1,000
 elements or rows); memory holds a bounded number of batches, never the data set. Parsing and mapping
 run in ``workers`` processes (``ctx.map``): with ``workers: 0`` (default) the stage's share of the
 cores is used once the input is past 20,000 records, one process below that. A worker reads its
@@ -66,7 +66,6 @@ The work itself is :mod:`tunepipe.data.ingesting` (planning, reading, accounting
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from collections.abc import Iterator, Mapping
 from contextlib import closing
@@ -211,9 +210,8 @@ def _mapped(ctx: StageContext, work: Iterator[Batch], workers: int, out: Output)
         serial = seen < PARALLEL_AFTER
     else:
         serial = workers == 1
-        ctx = dataclasses.replace(ctx, threads=workers)  # ctx.map spreads over ctx.workers
-    if serial or ctx.workers <= 1:  # the lines come back as one bytes object: no part files
+    if serial or (workers or ctx.workers) <= 1:  # the lines come back as one bytes object: no part files
         return ctx.map(map_batch, work, serial=True)
     # local_files: a block of a plain file is a byte range of a file on this node, and every part is
     # written into this node's scratch
-    return ctx.map(functools.partial(map_batch, parts=str(out.parts)), work, local_files=True)
+    return ctx.map(functools.partial(map_batch, parts=str(out.parts)), work, local_files=True, workers=workers)
