@@ -45,13 +45,14 @@ GROUPS = (
     ("pipe write (blocks while the reader is busy)",
      lambda f, s: f == "multiprocessing/connection.py" and "write(" in s),
     ("tiktoken", lambda f, s: f.startswith("tiktoken/") or "encode_ordinary" in s
-     or "count_recurring" in s),
+     or "count_recurring" in s or "len(encode(" in s),
     ("pickling, queues", lambda f, s: f.startswith(("multiprocessing/", "concurrent/futures/process"))
      or f in ("pickle.py", "copyreg.py", "queue.py") or "pickle" in s),
     ("JSON parse", lambda f, s: "loads(" in s),
     ("JSON write", lambda f, s: "dumps(" in s),
     ("regex", lambda f, s: f.startswith("re/") or re.search(r"\.(sub|search|match|fullmatch)\(", s)),
-    ("sha256 of the outputs (cache)", lambda f, s: f == "hashlib.py" or "file_digest" in s),
+    ("sha256 of the outputs (cache)", lambda f, s: f == "hashlib.py" or "file_digest" in s
+     or "self._hash.update" in s),
     ("blake2b", lambda f, s: "blake2b" in s or "digest(" in s),
     ("start-up", lambda f, s: f.startswith(("<frozen", "importlib/", "ast.py", "dataclasses.py",
                                                              "typing.py", "enum.py", "inspect.py", "re/_"))),

@@ -57,7 +57,7 @@ class OutputFile(AbstractContextManager["OutputFile"]):
             buf = self._read_buf
             while left > 0:
                 view = memoryview(buf)[:min(left, CHUNK)]
-                n = os.preadv(fd, [view], offset)
+                n = _read_into(fd, view, offset)
                 if not n:
                     raise OSError(f"{part}: the part file ended {left} bytes early")
                 self._put(view[:n])
@@ -98,3 +98,12 @@ class OutputFile(AbstractContextManager["OutputFile"]):
         while view:
             view = view[os.write(self._fd, view):]
         self.size += len(data)
+
+
+def _read_into(fd: int, view: memoryview, offset: int) -> int:
+    """``os.preadv`` into ``view`` where the platform has it, else a ``pread`` copied in."""
+    if hasattr(os, "preadv"):
+        return os.preadv(fd, [view], offset)
+    chunk = os.pread(fd, len(view), offset)
+    view[:len(chunk)] = chunk
+    return len(chunk)
