@@ -16,7 +16,7 @@ import math
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from tunepipe.data import fields
 from tunepipe.data.blocks import LineNumbers, cut, jsonl_files
@@ -92,12 +92,9 @@ class Split:
     packages: tuple[str, ...] = ()
 
     def run(self, ctx: StageContext, inputs: Mapping[str, Any], params: Mapping[str, Any]) -> dict[str, Any]:
-        import numpy as np
-
         validation, test = _sizes(ctx.stage, params)
         art: Artifact = inputs["examples"]
         files = jsonl_files(art, _NO_FILE, prefer="examples.jsonl")
-        group_by, stratify_by, mode = params["group_by"], params["stratify_by"], params["leakage"]
         staged = ctx.scratch / "staged"
         shutil.rmtree(staged, ignore_errors=True)  # left by a crashed run of this key
         cfg = _scan_config(params, staged, validation, test)
@@ -107,29 +104,48 @@ class Split:
             with contextlib.ExitStack() as stack:
                 outs = [stack.enter_context(OutputFile(ctx.output(name) / f"{name}.jsonl")) for name in SPLITS]
                 h = _pass1(ctx, cfg, art, files, outs)
-                if h.st is not None and group_by:
-                    check_groups_within_strata(h.u, h.st, art, files, group_by, stratify_by)
-                assigned = assign_all(h.u, h.st, h.values, validation, test)
-                split = assigned.split
-                leaks = find_leaks(h.ph, split)
-                found = findings(leaks, h.ph, split, art, files, mode) if leaks.prompts else []
-                if leaks.prompts and mode == "fail":
-                    raise StageInputError(_leak_message(leaks, found))
-                if mode == "dedupe":
-                    split[leaks.dropped] = DROPPED
-                counts = np.bincount(split, minlength=4)
-                if not counts[TRAIN] and not params.get("allow_empty", False):
-                    raise StageInputError(_empty_train(art, len(h.u), counts, validation, test,
-                                                       len(leaks.dropped) if mode == "dedupe" else 0))
-                if cfg.bands is None:
+                d = _decide(params, (validation, test), h, art, files)
+                if cfg.bands is None:  # pass 2: copy each example's line to its split
                     lines = staged_lines(staged) if cfg.staged else input_lines(art, files)
-                    write_splits(outs, split, lines, ctx.check_cancelled)
-                elif h.written != counts[:3].tolist():  # the workers' bands and the assignment must agree
+                    write_splits(outs, d.assigned.split, lines, ctx.check_cancelled)
+                elif h.written != d.counts[:3].tolist():  # the workers' bands and the assignment must agree
                     raise RuntimeError(f"split: the workers wrote {h.written} examples per split, the "
-                                       f"assignment counts {counts[:3].tolist()}")
+                                       f"assignment counts {d.counts[:3].tolist()}")
         finally:
             shutil.rmtree(staged, ignore_errors=True)
-        return _report(ctx, params, (validation, test), h, assigned, counts, leaks, found)
+        return _report(ctx, params, (validation, test), h, d)
+
+
+class Decided(NamedTuple):
+    """Every example's split (leaking copies dropped with ``leakage: dedupe``), and why."""
+
+    assigned: Assigned
+    counts: np.ndarray               # examples per split (train, validation, test, dropped)
+    leaks: Leaks
+    found: list[dict[str, Any]]      # the leaking prompts described in the report
+
+
+def _decide(params: Mapping[str, Any], sizes: tuple[Size, Size], h: Hashed, art: Artifact,
+            files: list[Path]) -> Decided:
+    """Assign the splits, check for leaks, and fail where the result is unusable."""
+    import numpy as np
+
+    group_by, stratify_by, mode = params["group_by"], params["stratify_by"], params["leakage"]
+    if h.st is not None and group_by:
+        check_groups_within_strata(h.u, h.st, art, files, group_by, stratify_by)
+    assigned = assign_all(h.u, h.st, h.values, *sizes)
+    split = assigned.split
+    leaks = find_leaks(h.ph, split)
+    found = findings(leaks, h.ph, split, art, files, mode) if leaks.prompts else []
+    if leaks.prompts and mode == "fail":
+        raise StageInputError(_leak_message(leaks, found))
+    if mode == "dedupe":
+        split[leaks.dropped] = DROPPED
+    counts = np.bincount(split, minlength=4)
+    if not counts[TRAIN] and not params.get("allow_empty", False):
+        raise StageInputError(_empty_train(art, len(h.u), counts, *sizes,
+                                           len(leaks.dropped) if mode == "dedupe" else 0))
+    return Decided(assigned, counts, leaks, found)
 
 
 def _scan_config(params: Mapping[str, Any], staged: Path, validation: Size, test: Size) -> ScanConfig:
@@ -166,12 +182,13 @@ def _pass1(ctx: StageContext, cfg: ScanConfig, art: Artifact, files: list[Path],
     return hashes.arrays()
 
 
-def _report(ctx: StageContext, params: Mapping[str, Any], sizes: tuple[Size, Size], h: Hashed, assigned: Assigned,
-            counts: np.ndarray, leaks: Leaks, found: list[dict[str, Any]]) -> dict[str, Any]:
+def _report(ctx: StageContext, params: Mapping[str, Any], sizes: tuple[Size, Size], h: Hashed,
+            d: Decided) -> dict[str, Any]:
     """Write report.json and say the warnings; the stage's summary."""
     import numpy as np
 
     validation, test = sizes
+    assigned, counts, leaks, found = d
     n, mode, st = len(h.u), params["leakage"], h.st
     summary: dict[str, int] = {"train": int(counts[TRAIN]), "validation": int(counts[VALIDATION]),
                                "test": int(counts[TEST]), "leaks": leaks.prompts}
