@@ -23,6 +23,7 @@ from ray_local import ray_local  # noqa: F401  (the session's Ray instance)
 
 from tunepipe.cache.digests import tree_digest
 from tunepipe.cluster import ray_data
+from tunepipe.data import readers
 from tunepipe.plugins import Artifact, StageContext
 from tunepipe.spec.schema import with_defaults
 from tunepipe.stages import clean as clean_stage
@@ -106,6 +107,7 @@ def write_jsonl(path: Path, lines: list[Any]) -> Path:
 def test_ingest_of_jsonl_and_csv_with_rejects(tmp_path: Path, ray_use: RayUse,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(ingest_stage, "PARALLEL_AFTER", 1000)  # workers from 1,000 records on (20,000 by default)
+    monkeypatch.setattr(readers, "BLOCK", 1 << 18)  # 256 KiB blocks (1 MiB by default)
     rng = random.Random(3)
     lines: list[Any] = [chat(rng, i) for i in range(6000)]  # ~1.4 MB: 6 blocks of 256 KiB
     for i in range(0, 6000, 700):

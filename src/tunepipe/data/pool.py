@@ -124,6 +124,32 @@ def stop_workers() -> None:
                 pass
 
 
+_QUIETED = False
+
+
+def _quiet_broken_pool_race() -> None:
+    """Keep CPython's pool manager thread from printing a traceback when the pool breaks (its
+    workers killed by a signal to the process group) just as an item is cancelled: before 3.12 its
+    ``terminate_broken`` sets the exception of an already cancelled future and dies on the
+    InvalidStateError (CPython gh-107219, fixed by ignoring it). Ignored here too, in that thread
+    only; every other thread's exception goes to the hook as before."""
+    global _QUIETED
+    if _QUIETED or sys.version_info >= (3, 12):
+        return
+    _QUIETED = True
+    import threading
+    from concurrent.futures import InvalidStateError
+    from concurrent.futures.process import _ExecutorManagerThread  # type: ignore[attr-defined]
+
+    previous = threading.excepthook
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        if not (args.exc_type is InvalidStateError and isinstance(args.thread, _ExecutorManagerThread)):
+            previous(args)
+
+    threading.excepthook = hook
+
+
 @contextlib.contextmanager
 def process_pool(workers: int, initializer: Callable[..., None] | None, initargs: tuple,
                  context: multiprocessing.context.BaseContext | None = None
@@ -132,6 +158,7 @@ def process_pool(workers: int, initializer: Callable[..., None] | None, initargs
     forks them; while it is open, :func:`stop_workers` can kill them. Closing it waits for the items
     under way, as before."""
     context = context or multiprocessing.get_context()  # what the pool would take by itself
+    _quiet_broken_pool_race()
     pool = ProcessPoolExecutor(max_workers=workers, initializer=_init_worker,
                                initargs=(os.getpid(), initializer, initargs), mp_context=context)
     _POOLS.add(pool)
