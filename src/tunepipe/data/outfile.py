@@ -35,7 +35,7 @@ class OutputFile(AbstractContextManager["OutputFile"]):
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         self._hash = hashlib.sha256()
         self._buf = bytearray()
-        self._read_buf = bytearray(CHUNK)  # reused: a fresh 1 MiB per read is a fresh mapping to fault in
+        self._read_buf: bytearray | None = None  # reused: a fresh 1 MiB per read is a fresh mapping to fault in
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         """Append bytes (small writes are gathered into one)."""
@@ -54,6 +54,8 @@ class OutputFile(AbstractContextManager["OutputFile"]):
         fd = os.open(part, os.O_RDONLY) if isinstance(part, Path | str) else part
         try:
             left = os.fstat(fd).st_size - offset if count is None else count
+            if self._read_buf is None:
+                self._read_buf = bytearray(CHUNK)
             buf = self._read_buf
             while left > 0:
                 view = memoryview(buf)[:min(left, CHUNK)]
