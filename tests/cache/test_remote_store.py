@@ -17,7 +17,8 @@ import pytest
 from s3 import SECRET, s3, s3_server  # noqa: F401  (pytest fixtures)
 
 from tunepipe.cache.digests import tree_digest
-from tunepipe.cache.remote import RemoteStore, build_manifest, manifest_digest
+from tunepipe.cache.remote import RemoteStore
+from tunepipe.cache.remote_layout import build_manifest, manifest_digest
 from tunepipe.errors import CacheError
 
 KEY = "cd" + "1" * 62

@@ -27,114 +27,22 @@ appear in :meth:`RemoteStore.location`, records or messages.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import re
-import stat
 import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tunepipe.cache.digests import file_digest, tree_digest, tree_entries
-from tunepipe.cache.leases import LeaseLock, read_lease
-from tunepipe.cache.s3 import Remote
+from tunepipe.cache.digests import file_digest, tree_digest
 from tunepipe.cache.integrity import downstream, reader_lines
-from tunepipe.cache.store import LAYOUT_VERSION, GcReport, LocalStore, VerifyReport, _force_rmtree
+from tunepipe.cache.leases import LeaseLock, read_lease
+from tunepipe.cache.remote_layout import (LEASE, LOCAL_ENV, MANIFEST, OBJECT_FILE, RECORD, build_manifest,
+                                          default_local_root, lease_rel, manifest_rel, object_rel, parse_manifest,
+                                          parse_record, read_record, record_rel)
+from tunepipe.cache.s3 import Remote
+from tunepipe.cache.store import GcReport, LocalStore, VerifyReport, _force_rmtree
 from tunepipe.crash import crashpoint
 from tunepipe.errors import CacheError, UserError
-
-LOCAL_ENV = "TUNEPIPE_LOCAL_CACHE"
-_MANIFEST = re.compile(r"objects/[0-9a-f]{2}/([0-9a-f]{64})\.json")
-_OBJECT_FILE = re.compile(r"objects/[0-9a-f]{2}/([0-9a-f]{64})/.+")
-_RECORD = re.compile(r"keys/[0-9a-f]{2}/([0-9a-f]{64})\.json")
-_LEASE = re.compile(r"locks/(.+)\.lease")
-
-
-def _shard(base: str, name: str, suffix: str = "") -> str:
-    return f"{base}/{name[:2]}/{name}{suffix}"
-
-
-def _object_rel(digest: str) -> str:
-    return _shard("objects", digest)
-
-
-def _manifest_rel(digest: str) -> str:
-    return _shard("objects", digest, ".json")
-
-
-def _record_rel(key: str) -> str:
-    return _shard("keys", key, ".json")
-
-
-def _lease_rel(key: str) -> str:
-    return f"locks/{key}.lease"
-
-
-def default_local_root(url: str) -> Path:
-    """Where this machine keeps its working cache for ``url``."""
-    if os.environ.get(LOCAL_ENV):
-        return Path(os.environ[LOCAL_ENV]).expanduser()
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "tunepipe" / "remote" / hashlib.sha256(url.encode()).hexdigest()[:16]
-
-
-def build_manifest(folder: Path) -> tuple[str, dict[str, Any]]:
-    """The tree digest of a published folder and its manifest (one hashing pass)."""
-    sums: dict[Path, str] = {}
-
-    def record(p: Path) -> str:
-        sums[p] = file_digest(p)
-        return sums[p]
-
-    digest = tree_digest(folder, digest_of=record)
-    dirs, files = [], []
-    for rel, p, st in tree_entries(folder):
-        if stat.S_ISDIR(st.st_mode):
-            dirs.append(rel)
-        else:
-            files.append({"path": rel, "size": st.st_size, "sha256": sums[p], "x": bool(st.st_mode & stat.S_IXUSR)})
-    return digest, {"layout": LAYOUT_VERSION, "digest": digest, "dirs": dirs, "files": files}
-
-
-def manifest_digest(manifest: dict[str, Any]) -> str:
-    """The tree digest a manifest describes (``tree_digest``'s format, from the listed entries)."""
-    lines = [(d, f"d {d}\n") for d in manifest["dirs"]]
-    lines += [(f["path"], f"f {'x' if f['x'] else '-'} {f['sha256']} {f['path']}\n") for f in manifest["files"]]
-    h = hashlib.sha256(b"tunepipe-tree-v1\n")
-    for _, line in sorted(lines, key=lambda e: e[0]):
-        h.update(line.encode())
-    return h.hexdigest()
-
-
-def _parse_record(raw: bytes | None) -> dict[str, Any] | None:
-    """A record with an ``outputs`` mapping, else None (unreadable: recompute it; ``cache verify``
-    reports it)."""
-    try:
-        rec = json.loads(raw) if raw else None
-    except ValueError:
-        return None
-    return rec if isinstance(rec, dict) and isinstance(rec.get("outputs"), dict) else None
-
-
-def _read_record(path: Path) -> dict[str, Any] | None:
-    try:
-        return _parse_record(path.read_bytes())
-    except OSError:
-        return None
-
-
-def _parse_manifest(raw: bytes, digest: str) -> dict[str, Any] | None:
-    """The manifest if it is well-formed and describes ``digest``, else None."""
-    try:
-        m = json.loads(raw)
-        if manifest_digest(m) == digest and all(isinstance(f["size"], int) for f in m["files"]):
-            return m
-    except (ValueError, KeyError, TypeError):
-        pass
-    return None
-
 
 class RemoteStore:
     """A cache whose artifacts and records live on object storage (the :class:`Store` protocol)."""
@@ -166,7 +74,7 @@ class RemoteStore:
     def _has(self, *digests: str) -> bool:
         """Whether the remote holds all these artifacts (their manifests exist)."""
         unknown = sorted(set(digests) - self._present)
-        found = [d for d, head in zip(unknown, self.remote.heads([_manifest_rel(d) for d in unknown])) if head]
+        found = [d for d, head in zip(unknown, self.remote.heads([manifest_rel(d) for d in unknown])) if head]
         with self._mutex:
             self._present.update(found)
         return len(found) == len(unknown)
@@ -183,10 +91,10 @@ class RemoteStore:
         working cache and trusted from then on: a cached rerun makes no request at all. Should an
         artifact vanish from the remote after all (``cache verify --repair`` elsewhere), the
         :meth:`fetch` that misses it forgets the records that use it, so the next run recomputes."""
-        rec = _read_record(self.local.record_path(key))
+        rec = read_record(self.local.record_path(key))
         if rec is not None:
             return rec
-        rec = _parse_record(self.remote.get(_record_rel(key)))
+        rec = parse_record(self.remote.get(record_rel(key)))
         if rec is None:
             return None
         if not self._has(*(d for d in rec["outputs"].values() if not self.local.object_path(d).is_dir())):
@@ -201,7 +109,7 @@ class RemoteStore:
             raise CacheError(f"cannot record {key[:12]} in {self.url}: one of its artifacts is not there (was it "
                              "removed meanwhile?); run the pipeline again")
         self.remote.mark()
-        self.remote.put(_record_rel(key), (json.dumps(record, indent=1, ensure_ascii=False) + "\n").encode())
+        self.remote.put(record_rel(key), (json.dumps(record, indent=1, ensure_ascii=False) + "\n").encode())
         self.local.put_record(key, record)
 
     # objects ---------------------------------------------------------------------------------
@@ -223,7 +131,7 @@ class RemoteStore:
             raise CacheError(f"the artifact {obj} was changed after it was published (its digest no longer "
                              "matches): run `pipeline cache verify --repair`, then the pipeline again")
         self.remote.mark()
-        base = _object_rel(digest)
+        base = object_rel(digest)
         pairs = [(obj / f["path"], f"{base}/{f['path']}") for f in manifest["files"]]
         self.remote.upload(pairs[:1])
         crashpoint("remote-upload")  # the crash tests: after the first file, before the manifest
@@ -233,7 +141,7 @@ class RemoteStore:
         sizes = {rel: info.get("size") for rel, info in self.remote.listing(base).items()}
         again = [(p, r) for (p, r), f in zip(pairs, manifest["files"]) if sizes.get(r) != f["size"]]
         self.remote.upload(again)
-        self.remote.put(_manifest_rel(digest), json.dumps(manifest).encode())
+        self.remote.put(manifest_rel(digest), json.dumps(manifest).encode())
         with self._mutex:
             self._present.add(digest)
 
@@ -265,14 +173,14 @@ class RemoteStore:
         with self.local.lock(f"fetch-{digest}", f"artifact {digest[:12]}", lambda _m: None):
             if self._mirrored(digest):  # another process of this machine fetched it while we waited
                 return path
-            raw = self.remote.get(_manifest_rel(digest))
+            raw = self.remote.get(manifest_rel(digest))
             if raw is None:
                 self._forget(digest)
                 raise CacheError(f"the cache {self.url} has no artifact {digest[:12]} (was it removed from the "
                                  "storage?): run the pipeline again to recompute it; if it still fails, run "
                                  f"`pipeline cache verify --repair --cache-dir {self.url}` on the machine that runs "
                                  "the pipeline (it puts back what that machine has, and forgets what is lost)")
-            manifest = _parse_manifest(raw, digest)
+            manifest = parse_manifest(raw, digest)
             if manifest is None:
                 raise CacheError(f"the manifest of artifact {digest[:12]} in {self.url} is damaged: run "
                                  f"`pipeline cache verify --repair --cache-dir {self.url}`, then the pipeline again")
@@ -289,14 +197,14 @@ class RemoteStore:
         with self._mutex:
             self._present.discard(digest)
         for _key, path in self.local.iter_records():
-            rec = _read_record(path)
+            rec = read_record(path)
             if rec is None or digest in rec["outputs"].values():
                 path.unlink(missing_ok=True)
 
     def _download(self, digest: str, manifest: dict[str, Any], tmp: Path) -> None:
         for d in manifest["dirs"]:
             (tmp / d).mkdir(parents=True, exist_ok=True)
-        base = _object_rel(digest)
+        base = object_rel(digest)
         try:
             self.remote.download([(f"{base}/{f['path']}", tmp / f["path"]) for f in manifest["files"]])
         except CacheError as e:
@@ -334,7 +242,7 @@ class RemoteStore:
 
     def lock(self, key: str, what: str, say: Callable[[str], None]) -> LeaseLock:
         """One machine computes a key; the others wait for its lease, then reuse the result."""
-        return LeaseLock(self.local.lock(key, what, say), self.remote, _lease_rel(key), what, say)
+        return LeaseLock(self.local.lock(key, what, say), self.remote, lease_rel(key), what, say)
 
     # maintenance -----------------------------------------------------------------------------
     def verify(self, repair: bool = False) -> VerifyReport:
@@ -346,7 +254,7 @@ class RemoteStore:
         A damaged remote copy taints nothing: a fetch checks what it downloads."""
         report = VerifyReport()
         objects = self.remote.listing("objects")
-        marked = {m.group(1) for rel in objects if (m := _MANIFEST.fullmatch(rel))}
+        marked = {m.group(1) for rel in objects if (m := MANIFEST.fullmatch(rel))}
         downloaded, bad = 0, set()
         for digest in sorted(marked):
             report.objects += 1
@@ -360,11 +268,11 @@ class RemoteStore:
         remote_records: dict[str, list[str] | None] = {}  # key -> its artifacts that are gone (None: unreadable)
         parsed: dict[str, dict[str, Any]] = {}
         for rel in sorted(self.remote.listing("keys")):
-            if not (m := _RECORD.fullmatch(rel)):
+            if not (m := RECORD.fullmatch(rel)):
                 continue
             key = m.group(1)
             report.records += 1
-            rec = _parse_record(self.remote.get(rel))
+            rec = parse_record(self.remote.get(rel))
             if rec is None:
                 report.unreadable.append(key)
                 remote_records[key] = None
@@ -373,7 +281,7 @@ class RemoteStore:
             report.missing.extend((key, d) for d in gone if d not in bad)
             remote_records[key] = gone
             parsed[key] = rec
-        here = {key: rec for key, path in self.local.iter_records() if (rec := _read_record(path))}
+        here = {key: rec for key, path in self.local.iter_records() if (rec := read_record(path))}
         records = {**parsed, **here}
         tainted = downstream(records, mirrored)
         report.dropped = reader_lines(records, mirrored, tainted)
@@ -393,10 +301,10 @@ class RemoteStore:
 
     def _check_object(self, digest: str, objects: dict[str, dict[str, Any]]) -> tuple[bool, int]:
         """Whether a marked artifact is whole and matches its digest; and the bytes read."""
-        manifest = _parse_manifest(self.remote.get(_manifest_rel(digest)) or b"", digest)
+        manifest = parse_manifest(self.remote.get(manifest_rel(digest)) or b"", digest)
         if manifest is None:
             return False, 0
-        base, read = _object_rel(digest), 0
+        base, read = object_rel(digest), 0
         for f in manifest["files"]:
             rel = f"{base}/{f['path']}"
             if objects.get(rel, {}).get("size") != f["size"]:
@@ -417,25 +325,25 @@ class RemoteStore:
 
         for key in sorted(tainted):
             if key in remote_records:
-                self.remote.delete(_record_rel(key))
+                self.remote.delete(record_rel(key))
             self.local.record_path(key).unlink(missing_ok=True)
         remote_records = {k: gone for k, gone in remote_records.items() if k not in tainted}
         for key, gone in remote_records.items():  # artifacts nobody has any more: recompute them
             if gone is None or not all(intact(d) for d in gone):
-                self.remote.delete(_record_rel(key))
+                self.remote.delete(record_rel(key))
                 self.local.record_path(key).unlink(missing_ok=True)
         healthy = {key for key, gone in remote_records.items() if gone == []}
         for digest in sorted(bad):
             with self._mutex:
                 self._present.discard(digest)
             if not intact(digest):
-                self.remote.delete(_manifest_rel(digest))
-                self.remote.remove(sorted(self.remote.listing(_object_rel(digest))))
+                self.remote.delete(manifest_rel(digest))
+                self.remote.remove(sorted(self.remote.listing(object_rel(digest))))
         needed = {d for d in bad if intact(d)}
         needed |= {d for gone in remote_records.values() if gone and all(intact(x) for x in gone) for d in gone}
         records: list[tuple[str, dict[str, Any]]] = []
         for key, path in self.local.iter_records():
-            rec = _read_record(path)
+            rec = read_record(path)
             outputs = list(rec["outputs"].values()) if rec else []
             if rec is None or not all((d in marked and d not in bad) or intact(d) for d in outputs):
                 path.unlink(missing_ok=True)
@@ -447,7 +355,7 @@ class RemoteStore:
         for digest in sorted(needed):
             self._upload(digest)
         for key, rec in records:
-            self.remote.put(_record_rel(key), (json.dumps(rec, indent=1, ensure_ascii=False) + "\n").encode())
+            self.remote.put(record_rel(key), (json.dumps(rec, indent=1, ensure_ascii=False) + "\n").encode())
         for digest in sorted(mirrored):
             _force_rmtree(self.local.object_path(digest))
         if needed or records:
@@ -461,16 +369,16 @@ class RemoteStore:
         report = self.local.gc(keep, dry_run=dry_run)
         live, expired = [], []
         for rel in sorted(self.remote.listing("locks")):
-            if _LEASE.fullmatch(rel) and (state := read_lease(self.remote, rel)) is not None:
+            if LEASE.fullmatch(rel) and (state := read_lease(self.remote, rel)) is not None:
                 (expired if state.expired else live).append((rel, state))
         objects = self.remote.listing("objects")
-        marked = {m.group(1) for rel in objects if (m := _MANIFEST.fullmatch(rel))}
+        marked = {m.group(1) for rel in objects if (m := MANIFEST.fullmatch(rel))}
         unfinished: dict[str, list[str]] = {}
         for rel in objects:
-            m = _OBJECT_FILE.fullmatch(rel)
+            m = OBJECT_FILE.fullmatch(rel)
             if m and m.group(1) not in marked:
                 unfinished.setdefault(m.group(1), []).append(rel)
-        records = sum(1 for rel in self.remote.listing("keys") if _RECORD.fullmatch(rel))
+        records = sum(1 for rel in self.remote.listing("keys") if RECORD.fullmatch(rel))
         verb = "would remove" if dry_run else "removed"
         removed = 0 if live else len(unfinished)
         if unfinished and live:
@@ -480,7 +388,7 @@ class RemoteStore:
                      "run `pipeline cache gc` again when no pipeline uses this cache")
         elif unfinished:
             for digest, rels in sorted(unfinished.items()):
-                report.leftovers.append(f"{self.url}/{_object_rel(digest)}/ (unfinished upload)")
+                report.leftovers.append(f"{self.url}/{object_rel(digest)}/ (unfinished upload)")
                 report.freed_bytes += sum(int(objects[r].get("size") or 0) for r in rels)
                 if not dry_run:
                     self.remote.remove(rels)

@@ -163,7 +163,7 @@ def open_history(spec_file: str, cache_dir: str | None) -> History:
 
     location = cache_location(Path(spec_file), cache_dir)
     if "://" in location:  # object storage: the records are in this machine's working cache
-        from tunepipe.cache.remote import default_local_root
+        from tunepipe.cache.remote_layout import default_local_root
 
         root = default_local_root(location).absolute()
     else:
