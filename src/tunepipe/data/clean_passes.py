@@ -9,7 +9,7 @@
 * In the parent, block by block in input order (so the first occurrence is kept and the output is
   the same for any number of workers): :class:`Gather` checks the fingerprints against the dedupe
   index (:class:`~tunepipe.data.dedupe.Deduper`), copies the staged lines but the duplicates'
-  into ``records.jsonl`` (in the kernel, :func:`copy_kept`), writes ``rejects.jsonl`` and
+  into ``records.jsonl`` (:func:`copy_kept`, hashing them on the way), writes ``rejects.jsonl`` and
   ``changes.jsonl``, and keeps the counts (:class:`Tally`).
 """
 

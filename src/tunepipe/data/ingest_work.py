@@ -88,9 +88,9 @@ def keep_freed_memory() -> None:
 
     A worker frees all it allocated for a batch (the block, its lines, the output) at the batch's
     end; glibc then trims its heap and the next batch faults the pages back in: about 400 page
-    faults per 256 KiB block (blocks were that size then). Measured on 200,000 chat examples with two workers: 210,000 page
-    faults and 0.2-0.3 s of the workers' system time (of about 1 s of CPU in all), against 11,000
-    faults kept. Kept, a worker's heap stays at a batch's peak, a few MB, until the stage ends.
+    faults per 256 KiB block (the block size then). Measured on 200,000 chat examples with two
+    workers: 210,000 page faults and 0.2-0.3 s of the workers' system time (of about 1 s of CPU in
+    all), against 11,000 faults kept. Kept, a worker's heap stays at a batch's peak, a few MB, until the stage ends.
     Elsewhere than glibc this does nothing.
     """
     global _KEEPING
