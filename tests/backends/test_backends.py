@@ -238,7 +238,8 @@ def test_stream_falls_back_to_the_whole_reply() -> None:
 
 # --- dispatch by name only ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize("module", ["stages/train.py", "stages/evaluate.py", "evaluation/run.py"])
+@pytest.mark.parametrize("module", ["stages/train.py", "stages/evaluate.py", "evaluation/run.py",
+                                    "evaluation/inputs.py"])
 def test_the_stages_never_test_a_backend_s_name(module: str) -> None:
     """They dispatch through the registry: no ``backend == "openai"`` branch may come back."""
     tree = ast.parse((SRC / module).read_text())

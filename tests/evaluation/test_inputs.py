@@ -11,7 +11,7 @@ from eval_helpers import artifact, make_ctx, openai_artifact, params, write_json
 
 from tunepipe.errors import StageInputError, UserError
 from tunepipe.evaluation.examples import examples_file, load_examples
-from tunepipe.evaluation.run import read_loss, read_model
+from tunepipe.evaluation.inputs import read_loss, read_model
 
 
 def test_the_prompt_is_everything_before_the_last_assistant_message(tmp_path: Path) -> None:

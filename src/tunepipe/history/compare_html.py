@@ -3,7 +3,8 @@ Content-Security-Policy, so it loads nothing) with the table of branches, a bar 
 with each branch's interval, and the loss curves of every train branch overlaid. Hovering a row or
 a legend entry brings that branch forward in the charts. Written atomically.
 
-The look, the escaping and the axis ticks are the evaluate report's (:mod:`tunepipe.evaluation.report_html`).
+The look, the escaping and the axis ticks are the evaluate report's (:mod:`tunepipe.evaluation.html_page`,
+:mod:`tunepipe.evaluation.charts`).
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from tunepipe.evaluation.report_html import CSS, esc, fnum, nice_ticks, page
+from tunepipe.evaluation.charts import nice_ticks
+from tunepipe.evaluation.html_page import CSS, esc, fnum, page
 from tunepipe.history import training as T
 from tunepipe.history.branches import NOT_RUN, OK, TRAINING, Column, Row
 from tunepipe.history.compare import SweepComparison

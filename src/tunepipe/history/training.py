@@ -34,7 +34,7 @@ def curve(folder: Path) -> list[dict[str, float | None]]:
     """loss.csv as rows of step, train_loss, val_loss (the evaluate report's reader; [] if none)."""
     import csv
 
-    from tunepipe.evaluation.run import read_loss
+    from tunepipe.evaluation.inputs import read_loss
 
     try:
         return read_loss(folder)
