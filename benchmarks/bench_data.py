@@ -9,7 +9,7 @@ FILE STAGE` reuses the stages before it from the cache), so every stage gets its
     python benchmarks/bench_data.py --records 1000000 --compare-only --repeat 3   # issue 16's comparison
     python benchmarks/bench_data.py --records 4000000 --only-tunepipe
 
-The comparison (issue 16): tunepipe's four stages as `SPEC` configures them, `ingest -> clean
+The comparison (issue 16): tunepipe's four stages as `SPEC16` configures them, `ingest -> clean
 (dedupe: exact, redact: []) -> format (openai-chat: validation, exact o200k_base token counts,
 statistics, report) -> split (validation: 0.1, prompt-leakage check)`, against
 `baselines/careful_script.py`, a single-process orjson script doing the same work in four staged

@@ -36,7 +36,7 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from bench_data import SPEC  # noqa: E402  (the same pipeline file as the data benchmark)
+from bench_data import SPEC  # noqa: E402  (bench_data's full-row pipeline: default redaction, leakage: report)
 from measure import measure  # noqa: E402
 
 STAGES = ("ingest", "clean", "format", "split")

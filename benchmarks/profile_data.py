@@ -154,6 +154,10 @@ def main() -> None:
     ap.add_argument("--summarize", metavar="DIR", default=None,
                     help="only summarize the profile-STAGE.txt files a run left in DIR (its --workdir)")
     args = ap.parse_args()
+    wanted = [s.strip() for s in args.stages.split(",")]
+    unknown = [s for s in wanted if s not in STAGES]
+    if unknown:
+        ap.error(f"--stages: {', '.join(unknown)} is not one of {', '.join(STAGES)}")
     py = sys.executable
     if args.summarize:
         env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
@@ -178,10 +182,10 @@ def main() -> None:
     (project / "bench.yaml").write_text(SPEC16.format(data=data), encoding="utf-8")
     shutil.rmtree(project / ".tunepipe", ignore_errors=True)
     bases = roots(env, py)
-    wanted = [s.strip() for s in args.stages.split(",")]
     try:
         reports = []
-        for stage in STAGES:  # the stages before a wanted one run too (unprofiled), so it has its input
+        last = max(STAGES.index(s) for s in wanted)
+        for stage in STAGES[:last + 1]:  # the stages before a wanted one run too (unprofiled), so it has its input
             if stage not in wanted:
                 subprocess.run([pipeline, "run", "-q", "bench.yaml", stage], cwd=project, env=env, check=True,
                                stdout=subprocess.DEVNULL)

@@ -23,6 +23,7 @@ from tunepipe.cli_history import COMMANDS as HISTORY_COMMANDS
 from tunepipe.cli_model import COMMANDS as MODEL_COMMANDS
 from tunepipe.cli_options import handle_errors as _errors
 from tunepipe.cli_options import spec_options as _spec_options
+from tunepipe.cli_options import set_option as _set_option
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="tunepipe")
@@ -155,7 +156,7 @@ def run(file: str, stages: tuple[str, ...], overrides: tuple[str, ...], cache_di
 
 @cli.command()
 @click.argument("file", type=click.Path(dir_okay=False))
-@click.option("-S", "--set", "overrides", multiple=True, metavar="STAGE.PARAM=VALUE", help="Override a parameter.")
+@_set_option
 @_errors
 def validate(file: str, overrides: tuple[str, ...]) -> None:
     """Check FILE (schema, plugins, parameters, inputs, cycles) and report every problem."""
@@ -208,7 +209,7 @@ def status(file: str, stages: tuple[str, ...], overrides: tuple[str, ...], cache
 
 @cli.command()
 @click.argument("file", type=click.Path(dir_okay=False))
-@click.option("-S", "--set", "overrides", multiple=True, metavar="STAGE.PARAM=VALUE", help="Override a parameter.")
+@_set_option
 @click.option("--dot", "fmt", flag_value="dot", help="Graphviz DOT.")
 @click.option("--mermaid", "fmt", flag_value="mermaid", help="Mermaid flowchart.")
 @_errors

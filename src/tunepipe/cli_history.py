@@ -103,9 +103,10 @@ def diff(file: str, run_a: str | None, run_b: str | None, overrides: tuple[str, 
     """
     from tunepipe.history.diff import diff_history
     from tunepipe.history.render import diff_markdown, diff_text
+    from tunepipe.history.workspace import WORKSPACE
 
     history = _history(file, cache_dir)
-    explicit = "workspace" in (run_a, run_b)
+    explicit = WORKSPACE in (run_a, run_b)
     d = diff_history(history, run_a, run_b, lambda: _workspace(file, overrides, cache_dir, history, explicit))
     if fmt == "json":
         click.echo(json.dumps(d.to_json(), indent=2))

@@ -40,9 +40,12 @@ def handle_errors(fn: F) -> F:
 
 
 def spec_options(fn: F) -> F:
-    fn = click.option("-S", "--set", "overrides", multiple=True, metavar="STAGE.PARAM=VALUE",
-                      help="Override a parameter (value read as YAML), or vars.NAME=VALUE. Repeatable.")(fn)
-    return cache_dir_option(fn)
+    return cache_dir_option(set_option(fn))
+
+
+def set_option(fn: F) -> F:
+    return click.option("-S", "--set", "overrides", multiple=True, metavar="STAGE.PARAM=VALUE",
+                        help="Override a parameter (value read as YAML), or vars.NAME=VALUE. Repeatable.")(fn)
 
 
 def cache_dir_option(fn: F) -> F:

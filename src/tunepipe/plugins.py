@@ -153,7 +153,7 @@ class StageContext:
         """
         from tunepipe.data.parallel import ordered_map, worker_count
 
-        n = 1 if serial else worker_count(workers, self.engine) if workers else self.workers
+        n = 1 if serial else worker_count(workers or self.threads, self.engine)
         return ordered_map(fn, items, n, engine=self.engine, same_node=local_files)
 
     @property

@@ -94,7 +94,7 @@ def pick(history: History, given_a: str | None, given_b: str | None,
         return _with_workspace(history, given_a, given_b, workspace)
     if given_a is None:
         ws = workspace()
-        if ws is not None and not any(not run_changes(run, ws) for run in runs[:RECORDED]):
+        if ws is not None and all(run_changes(run, ws) for run in runs[:RECORDED]):
             return runs[0], ws  # edits since the last run that no recent run has (else: runs with -S)
         if len(runs) < 2:
             same = " and the workspace matches it" if ws is not None else ""
