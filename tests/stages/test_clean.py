@@ -198,6 +198,7 @@ def test_inconsistent_parameters_are_user_errors(project, with_: str, message: s
     result = project.run("run", "p.yaml")
     assert result.exit_code == 2, result.output
     assert message in result.stderr and "Traceback" not in result.output
+    assert "clean: " + message not in result.stderr  # the runner names the stage, once
 
 
 def test_schema_errors_are_caught_before_running(project) -> None:

@@ -5,7 +5,7 @@
   any data is read.
 * Reading, in the stage's process (:func:`batches`): each file opened by :mod:`tunepipe.data.readers`
   and cut into :class:`Batch` es, the unit of work: a block of JSONL lines (a byte range that the
-  worker reads itself, or the bytes of a gzip stream), or a list of up to ``BATCH`` JSON elements
+  worker reads itself, or the bytes of a gzip stream), or a list of up to ``readers.BATCH`` JSON elements
   or table rows.
 * Mapping, in a worker (:func:`map_batch`, in :mod:`tunepipe.data.ingest_work`): parse each unit,
   map it to a chat example (:mod:`tunepipe.data.mapping`), add its provenance and write it as a
@@ -34,7 +34,6 @@ from tunepipe.errors import StageInputError, UserError
 if TYPE_CHECKING:
     from tunepipe.plugins import Artifact
 
-BATCH = 1000  # elements or rows per batch (JSONL goes in blocks of about 1 MiB of lines)
 SETTINGS = ("format", "delimiter", "preset", "map", "keep_fields")
 NOUN = {"line": "line", "index": "element", "row": "row"}
 
@@ -154,7 +153,7 @@ def batches(files: list[PlannedFile], stats: Stats, log: logging.Logger) -> Iter
                     if problem:
                         raise StageInputError(f"{f.label}: {problem}")
                 reading = Reading(settings, f.where, f.label, src.format, src.unit, src.columns)
-                for units in src.batches(BATCH):
+                for units in src.batches():  # readers.BATCH elements or rows, or a block of lines
                     yield Batch(reading, units, index)
                     index += 1
         except readers.FileProblem as e:

@@ -53,7 +53,7 @@ def iter_records(path: Path) -> Iterator[dict[str, Any]]:
 
 
 class Writer:
-    """Writes records (dicts) or pre-serialised lines to a JSONL file; counts what it wrote."""
+    """Writes records (dicts) to a JSONL file; counts what it wrote."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -62,11 +62,6 @@ class Writer:
 
     def write(self, record: Any) -> None:
         self._f.write(orjson.dumps(record))
-        self._f.write(b"\n")
-        self.count += 1
-
-    def write_line(self, line: bytes) -> None:
-        self._f.write(line)
         self._f.write(b"\n")
         self.count += 1
 

@@ -193,13 +193,13 @@ def _config(params: Mapping[str, Any]) -> Config:
 
     lo, hi = params["min_tokens"], params["max_tokens"]
     if lo is not None and hi is not None and lo > hi:
-        raise UserError(f"clean: min_tokens ({lo}) is larger than max_tokens ({hi}); lower min_tokens or raise "
+        raise UserError(f"min_tokens ({lo}) is larger than max_tokens ({hi}); lower min_tokens or raise "
                         "max_tokens")
     encoding = params["encoding"] or "o200k_base"
     if params["model"]:
         by_model = encoding_name_for_model(params["model"])
         if params["encoding"] and params["encoding"] != by_model:
-            raise UserError(f"clean: model {params['model']} uses the encoding {by_model}, but encoding is set to "
+            raise UserError(f"model {params['model']} uses the encoding {by_model}, but encoding is set to "
                             f"{params['encoding']}; set one of them")
         encoding = by_model
     bands = rows = 0

@@ -53,7 +53,7 @@ from pathlib import Path
 from typing import Any
 
 from tunepipe.data import jsonl
-from tunepipe.data.blocks import LineNumbers, cut, jsonl_files
+from tunepipe.data.blocks import BLOCK_BYTES, LineNumbers, cut, jsonl_files
 from tunepipe.data.chat import MIN_EXAMPLES, WARNING
 from tunepipe.data.formatting import HF_TARGET, FormatConfig, Tally, format_block
 from tunepipe.data.outfile import OutputFile
@@ -65,7 +65,6 @@ from tunepipe.plugins import Artifact, Port, StageContext
 TARGETS = ("openai-chat", "openai-dpo", HF_TARGET)
 DEFAULT_MODEL = "gpt-4o-mini-2024-07-18"
 DEFAULT_TOKENIZER = "smollm2-135m-instruct"
-BLOCK_BYTES = 1 << 20  # input per work item: about 1,600 chat examples, few enough round trips to the workers
 HF_BLOCK_BYTES = 1 << 16  # rendering through a chat template is slower: smaller items share the work better
 _NO_FILE = "give format the records output of ingest or clean"
 

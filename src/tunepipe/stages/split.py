@@ -92,7 +92,7 @@ class Split:
     packages: tuple[str, ...] = ()
 
     def run(self, ctx: StageContext, inputs: Mapping[str, Any], params: Mapping[str, Any]) -> dict[str, Any]:
-        validation, test = _sizes(ctx.stage, params)
+        validation, test = _sizes(params)
         art: Artifact = inputs["examples"]
         files = jsonl_files(art, _NO_FILE, prefer="examples.jsonl")
         staged = ctx.scratch / "staged"
@@ -109,7 +109,7 @@ class Split:
                     lines = staged_lines(staged) if cfg.staged else input_lines(art, files)
                     write_splits(outs, d.assigned.split, lines, ctx.check_cancelled)
                 elif h.written != d.counts[:3].tolist():  # the workers' bands and the assignment must agree
-                    raise RuntimeError(f"split: the workers wrote {h.written} examples per split, the "
+                    raise RuntimeError(f"the workers wrote {h.written} examples per split, the "
                                        f"assignment counts {d.counts[:3].tolist()}")
         finally:
             shutil.rmtree(staged, ignore_errors=True)
@@ -222,15 +222,15 @@ def _report(ctx: StageContext, params: Mapping[str, Any], sizes: tuple[Size, Siz
     return summary
 
 
-def _sizes(stage: str, params: Mapping[str, Any]) -> tuple[Size, Size]:
+def _sizes(params: Mapping[str, Any]) -> tuple[Size, Size]:
     validation, test = Size(params["validation"]), Size(params["test"])
     for name, s in (("validation", validation), ("test", test)):
         if not s.is_count and s.value >= 1:
-            raise UserError(f"stage '{stage}': parameter {name} is {s.value}: a ratio must be below 1; "
+            raise UserError(f"parameter {name} is {s.value}: a ratio must be below 1; "
                             f"write an integer without a decimal point (e.g. {int(s.value)}) for a count")
     ratios = [s.value for s in (validation, test) if not s.is_count]
     if sum(ratios) >= 1:
-        raise UserError(f"stage '{stage}': validation + test ratios add up to {sum(ratios):g}, which leaves "
+        raise UserError(f"validation + test ratios add up to {sum(ratios):g}, which leaves "
                         "nothing for train; make their sum below 1 (e.g. validation: 0.1, test: 0.1)")
     return validation, test
 
