@@ -133,16 +133,16 @@ def test_a_cancelled_ray_train_run_resumes_from_its_checkpoint(tiny_model: Path,
 def test_a_worker_on_a_node_without_the_stage_nodes_files_gets_a_copy(tiny_model: Path, data: Any,
                                                                        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                                        ray_local: Any) -> None:  # noqa: F811
-    from tunepipe.hf import distributed
+    from tunepipe.hf import node_files, ray_link
     from tunepipe.hf.models import BaseSource, load_tokenizer, resolve_base
 
-    monkeypatch.setattr(distributed, "_node_cache", lambda: tmp_path / "node")
-    link = distributed._start_link(ray_local)
+    monkeypatch.setattr(node_files, "_node_cache", lambda: tmp_path / "node")
+    link = ray_link.start_link(ray_local)
     try:
         seen = resolve_base(str(tiny_model), None)
         # as a worker on another node sees it: the stage's folder is not there
         elsewhere = BaseSource(seen.spec, seen.kind, str(tmp_path / "not-on-this-node"), seen.identity)
-        local = distributed._model_source(ray_local, {"source": elsewhere, "origin": str(tiny_model), "link": link})
+        local = node_files.model_source(ray_local, {"source": elsewhere, "origin": str(tiny_model), "link": link})
         copy = Path(local.location)
         assert local.kind == "folder" and local.identity == seen.identity and copy.parent == tmp_path / "node"
         assert files(copy) == files(tiny_model)
@@ -150,24 +150,24 @@ def test_a_worker_on_a_node_without_the_stage_nodes_files_gets_a_copy(tiny_model
         assert load_tokenizer(local).chat_template
         # the next worker on this node reuses the copy, and the use keeps it from being pruned
         os.utime(copy, (time.time() - 30 * 86400,) * 2)
-        again = distributed._model_source(ray_local, {"source": elsewhere, "origin": str(tiny_model), "link": link})
+        again = node_files.model_source(ray_local, {"source": elsewhere, "origin": str(tiny_model), "link": link})
         assert Path(again.location) == copy and time.time() - copy.stat().st_mtime < 60
         # where the stage's folder is visible, the worker loads it in place
-        assert distributed._model_source(ray_local, {"source": seen, "origin": str(tiny_model), "link": link}) is seen
+        assert node_files.model_source(ray_local, {"source": seen, "origin": str(tiny_model), "link": link}) is seen
 
         train, _ = data
         from tunepipe.hf.models import file_sha256
 
         digest = file_sha256(train)
-        assert distributed._data_file(ray_local, link, (str(train), digest)) == train
-        moved = distributed._data_file(ray_local, link, (str(train), "0" * 64))  # not the same bytes here
+        assert node_files.data_file(ray_local, link, (str(train), digest)) == train
+        moved = node_files.data_file(ray_local, link, (str(train), "0" * 64))  # not the same bytes here
         assert moved.name == "train.jsonl" and moved.read_bytes() == train.read_bytes()
     finally:
         ray_local.kill(link)
 
 
 def test_a_node_s_copies_unused_for_a_week_and_copies_left_half_written_are_pruned(tmp_path: Path) -> None:
-    from tunepipe.hf.distributed import prune_node_cache
+    from tunepipe.hf.node_files import prune_node_cache
 
     now = time.time()
     ages = {"model-old": 8 * 86400, "model-recent": 6 * 86400, ".data-killed.tmp": 25 * 3600,

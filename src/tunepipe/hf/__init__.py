@@ -13,9 +13,10 @@ package at module level, so the data stages never pay for them):
 * :mod:`tunepipe.hf.checkpoint`: resumable checkpoints in the stage's scratch folder.
 * :mod:`tunepipe.hf.settings`: the training parameters, checked, and the resume fingerprint.
 * :mod:`tunepipe.hf.forward`: LoRA (or full) trainable weights and the training loss.
-* :mod:`tunepipe.hf.loop`: the training loop (:class:`~tunepipe.hf.loop.TrainingRun`) and its
-  :class:`~tunepipe.hf.loop.World` (one process, or Ray Train's workers in
-  :mod:`tunepipe.hf.distributed`).
+* :mod:`tunepipe.hf.loop`: the training loop (:class:`~tunepipe.hf.loop.TrainingRun`); its
+  :class:`~tunepipe.hf.world.World` (:mod:`tunepipe.hf.world`) is one process, or Ray Train's
+  workers in :mod:`tunepipe.hf.distributed` (with :mod:`tunepipe.hf.ray_link` and
+  :mod:`tunepipe.hf.node_files`).
 * :mod:`tunepipe.hf.artifact`: the trained model's folder (weights, ``model.json``, metrics, loss curve).
 * :mod:`tunepipe.hf.trainer`: :func:`~tunepipe.hf.trainer.train_local`, what the backend calls.
 * :mod:`tunepipe.hf.generate` and :mod:`tunepipe.hf.replier`: replies from a trained model or its

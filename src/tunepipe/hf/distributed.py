@@ -26,9 +26,10 @@ training arithmetic:
 * **The artifact.** Rank 0 writes it (model.json, adapter/ or full/, tokenizer/, metrics.json with
   ``workers`` and each rank's share, loss.csv) into the final checkpoint; the coordinator copies
   that into the stage's output folder, so rank 0 need not share a filesystem with it.
-* **Progress, logs, cancel** travel through :class:`Link`, a small actor on the coordinator's
-  node, which also serves the coordinator node's files (training data, base model) to workers on
-  nodes that cannot see them.
+* **Progress, logs, cancel** travel through :class:`~tunepipe.hf.ray_link.Link`, a small actor
+  on the coordinator's node (:mod:`tunepipe.hf.ray_link`), which also serves the coordinator
+  node's files (training data, base model) to workers on nodes that cannot see them
+  (:mod:`tunepipe.hf.node_files`).
 """
 
 from __future__ import annotations
@@ -36,8 +37,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import logging
-import os
 import shutil
 import tempfile
 import threading
@@ -48,80 +47,17 @@ from typing import Any
 
 from tunepipe.errors import UserError
 from tunepipe.hf.artifact import summary
-from tunepipe.hf.loop import World
+from tunepipe.hf.node_files import data_file, model_origin, model_source
+from tunepipe.hf.ray_link import Relay, start_link, worker_ctx
 from tunepipe.hf.settings import LocalTrainSettings
+from tunepipe.hf.world import World
 from tunepipe.plugins import Cancelled, StageContext
 
 MAX_FAILURES = 2  # worker-group restarts (from the newest checkpoint) after a worker or node dies
-POLL_SECONDS = 0.3  # the coordinator's pace for progress notes, log lines and a cancel
 STOP_POLL_SECONDS = 0.5  # how often rank 0 asks whether the stage was cancelled
-CHUNK = 8 << 20  # bytes per read when a worker copies a file from the coordinator's node
 
 
 # --- the coordinator's end ----------------------------------------------------------------------
-
-class Link:
-    """The stage's end of a run, an actor on the stage's node: progress notes, log lines and
-    messages from rank 0, a stop request from the stage, a user error or a cancel from the
-    workers, and the stage node's files for workers on other nodes."""
-
-    def __init__(self) -> None:
-        self._note: str | None = None
-        self._lines: list[tuple[int, str]] = []
-        self._says: list[str] = []
-        self._stop = False
-        self._error: str | None = None
-        self._cancelled = False
-
-    def note(self, text: str) -> None:
-        self._note = text
-
-    def line(self, level: int, text: str) -> None:
-        self._lines.append((level, text))
-
-    def say(self, text: str) -> None:
-        self._says.append(text)
-
-    def fail(self, message: str) -> None:
-        if self._error is None:
-            self._error = message
-
-    def cancelled(self) -> None:
-        self._cancelled = True
-
-    def stop(self) -> None:
-        self._stop = True
-
-    def stopping(self) -> bool:
-        return self._stop
-
-    def drain(self) -> dict[str, Any]:
-        out = {"note": self._note, "lines": self._lines, "says": self._says, "error": self._error,
-               "cancelled": self._cancelled}
-        self._note, self._lines, self._says = None, [], []
-        return out
-
-    def files(self, origin: str) -> list[tuple[str, int]]:
-        """(path relative to ``origin``, size) of a folder's files; ("", size) for a file."""
-        root = Path(origin)
-        if root.is_file():
-            return [("", root.stat().st_size)]
-        return [(p.relative_to(root).as_posix(), p.stat().st_size) for p in sorted(root.rglob("*")) if p.is_file()]
-
-    def read(self, path: str, offset: int, size: int) -> bytes:
-        with open(path, "rb") as f:
-            f.seek(offset)
-            return f.read(size)
-
-
-def _start_link(ray: Any) -> Any:
-    """A Link on this node (it serves this node's files), holding no CPU."""
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    here = ray.get_runtime_context().get_node_id()
-    actor = ray.remote(num_cpus=0, max_restarts=0)(Link)
-    return actor.options(scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False)).remote()
-
 
 def _use_gpu(ray: Any, requested: str) -> bool:
     """device: cuda, or auto on a cluster with GPUs: one GPU per worker."""
@@ -142,14 +78,6 @@ def _check_fits(ray: Any, workers: int, cpus: int, gpu: bool) -> None:
                         "each worker), or start the cluster with more nodes")
 
 
-def _model_origin(source: Any) -> str:
-    """The folder on this node that holds the base model's files (a hub id: its cached snapshot)."""
-    if source.kind != "hub":
-        return source.location
-    from huggingface_hub import try_to_load_from_cache
-
-    found = try_to_load_from_cache(source.location, "config.json")
-    return str(Path(found).parent) if isinstance(found, str) else source.location
 
 
 def train_distributed(ctx: StageContext, train: Path, validation: Path | None, params: Mapping[str, Any], out: Path,
@@ -173,9 +101,9 @@ def train_distributed(ctx: StageContext, train: Path, validation: Path | None, p
     _check_fits(ray, s.workers, cpus, gpu)
     ctx.progress("resolving the model")
     source = resolve_base(s.model, ctx.shared("models"), say=ctx.say)
-    link = _start_link(ray)
+    link = start_link(ray)
     config = {
-        "params": dict(params), "source": source, "origin": _model_origin(source),
+        "params": dict(params), "source": source, "origin": model_origin(source),
         "train": (str(train), file_sha256(train)),
         "validation": (str(validation), file_sha256(validation)) if validation is not None else None,
         "fingerprint": fingerprint(s, params, source, train, validation), "use_gpu": gpu, "threads": cpus,
@@ -192,7 +120,7 @@ def train_distributed(ctx: StageContext, train: Path, validation: Path | None, p
     each = "1 GPU" if gpu else f"{cpus} CPU{'s' if cpus > 1 else ''}"
     ctx.say(f"training on {s.workers} Ray Train workers ({each} each)")
     ctx.progress(f"starting {s.workers} Ray Train workers")
-    relay = _Relay(ray, ctx, link)
+    relay = Relay(ray, ctx, link)
     relay.start()
     failed: BaseException | None = None
     result = None
@@ -221,187 +149,7 @@ def train_distributed(ctx: StageContext, train: Path, validation: Path | None, p
     return summary(metrics)
 
 
-class _Relay(threading.Thread):
-    """Shows rank 0's progress and log lines on the stage while Ray Train runs, and passes a
-    cancel of the stage on to the workers."""
-
-    def __init__(self, ray: Any, ctx: StageContext, link: Any) -> None:
-        super().__init__(name=f"tunepipe-ray-train-{ctx.stage}", daemon=True)
-        self.ray, self.ctx, self.link = ray, ctx, link
-        self.done = threading.Event()
-        self.error: str | None = None
-        self.cancelled = False
-        self.asked_stop = False
-
-    def run(self) -> None:
-        while not self.done.wait(POLL_SECONDS):
-            self.pump()
-
-    def pump(self) -> None:
-        try:
-            got = self.ray.get(self.link.drain.remote(), timeout=60)
-        except Exception as e:  # the link is gone (node lost): the run's own error says more
-            self.ctx.log.warning("lost the Ray Train link: %s", e)
-            self.done.set()
-            return
-        for level, text in got["lines"]:
-            self.ctx.log.log(level, "%s", text)
-        for text in got["says"]:
-            self.ctx.say(text)
-        if got["note"]:
-            self.ctx.progress(got["note"])
-        self.error, self.cancelled = got["error"], got["cancelled"]
-        if self.ctx.cancelled and not self.asked_stop:
-            self.asked_stop = True
-            self.link.stop.remote()
-
-    def close(self) -> None:
-        self.done.set()
-        self.join()
-        self.pump()  # what came after the last poll
-
-
 # --- the workers' end ---------------------------------------------------------------------------
-
-class _LinkHandler(logging.Handler):
-    """Rank 0's log lines, sent to the stage's log through the link."""
-
-    def __init__(self, link: Any) -> None:
-        super().__init__(logging.INFO)
-        self.link = link
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            self.link.line.remote(record.levelno, record.getMessage())
-        except Exception:  # logging must never break training
-            self.handleError(record)
-
-
-class _WorkerContext(StageContext):
-    """A worker's StageContext: what it says goes to the stage, which logs it (once)."""
-
-    def say(self, text: str) -> None:
-        if self._say is not None:
-            self._say(text)
-
-
-def _worker_ctx(config: Mapping[str, Any], rank: int, scratch: Path, cancel: threading.Event) -> StageContext:
-    """A StageContext for a worker: rank 0 talks to the stage through the link, the others are quiet."""
-    link = config["link"]
-    log = logging.getLogger(f"tunepipe.ray-train.{config['stage']}.{config['key'][:12]}.{rank}")
-    log.setLevel(logging.INFO)
-    log.propagate = False
-    for h in list(log.handlers):
-        log.removeHandler(h)
-    log.addHandler(_LinkHandler(link) if rank == 0 else logging.NullHandler())
-    talk = rank == 0
-    return _WorkerContext(stage=config["stage"], key=config["key"], outputs={}, scratch=scratch, log=log,
-                          threads=config["threads"], engine="ray", _cancel=cancel,
-                          _progress=(lambda text: link.note.remote(text)) if talk else None,
-                          _say=(lambda text: link.say.remote(text)) if talk else None)
-
-
-NODE_COPY_DAYS = 7.0  # a node's copy of a model or data file unused this long is removed
-UNFINISHED_COPY_HOURS = 24.0  # a copy still being written after this long was left by a killed worker
-
-
-def _node_cache() -> Path:
-    return Path(tempfile.gettempdir()) / f"tunepipe-ray-{os.getuid()}"
-
-
-def prune_node_cache(root: Path, now: float | None = None) -> list[str]:
-    """Remove this node's copies unused for ``NODE_COPY_DAYS`` (a use touches a copy) and copies a
-    killed worker left half-written, so the folder does not grow with every model and data set a
-    long-lived node has trained on. Best effort: a copy another worker removes first is skipped."""
-    now = time.time() if now is None else now
-    removed = []
-    try:
-        entries = list(root.iterdir())
-    except OSError:
-        return removed
-    for entry in entries:
-        unfinished = entry.name.startswith(".")
-        limit = UNFINISHED_COPY_HOURS * 3600 if unfinished else NODE_COPY_DAYS * 86400
-        try:
-            if now - entry.stat().st_mtime < limit:
-                continue
-        except OSError:
-            continue
-        shutil.rmtree(entry, ignore_errors=True)
-        removed.append(entry.name)
-    return removed
-
-
-def _copy_from_stage(ray: Any, link: Any, origin: str, name: str) -> Path:
-    """A copy on this node of the stage node's file or folder ``origin``, kept under ``name`` (which
-    names the content) in this node's temporary folder, so each node copies it once."""
-    dest = _node_cache() / name
-    if dest.is_dir():  # complete: renamed into place only once every file was written
-        with contextlib.suppress(OSError):
-            os.utime(dest)  # in use: prune_node_cache keeps it
-        return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    prune_node_cache(dest.parent)  # before a new copy adds to the folder
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
-    try:
-        for rel, size in ray.get(link.files.remote(origin)):
-            source = origin if not rel else f"{origin}/{rel}"
-            target = tmp / (rel or Path(origin).name)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with open(target, "wb") as f:
-                for offset in range(0, size, CHUNK):
-                    f.write(ray.get(link.read.remote(source, offset, CHUNK)))
-        try:
-            os.rename(tmp, dest)
-        except OSError:  # another worker of this node finished first
-            if not dest.is_dir():
-                raise
-            shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return dest
-
-
-def _data_file(ray: Any, link: Any, ref: tuple[str, str] | None) -> Path | None:
-    """The stage's data file on this node: its own path when this node sees it, else a copy."""
-    if ref is None:
-        return None
-    from tunepipe.hf.models import file_sha256
-
-    path, digest = ref
-    if Path(path).is_file() and file_sha256(Path(path)) == digest:
-        return Path(path)
-    return _copy_from_stage(ray, link, path, f"data-{digest[:16]}") / Path(path).name
-
-
-def _sees_model(source: Any) -> bool:
-    """Whether this node holds the very base model the stage resolved, where the stage saw it."""
-    from tunepipe.hf import models
-
-    try:
-        if source.kind == "hub":
-            return models.resolve_base(source.spec, None).identity == source.identity
-        folder = Path(source.location)
-        if source.kind == "folder":
-            return folder.is_dir() and models.resolve_base(str(folder), None).identity == source.identity
-        marker = json.loads((folder / models.CONVERTED_MARKER).read_text(encoding="utf-8"))
-        return (folder / "config.json").is_file() and f"gguf:{marker.get('sha256')}" == source.identity
-    except (UserError, OSError, ValueError):
-        return False
-
-
-def _model_source(ray: Any, config: Mapping[str, Any]) -> Any:
-    """What this worker loads the base model from: the stage's own location, else a copy of it."""
-    from tunepipe.hf.models import BaseSource
-
-    source = config["source"]
-    if _sees_model(source):
-        return source
-    name = "model-" + hashlib.sha256(source.identity.encode()).hexdigest()[:16]
-    folder = _copy_from_stage(ray, config["link"], config["origin"], name)
-    return BaseSource(source.spec, "folder", str(folder), source.identity)
-
 
 def _worker_device(use_gpu: bool, requested: str) -> str:
     """The GPU Ray Train gave this worker, else the CPU (or Apple's MPS, asked for or auto)."""
@@ -608,13 +356,13 @@ def _worker(config: dict[str, Any]) -> None:
     quiet_transformers()
     with tempfile.TemporaryDirectory(prefix="tunepipe-worker-") as scratch, \
             cpu_threads(config["threads"] if device == "cpu" else None) as threads, torch.enable_grad():
-        ctx = _worker_ctx(config, rank, Path(scratch), cancel)
+        ctx = worker_ctx(config, rank, Path(scratch), cancel)
         run, problem = None, None
         try:
-            train = _data_file(ray, link, config["train"])
-            validation = _data_file(ray, link, config["validation"])
+            train = data_file(ray, link, config["train"])
+            validation = data_file(ray, link, config["validation"])
             run = TrainingRun(ctx, s, params, device, threads, train, validation, source=config["source"],
-                       load_from=_model_source(ray, config), fingerprint_=config["fingerprint"], world=world)
+                       load_from=model_source(ray, config), fingerprint_=config["fingerprint"], world=world)
         except UserError as e:
             problem = str(e)
         if world.any(problem is not None):  # all stop together, before any other collective

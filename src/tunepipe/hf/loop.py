@@ -1,8 +1,8 @@
 """The local training loop: a plain PyTorch loop with PEFT LoRA (or full fine-tuning).
 
 :class:`TrainingRun` is one training run; :func:`tunepipe.hf.trainer.train_local` drives it in this process,
-and each Ray Train worker of :mod:`tunepipe.hf.distributed` drives its own with a :class:`World` of
-its kind. The loop:
+and each Ray Train worker of :mod:`tunepipe.hf.distributed` drives its own with a
+:class:`~tunepipe.hf.world.World` of its kind. The loop:
 
 * examples come from :mod:`tunepipe.hf.render` (loss only on trained assistant tokens) and are
   batched per epoch in a seeded order (:mod:`tunepipe.hf.batching`), right-padded with an
@@ -19,8 +19,9 @@ its kind. The loop:
   ends exactly where an uninterrupted run would (same order, same random state);
 * the same seed gives the same loss curve (on CPU, bit for bit).
 
-The loop asks a :class:`World` what to train on, how to sum and where to keep checkpoints; the
-ordinary run is the one-process :data:`SOLO` and takes exactly the code path it always did.
+The loop asks a :class:`~tunepipe.hf.world.World` (:mod:`tunepipe.hf.world`) what to train on, how
+to sum and where to keep checkpoints; the ordinary run is the one-process
+:data:`~tunepipe.hf.world.SOLO` and takes exactly the code path it always did.
 """
 
 from __future__ import annotations
@@ -37,12 +38,13 @@ import torch
 
 from tunepipe import modelref
 from tunepipe.errors import UserError
-from tunepipe.hf import artifact, batching, checkpoint
+from tunepipe.hf import artifact, batching
 from tunepipe.hf.device import placement
 from tunepipe.hf.forward import loss_sum, param_groups, plain_head, prepare_model, trainable_state
 from tunepipe.hf.models import BaseSource, load_tokenizer, load_weights, resolve_base
 from tunepipe.hf.render import DataSet, read_examples
 from tunepipe.hf.settings import SCHEDULES, LocalTrainSettings, fingerprint, warmup_steps
+from tunepipe.hf.world import SOLO, World
 from tunepipe.plugins import Cancelled, StageContext
 
 PROGRESS_INTERVAL = 0.5  # seconds between progress notes (at most ~2 a second)
@@ -50,67 +52,6 @@ PROGRESS_INTERVAL = 0.5  # seconds between progress notes (at most ~2 a second)
 
 class StopRequested(Exception):
     """Raised by the ``stop_after_steps`` hook (tests: an interruption at a known step)."""
-
-
-class World:
-    """The processes that train one model together, as the loop sees them.
-
-    This base class is the ordinary run: one process, every batch its own, checkpoints in the
-    stage's scratch folder. :class:`tunepipe.hf.distributed.RayWorld` overrides each hook for Ray
-    Train's data-parallel workers; the loop itself is the same code for both.
-    """
-
-    rank = 0
-    size = 1
-
-    def prepare(self, model: Any, head: tuple[Any, Any] | None, device: str) -> None:
-        """Called once before training (the distributed world wraps the model in DDP here)."""
-
-    def loss(self, model: Any, batch: Mapping[str, Any], head: tuple[Any, Any] | None) -> tuple[Any, int]:
-        """A training micro-batch's summed loss (:func:`loss_sum`; through DDP when distributed)."""
-        return loss_sum(model, batch, head)
-
-    def share(self, micro: list[list[Any]]) -> list[tuple[list[Any], bool]]:
-        """This process's micro-batches of an optimizer step, each with whether its loss counts
-        (a worker left without one trains on a stand-in whose loss counts for nothing)."""
-        return [(b, True) for b in micro]
-
-    def accumulating(self, more: bool) -> Any:
-        """The context of one micro-batch's forward and backward; ``more``: others of this step follow."""
-        return contextlib.nullcontext()
-
-    def scaled(self, value: Any, n_trained: int) -> Any:
-        """What ``backward`` runs on: this micro-batch's share of the step's mean loss."""
-        return value / n_trained
-
-    def total(self, values: list[float]) -> list[float]:
-        """The sums of ``values`` over all processes."""
-        return values
-
-    def owns(self, index: int) -> bool:
-        """Whether this process evaluates validation batch ``index``."""
-        return True
-
-    def before_step(self, ctx: StageContext, step: int) -> None:
-        """Called by every process at the start of each optimizer step (where they agree on a stop)."""
-
-    def save(self, scratch: Path, step: int, state: dict[str, Any], weights: dict[str, Any],
-             trainer: dict[str, Any]) -> None:
-        checkpoint.save(scratch, step, state, weights, trainer)
-
-    def latest(self, scratch: Path, fingerprint: str, log: Any) -> checkpoint.Checkpoint | None:
-        """The checkpoint to resume from; stale checkpoints (other parameters or data) are removed."""
-        ck = checkpoint.latest(scratch, fingerprint, log)
-        if ck is None:
-            checkpoint.clear(scratch)
-        return ck
-
-    def metrics(self) -> dict[str, Any]:
-        """What metrics.json says about the workers."""
-        return {"workers": 1}
-
-
-SOLO = World()
 
 
 @dataclass
