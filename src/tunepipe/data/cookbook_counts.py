@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
-from tunepipe.data.tokens import count_recurring, message_value_tokens, recurring_counts, value_tokens
+from tunepipe.data.tokens import count_recurring, message_tokens, recurring_counts, value_tokens
 
 
 class Counts(NamedTuple):
@@ -21,25 +21,6 @@ class Counts(NamedTuple):
     messages: int
     tokens: int
     assistant: int
-
-
-def message_tokens(enc: Any, m: Mapping[str, Any]) -> tuple[int, int]:
-    """(the cookbook's count of one message, its trained assistant tokens), encoding each value once.
-
-    The same count as :func:`tunepipe.data.tokens.count_message_tokens` (the tests check it): 3 + the
-    tokens of every value (weight excepted) + 1 for a name. Assistant tokens are those of the content
-    and tool calls of an assistant message trained on (weight not 0).
-    """
-    n = 3
-    assistant = 0
-    trained = m["role"] == "assistant" and m.get("weight", 1) != 0
-    for key, t in message_value_tokens(enc, m):
-        if key == "name":
-            n += 1
-        elif trained and key in ("content", "tool_calls", "function_call"):
-            assistant += t
-        n += t
-    return n, assistant
 
 
 class OpenAITokens:

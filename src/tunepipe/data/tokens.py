@@ -195,14 +195,27 @@ def message_value_tokens(enc: Any, message: Mapping[str, Any]) -> Iterator[tuple
             yield key, value_tokens(enc, value)
 
 
-def count_message_tokens(enc: Any, message: Mapping[str, Any]) -> int:
-    """The cookbook's count for one message: 3 + tokens of every value + 1 for a name (weight ignored)."""
+def message_tokens(enc: Any, m: Mapping[str, Any]) -> tuple[int, int]:
+    """(the cookbook's count of one message, its trained assistant tokens), encoding each value once.
+
+    3 + the tokens of every value (weight excepted) + 1 for a name. Assistant tokens are those of the
+    content and tool calls of an assistant message trained on (weight not 0).
+    """
     n = 3
-    for key, t in message_value_tokens(enc, message):
-        n += t
+    assistant = 0
+    trained = m.get("role") == "assistant" and m.get("weight", 1) != 0
+    for key, t in message_value_tokens(enc, m):
         if key == "name":
             n += 1
-    return n
+        elif trained and key in ("content", "tool_calls", "function_call"):
+            assistant += t
+        n += t
+    return n, assistant
+
+
+def count_message_tokens(enc: Any, message: Mapping[str, Any]) -> int:
+    """The cookbook's count for one message: 3 + tokens of every value + 1 for a name (weight ignored)."""
+    return message_tokens(enc, message)[0]
 
 
 def count_chat_tokens(enc: Any, messages: Iterable[Mapping[str, Any]], tools: Any = None) -> int:
